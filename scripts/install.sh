@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Installs everything hcformer needs into a virtualenv (default .venv, override with VENV=...).
+#
+# Idempotent: each step checks whether its work is already done, so a second run only
+# prints "ok" lines. A torch / detectron2 already importable from that Python is kept
+# (GPU users: create the venv with your own CUDA torch and official detectron2 first).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+PYTHON_BIN="${PYTHON:-python3}"
+TORCH_VERSION="${TORCH_VERSION:-2.14.1}"
+TORCHVISION_VERSION="${TORCHVISION_VERSION:-0.29.1}"
+STAMP="$VENV/.hcformer-installed"
+
+step() { printf '[install %s] %s\n' "$1" "$2"; }
+
+# A stamp keyed on the dependency list makes the no-op case instant.
+deps_hash="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/install.sh" | sha256sum | cut -c1-16)"
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$deps_hash" ]]; then
+  step 0/5 "environment $VENV is up to date"
+  exit 0
+fi
+
+start=$(date +%s)
+step 1/5 "virtualenv $VENV"
+if [[ ! -x "$VENV/bin/python" ]]; then
+  "$PYTHON_BIN" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip install --disable-pip-version-check --progress-bar off)
+
+has() { "$PY" -c "import $1" >/dev/null 2>&1; }
+
+# A user's own detectron2 (official v0.6 or main, with compiled ops) is kept as it is;
+# otherwise v0.6 is installed from its sdist as pure Python, and that path pins the
+# releases v0.6 predates (numpy 1.24, Pillow 10, ...).
+CONSTRAINTS=()
+if has detectron2 && ! "$PY" -c "from detectron2 import _C; _C.HCFORMER_PLACEHOLDER" >/dev/null 2>&1; then
+  OWN_DETECTRON2=1
+else
+  OWN_DETECTRON2=0
+  CONSTRAINTS=(-c "$ROOT/scripts/constraints-detectron2-v0.6.txt")
+fi
+
+step 2/5 "torch + torchvision"
+if has torch && has torchvision; then
+  step 2/5 "keeping $("$PY" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)')"
+else
+  "${PIP[@]}" "${CONSTRAINTS[@]}" "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+fi
+
+step 3/5 "detectron2"
+if [[ $OWN_DETECTRON2 == 1 ]]; then
+  step 3/5 "keeping detectron2 $("$PY" -c 'import detectron2; print(detectron2.__version__)')"
+elif has detectron2; then
+  step 3/5 "detectron2 v0.6 (pure Python) already installed"
+else
+  "${PIP[@]}" "${CONSTRAINTS[@]}" numpy Pillow setuptools wheel
+  "$PY" "$ROOT/scripts/install_detectron2_pure_python.py" "${CONSTRAINTS[@]}"
+fi
+
+step 4/5 "hcformer and its dependencies (pyproject.toml)"
+"${PIP[@]}" "${CONSTRAINTS[@]}" -e "$ROOT[test]"
+# panopticapi-lite's metadata asks for a newer Pillow than its code needs (and than
+# detectron2 v0.6 accepts), so it is installed without its dependencies.
+if ! has panopticapi; then
+  "${PIP[@]}" --no-deps "panopticapi-lite==0.2.0"
+fi
+
+step 5/5 "check"
+"$PY" -c "import torch, torchvision, detectron2, hcformer, panopticapi, pycocotools; print('torch', torch.__version__, '| torchvision', torchvision.__version__, '| detectron2', detectron2.__version__)"
+echo "$deps_hash" > "$STAMP"
+step done "in $(( $(date +%s) - start )) s; environment: $VENV ($(du -sh "$VENV" | cut -f1))"

@@ -1,0 +1,68 @@
+"""Install detectron2 v0.6 from the registry's sdist (`pb1-detectron2==0.6`) as pure Python.
+
+Nothing is compiled: `detectron2._C` becomes a placeholder module that raises a clear error
+naming the compiled op if anything ever asks for one. hcformer never does (DCNv2 comes from
+torchvision, COCO evaluation from pycocotools).
+
+Run with the virtualenv's Python, after torch is installed (the sdist's setup.py imports it).
+"""
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+SDIST = "pb1-detectron2==0.6"
+
+PLACEHOLDER = '''\
+"""Placeholder for detectron2's compiled ops (this detectron2 was installed as pure Python)."""
+
+HCFORMER_PLACEHOLDER = True
+
+
+def __getattr__(name):
+    raise RuntimeError(
+        f"detectron2 compiled op '{name}' is not available: this detectron2 v0.6 was installed "
+        "as pure Python by hcformer's scripts/install.sh. hcformer never needs it; if your own "
+        "code does, install an official detectron2 build with its C++/CUDA ops."
+    )
+'''
+
+# Runtime requirements the pure-Python install does not need: tensorboard (optional writer),
+# black (only for config pretty-printing), future/pydot (caffe2 export).
+DROPPED_REQUIREMENTS = ("tensorboard", "black==21.4b2", "future", "pydot")
+
+
+def pip(*args: str) -> None:
+    cmd = [sys.executable, "-m", "pip", *args]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.check_call(cmd)
+
+
+def patch_setup_py(setup_py: Path) -> None:
+    text = setup_py.read_text()
+    patched = text.replace("ext_modules=get_extensions(),", "ext_modules=[],")
+    for req in DROPPED_REQUIREMENTS:
+        patched = re.sub(rf'\n\s*"{re.escape(req)}",[^\n]*', "", patched)
+    if "ext_modules=[]," not in patched:
+        raise RuntimeError(f"{setup_py}: unexpected layout, could not disable the C++ extension")
+    setup_py.write_text(patched)
+
+
+def main() -> None:
+    constraints = sys.argv[1:]  # e.g. ["-c", "constraints.txt"]
+    with tempfile.TemporaryDirectory(prefix="hcformer-d2-") as tmp:
+        tmp = Path(tmp)
+        pip("download", "--no-deps", "--no-build-isolation", "-d", str(tmp), SDIST)
+        (archive,) = tmp.glob("*.tar.gz")
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+        (src,) = [p for p in tmp.iterdir() if p.is_dir()]
+        patch_setup_py(src / "setup.py")
+        (src / "detectron2" / "_C.py").write_text(PLACEHOLDER)
+        pip("install", "--no-build-isolation", *constraints, str(src))
+
+
+if __name__ == "__main__":
+    main()
