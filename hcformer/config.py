@@ -1,0 +1,98 @@
+"""Config keys of hcformer.
+
+Keys and defaults follow the original HCFormer / Mask2Former so that their config files run
+unchanged; keys that only this project has are marked "(hcformer)".
+"""
+from detectron2.config import CfgNode as CN
+
+
+def add_hcformer_config(cfg: CN) -> None:
+    """Add every hcformer key, with its default, to a detectron2 config (in place)."""
+    # ---------------------------------------------------------------- data
+    cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"
+    cfg.INPUT.COLOR_AUG_SSD = False  # photometric distortion as in SSD (semantic mappers)
+    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0  # re-sample crops dominated by one class
+    cfg.INPUT.SIZE_DIVISIBILITY = -1  # semantic mappers pad training crops to this size
+    # large-scale jittering (coco_*_lsj mappers)
+    cfg.INPUT.IMAGE_SIZE = 1024
+    cfg.INPUT.MIN_SCALE = 0.1
+    cfg.INPUT.MAX_SCALE = 2.0
+    cfg.DATALOADER.SKIP_BAD_SAMPLES = False  # (hcformer) skip unreadable samples in training
+
+    # ---------------------------------------------------------------- solver
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0  # for nn.Embedding weights (queries)
+    cfg.SOLVER.POLY_LR_POWER = 0.9  # for LR_SCHEDULER_NAME "WarmupPolyLR"
+    cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
+
+    # ---------------------------------------------------------------- HCFormer clustering
+    cfg.MODEL.HC = CN()
+    cfg.MODEL.HC.LEVEL = 3  # number of clustered downsampling layers (0-3)
+    cfg.MODEL.HC.TEMPERATURE = 0.1  # initial value of the learnable scale s of eq. (3)
+    cfg.MODEL.HC.EMB_DIM = 128  # channels of the clustering embeddings
+    cfg.MODEL.HC.L1_WEIGHT = 0.1  # lambda_reg of the regulariser sum_i |s_i|
+
+    # ---------------------------------------------------------------- ResNet backbone
+    cfg.MODEL.RESNETS.DOWNSAMPLING = "deform"  # "deform" (modulated DCNv2) | "conv"
+    cfg.MODEL.RESNETS.AUX = "none"  # "none" | "transformer" (HCFormer+ encoder on res5)
+    cfg.MODEL.RESNETS.WEIGHTS = ""  # (hcformer) local ImageNet weights (.pth / .pkl), optional
+
+    # ---------------------------------------------------------------- Swin backbone
+    cfg.MODEL.SWIN = CN()
+    cfg.MODEL.SWIN.PRETRAIN_IMG_SIZE = 224
+    cfg.MODEL.SWIN.PATCH_SIZE = 4
+    cfg.MODEL.SWIN.EMBED_DIM = 96
+    cfg.MODEL.SWIN.DEPTHS = [2, 2, 6, 2]
+    cfg.MODEL.SWIN.NUM_HEADS = [3, 6, 12, 24]
+    cfg.MODEL.SWIN.WINDOW_SIZE = 7
+    cfg.MODEL.SWIN.MLP_RATIO = 4.0
+    cfg.MODEL.SWIN.QKV_BIAS = True
+    cfg.MODEL.SWIN.QK_SCALE = None
+    cfg.MODEL.SWIN.DROP_RATE = 0.0
+    cfg.MODEL.SWIN.ATTN_DROP_RATE = 0.0
+    cfg.MODEL.SWIN.DROP_PATH_RATE = 0.3
+    cfg.MODEL.SWIN.APE = False
+    cfg.MODEL.SWIN.PATCH_NORM = True
+    cfg.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.SWIN.USE_CHECKPOINT = False
+
+    # ---------------------------------------------------------------- head
+    cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256
+    cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 0
+    cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "BasePixelDecoder"  # unused: no pixel decoder
+
+    cfg.MODEL.MASK_FORMER = CN()
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME = "HCTransformerDecoder"
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE = "res5"
+    cfg.MODEL.MASK_FORMER.DEEP_SUPERVISION = True
+    cfg.MODEL.MASK_FORMER.NO_OBJECT_WEIGHT = 0.1
+    cfg.MODEL.MASK_FORMER.CLASS_WEIGHT = 2.0
+    cfg.MODEL.MASK_FORMER.DICE_WEIGHT = 5.0
+    cfg.MODEL.MASK_FORMER.MASK_WEIGHT = 5.0
+    cfg.MODEL.MASK_FORMER.NHEADS = 8
+    cfg.MODEL.MASK_FORMER.DROPOUT = 0.0
+    cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 2048
+    cfg.MODEL.MASK_FORMER.ENC_LAYERS = 0
+    cfg.MODEL.MASK_FORMER.DEC_LAYERS = 9  # decoder layers + 1 (the prediction from the queries)
+    cfg.MODEL.MASK_FORMER.PRE_NORM = False
+    cfg.MODEL.MASK_FORMER.HIDDEN_DIM = 256
+    cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 100
+    cfg.MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ = False
+    cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY = 32
+    # point-sampled mask losses
+    cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 112 * 112
+    cfg.MODEL.MASK_FORMER.OVERSAMPLE_RATIO = 3.0
+    cfg.MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO = 0.75
+
+    cfg.MODEL.MASK_FORMER.TEST = CN()
+    cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = True
+    cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = False
+    cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = False
+    cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = 0.0
+    cfg.MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD = 0.0
+    cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
+    cfg.MODEL.MASK_FORMER.TEST.DETECTIONS_PER_IMAGE = 100  # (hcformer) instance top-k
+
+    # ---------------------------------------------------------------- evaluation
+    cfg.TEST.HIERARCHY_EVAL = False  # (hcformer) undersegmentation error of every level

@@ -1,0 +1,150 @@
+"""The local clustering primitive against a dense O(N·M) reference."""
+import pytest
+import torch
+
+from hcformer.layers.local_clustering import affinity, candidate_offsets, gather, hard_assignment, scatter
+
+
+def dense_candidates(H, W, h, w, grid, kernel, coarse_valid=None):
+    """(H*W, K) flat coarse index of each candidate, -1 where it is excluded."""
+    gy, gx = (grid, grid) if isinstance(grid, int) else grid
+    index = torch.full((H * W, kernel * kernel), -1, dtype=torch.long)
+    centre = len(candidate_offsets(kernel)) // 2
+    for i in range(H):
+        for j in range(W):
+            for k, (dy, dx) in enumerate(candidate_offsets(kernel)):
+                ci, cj = i // gy + dy, j // gx + dx
+                inside = 0 <= ci < h and 0 <= cj < w
+                if inside and (coarse_valid is None or coarse_valid[ci, cj] or k == centre):
+                    index[i * W + j, k] = ci * w + cj
+    return index
+
+
+def dense_matrix(weights, index, hw):
+    """Scatter per-candidate weights (B, K, H, W) into a dense (B, H*W, h*w) matrix."""
+    B, K = weights.shape[:2]
+    flat = weights.flatten(2).transpose(1, 2)  # (B, HW, K)
+    mats = []
+    for b in range(B):
+        m = flat.new_zeros(flat.shape[1], hw)
+        keep = index >= 0
+        rows = torch.arange(flat.shape[1])[:, None].expand_as(index)[keep]
+        m = m.index_put((rows, index[keep]), flat[b][keep], accumulate=True)
+        mats.append(m)
+    return torch.stack(mats)
+
+
+CASES = [  # (B, C, H, W, grid, kernel)
+    (2, 5, 8, 8, 2, 3),
+    (2, 3, 7, 9, 2, 3),  # odd sizes: coarse 4x5, last row/column half windows
+    (1, 4, 12, 10, 4, 3),  # SViT-like grid
+    (2, 3, 9, 6, (3, 2), 5),  # anisotropic grid, 5x5 neighbourhood
+]
+
+
+def _coarse_hw(H, W, grid):
+    gy, gx = (grid, grid) if isinstance(grid, int) else grid
+    return -(-H // gy), -(-W // gx)
+
+
+@pytest.mark.parametrize("B,C,H,W,grid,kernel", CASES)
+def test_affinity_matches_dense(B, C, H, W, grid, kernel):
+    torch.manual_seed(0)
+    h, w = _coarse_hw(H, W, grid)
+    fine = torch.randn(B, C, H, W, dtype=torch.float64, requires_grad=True)
+    coarse = torch.randn(B, C, h, w, dtype=torch.float64, requires_grad=True)
+    out = affinity(fine, coarse, grid, kernel)
+    index = dense_candidates(H, W, h, w, grid, kernel)
+    sims = torch.einsum("bcp,bcq->bpq", fine.flatten(2), coarse.flatten(2))  # (B, HW, hw)
+    ref = torch.gather(sims, 2, index.clamp(min=0)[None].expand(B, -1, -1))
+    ref = ref.masked_fill(index[None] < 0, float("-inf")).transpose(1, 2).reshape(B, -1, H, W)
+    assert torch.equal(torch.isinf(out), torch.isinf(ref))
+    torch.testing.assert_close(out[~torch.isinf(out)], ref[~torch.isinf(ref)])
+    # gradients through a softmax over candidates (what the model uses)
+    g1 = torch.autograd.grad(out.softmax(1).pow(2).sum(), (fine, coarse))
+    g2 = torch.autograd.grad(ref.softmax(1).pow(2).sum(), (fine, coarse))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
+
+
+def test_affinity_masks_padding_cells_but_keeps_parent():
+    fine = torch.randn(1, 3, 8, 8)
+    coarse = torch.randn(1, 3, 4, 4)
+    valid = torch.ones(1, 1, 4, 4, dtype=torch.bool)
+    valid[..., 3] = False  # last column is padding
+    out = affinity(fine, coarse, 2, 3, coarse_valid=valid)
+    index = dense_candidates(8, 8, 4, 4, 2, 3, coarse_valid=valid[0, 0])
+    assert torch.equal(torch.isinf(out[0]).flatten(1).t(), index < 0)
+    assert torch.isfinite(out.softmax(1)).all()  # pixels inside the padding keep their parent
+
+
+@pytest.mark.parametrize("B,C,H,W,grid,kernel", CASES)
+def test_gather_and_scatter_match_dense(B, C, H, W, grid, kernel):
+    torch.manual_seed(1)
+    h, w = _coarse_hw(H, W, grid)
+    index = dense_candidates(H, W, h, w, grid, kernel)
+    K = kernel * kernel
+    logits = torch.randn(B, K, H, W, dtype=torch.float64)
+    logits = logits.masked_fill((index < 0).t().reshape(1, K, H, W), float("-inf"))
+    weights = logits.softmax(1).requires_grad_()
+    values = torch.randn(B, C, h, w, dtype=torch.float64, requires_grad=True)
+    A = dense_matrix(weights, index, h * w)  # (B, HW, hw)
+
+    out = gather(values, weights, grid, kernel)
+    ref = (A @ values.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(B, C, H, W)
+    torch.testing.assert_close(out, ref)
+    go = torch.randn_like(out)
+    g1 = torch.autograd.grad(out, (values, weights), go)
+    g2 = torch.autograd.grad(ref, (values, weights), go)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
+
+    fine_values = torch.randn(B, C, H, W, dtype=torch.float64, requires_grad=True)
+    sums, norm = scatter(fine_values, weights, (h, w), grid, kernel)
+    A = dense_matrix(weights, index, h * w)
+    ref_sums = (A.transpose(1, 2) @ fine_values.flatten(2).transpose(1, 2)).transpose(1, 2)
+    torch.testing.assert_close(sums, ref_sums.reshape(B, C, h, w))
+    torch.testing.assert_close(norm, A.sum(1).reshape(B, 1, h, w))
+    g1 = torch.autograd.grad(sums.pow(2).sum(), (fine_values, weights))
+    g2 = torch.autograd.grad(ref_sums.pow(2).sum(), (fine_values, weights))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
+
+
+def test_scatter_is_transpose_of_gather():
+    torch.manual_seed(2)
+    weights = torch.randn(2, 9, 11, 13).softmax(1)
+    x = torch.randn(2, 4, 6, 7)
+    y = torch.randn(2, 4, 11, 13)
+    lhs = (gather(x, weights) * y).sum()
+    rhs = (x * scatter(y, weights, (6, 7))[0]).sum()
+    torch.testing.assert_close(lhs, rhs)
+
+
+def test_bf16_autocast_close_to_fp32():
+    torch.manual_seed(3)
+    fine = torch.randn(2, 16, 15, 17)
+    coarse = torch.randn(2, 16, 8, 9)
+    ref_w = affinity(fine, coarse).softmax(1)
+    ref = gather(coarse, ref_w)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        w = affinity(fine.bfloat16(), coarse.bfloat16()).softmax(1)
+        out = gather(coarse.bfloat16(), w)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=0.1, rtol=0.05)
+
+
+def test_hard_assignment_points_to_argmax_candidate():
+    torch.manual_seed(4)
+    H, W, h, w = 7, 9, 4, 5
+    index = dense_candidates(H, W, h, w, 2, 3)
+    logits = torch.randn(2, 9, H, W).masked_fill((index < 0).t().reshape(1, 9, H, W), float("-inf"))
+    labels = hard_assignment(logits, (h, w))
+    best = logits.argmax(1).flatten(1)  # (B, HW)
+    expected = torch.gather(index[None].expand(2, -1, -1), 2, best[..., None])[..., 0]
+    assert torch.equal(labels.flatten(1), expected)
+
+
+def test_size_mismatch_is_a_clear_error():
+    with pytest.raises(ValueError, match="does not match coarse map"):
+        affinity(torch.randn(1, 2, 8, 8), torch.randn(1, 2, 3, 4))
