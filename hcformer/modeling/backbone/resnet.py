@@ -1,0 +1,232 @@
+"""HC-ResNet: a torchvision-layout ResNet that clusters pixels at its downsampling layers.
+
+The clustering of level i pairs the output of stage k (fine) with the output of the first,
+strided block of stage k+1 (coarse): (layer3, layer4[0]), (layer2, layer3[0]),
+(layer1, layer2[0]), coarsest first; ``MODEL.HC.LEVEL`` keeps the L coarsest. With
+``MODEL.RESNETS.DOWNSAMPLING "deform"`` the strided convs of those first blocks (the 3×3
+conv and the 1×1 shortcut) are modulated deformable convs, so the downsampling can follow
+the clusters. Module names follow torchvision / the original HCFormer checkpoints.
+"""
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from detectron2.layers import FrozenBatchNorm2d, ShapeSpec, get_norm
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from torch import Tensor, nn
+
+from hcformer.layers.clustering import ClusteringLayer
+from hcformer.layers.deform_conv import ModulatedDeformConv
+from hcformer.modeling.hierarchy import LocalGridHierarchy
+
+from .res5_encoder import build_res5_aux
+
+# depth → (block type, blocks per stage)
+RESNET_SPECS = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+}
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_ch: int, width: int, stride: int, norm: str):
+        super().__init__()
+        out_ch = width * self.expansion
+        self.conv1 = nn.Conv2d(in_ch, width, 3, stride, 1, bias=False)
+        self.bn1 = get_norm(norm, width)
+        self.conv2 = nn.Conv2d(width, out_ch, 3, 1, 1, bias=False)
+        self.bn2 = get_norm(norm, out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or in_ch != out_ch:
+            self.downsample = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), get_norm(norm, out_ch))
+
+    def strided_conv_names(self) -> Tuple[str, ...]:
+        return ("conv1",)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """torchvision's ResNet v1.5 bottleneck: the stride is in the 3×3 conv."""
+
+    expansion = 4
+
+    def __init__(self, in_ch: int, width: int, stride: int, norm: str):
+        super().__init__()
+        out_ch = width * self.expansion
+        self.conv1 = nn.Conv2d(in_ch, width, 1, bias=False)
+        self.bn1 = get_norm(norm, width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = get_norm(norm, width)
+        self.conv3 = nn.Conv2d(width, out_ch, 1, bias=False)
+        self.bn3 = get_norm(norm, out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or in_ch != out_ch:
+            self.downsample = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), get_norm(norm, out_ch))
+
+    def strided_conv_names(self) -> Tuple[str, ...]:
+        return ("conv2",)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+def make_deformable(block: nn.Module) -> None:
+    """Replace the strided convs of a downsampling block (and its shortcut) with DCNv2."""
+    for name in block.strided_conv_names():
+        setattr(block, name, ModulatedDeformConv.from_conv(getattr(block, name)))
+    if block.downsample is not None:
+        block.downsample[0] = ModulatedDeformConv.from_conv(block.downsample[0])
+
+
+def valid_cells(image_sizes: Optional[Sequence[Tuple[int, int]]], stride: int, grid_hw, device) -> Optional[Tensor]:
+    """Bool (B, 1, h, w): cells of a stride-``stride`` grid that overlap the image, not padding."""
+    if image_sizes is None:
+        return None
+    h, w = grid_hw
+    rows = torch.arange(h, device=device)[:, None]
+    cols = torch.arange(w, device=device)[None, :]
+    masks = [(rows * stride < ih) & (cols * stride < iw) for ih, iw in image_sizes]
+    return torch.stack(masks)[:, None]
+
+
+class HCResNet(Backbone):
+    """ResNet (torchvision layout) with HCFormer clustering at its L coarsest stage transitions.
+
+    ``forward(x, image_sizes=None)`` returns ``{"res2": .., "res5": .., "assign": hierarchy}``
+    where the hierarchy (a ``LocalGridHierarchy``) holds the assignments coarse → fine.
+    """
+
+    def __init__(
+        self,
+        depth: int = 50,
+        level: int = 3,
+        downsampling: str = "deform",
+        norm: str = "FrozenBN",
+        emb_dim: int = 128,
+        init_scale: float = 0.1,
+        out_features: Sequence[str] = ("res2", "res3", "res4", "res5"),
+        freeze_at: int = 0,
+        aux: Optional[nn.Module] = None,
+    ):
+        super().__init__()
+        if depth not in RESNET_SPECS:
+            raise ValueError(f"MODEL.RESNETS.DEPTH must be one of {sorted(RESNET_SPECS)}, got {depth}")
+        if not 0 <= level <= 3:
+            raise ValueError(f"MODEL.HC.LEVEL must be in 0..3, got {level}")
+        if downsampling not in ("deform", "conv"):
+            raise ValueError(f'MODEL.RESNETS.DOWNSAMPLING must be "deform" or "conv", got {downsampling!r}')
+        block_type, blocks = RESNET_SPECS[depth]
+        block_cls = Bottleneck if block_type == "bottleneck" else BasicBlock
+        self.level = level
+
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 64, 7, 2, 3, bias=False), get_norm(norm, 64), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
+        )
+        in_ch, channels = 64, []
+        for i, (n, width) in enumerate(zip(blocks, (64, 128, 256, 512))):
+            stride = 1 if i == 0 else 2
+            layer = []
+            for b in range(n):
+                layer.append(block_cls(in_ch, width, stride if b == 0 else 1, norm))
+                in_ch = width * block_cls.expansion
+            self.add_module(f"layer{i + 1}", nn.Sequential(*layer))
+            channels.append(in_ch)
+
+        # clustering i pairs stage (3 - i) with the first block of stage (4 - i), 0 = coarsest
+        self.clustering_layers = nn.ModuleList(
+            ClusteringLayer(channels[2 - i], channels[3 - i], emb_dim, init_scale) for i in range(level)
+        )
+        if downsampling == "deform":
+            for i in range(level):
+                make_deformable(getattr(self, f"layer{4 - i}")[0])
+
+        self.aux = aux
+        self._out_features = list(out_features)
+        res5_channels = aux.out_channels if aux is not None else channels[3]
+        all_channels = dict(zip(("res2", "res3", "res4", "res5"), channels[:3] + [res5_channels]))
+        self._out_feature_channels = {k: all_channels[k] for k in self._out_features}
+        self._out_feature_strides = {k: {"res2": 4, "res3": 8, "res4": 16, "res5": 32}[k] for k in self._out_features}
+        self.freeze(freeze_at)
+
+    def freeze(self, freeze_at: int) -> None:
+        """Freeze the stem (freeze_at >= 1) and the first freeze_at - 1 stages, with their BN."""
+        modules = [self.stem] + [getattr(self, f"layer{i}") for i in range(1, 5)]
+        for m in modules[:freeze_at]:
+            for p in m.parameters():
+                p.requires_grad_(False)
+            FrozenBatchNorm2d.convert_frozen_batchnorm(m)
+
+    def forward(self, x: Tensor, image_sizes: Optional[Sequence[Tuple[int, int]]] = None) -> Dict[str, object]:
+        """
+        Args:
+            x: (B, 3, H, W) normalised images, H and W multiples of 32.
+            image_sizes: (h, w) of each image before padding; padding cells are never
+                cluster candidates.
+        """
+        feats = {}
+        x = self.stem(x)
+        x = self.layer1(x)
+        feats["res2"] = x
+        assignments = []
+        for stage in (2, 3, 4):
+            layer = getattr(self, f"layer{stage}")
+            fine = x
+            x = layer[0](fine)
+            index = 4 - stage  # clustering index of this transition, 0 = coarsest
+            if index < self.level:
+                valid = valid_cells(image_sizes, 2 ** (stage + 1), x.shape[-2:], x.device)
+                assignments.insert(0, self.clustering_layers[index](fine, x, valid))
+            x = layer[1:](x)
+            feats[f"res{stage + 1}"] = x
+        if self.aux is not None:
+            feats["res5"] = self.aux(feats["res5"])
+        out = {k: v for k, v in feats.items() if k in self._out_features}
+        out["assign"] = LocalGridHierarchy(assignments, feats["res5"].shape[-2:], coarsest_stride=32)
+        return out
+
+    def output_shape(self) -> Dict[str, ShapeSpec]:
+        return {
+            k: ShapeSpec(channels=self._out_feature_channels[k], stride=self._out_feature_strides[k])
+            for k in self._out_features
+        }
+
+    @property
+    def size_divisibility(self) -> int:
+        return 32
+
+
+@BACKBONE_REGISTRY.register()
+class D2HCResNet(HCResNet):
+    """``MODEL.BACKBONE.NAME: "D2HCResNet"``, configured by MODEL.RESNETS.* and MODEL.HC.*."""
+
+    def __init__(self, cfg, input_shape: ShapeSpec):
+        r = cfg.MODEL.RESNETS
+        if input_shape.channels != 3:
+            raise ValueError(f"D2HCResNet expects 3 input channels, got {input_shape.channels}")
+        aux = build_res5_aux(cfg, in_channels=2048 if r.DEPTH >= 50 else 512)
+        super().__init__(
+            depth=r.DEPTH,
+            level=cfg.MODEL.HC.LEVEL,
+            downsampling=r.DOWNSAMPLING,
+            norm=r.NORM,
+            emb_dim=cfg.MODEL.HC.EMB_DIM,
+            init_scale=cfg.MODEL.HC.TEMPERATURE,
+            out_features=r.OUT_FEATURES,
+            freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+            aux=aux,
+        )

@@ -1,0 +1,240 @@
+"""Set-prediction loss of Mask2Former: classification + point-sampled mask losses on matched pairs."""
+from typing import Dict, Iterable, List, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from detectron2.utils import comm
+from torch import Tensor, nn
+
+from .matcher import HungarianMatcher
+from .point_sampling import get_uncertain_point_coords_with_randomness, point_sample
+
+Indices = List[Tuple[Tensor, Tensor]]
+
+
+def sigmoid_ce_loss(logits: Tensor, targets: Tensor, num_masks: float) -> Tensor:
+    """Binary cross-entropy averaged over points, summed over masks, divided by ``num_masks``.
+
+    Args:
+        logits: (M, P) mask logits at P points.
+        targets: (M, P) binary targets.
+    """
+    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    return loss.mean(1).sum() / num_masks
+
+
+def dice_loss(logits: Tensor, targets: Tensor, num_masks: float) -> Tensor:
+    """Smoothed dice loss summed over masks, divided by ``num_masks``.
+
+    Args:
+        logits: (M, P) mask logits at P points.
+        targets: (M, P) binary targets.
+    """
+    probs = logits.sigmoid()
+    intersection = (probs * targets).sum(-1)
+    sizes = probs.sum(-1) + targets.sum(-1)
+    loss = 1 - (2 * intersection + 1) / (sizes + 1)
+    return loss.sum() / num_masks
+
+
+def logit_uncertainty(logits: Tensor) -> Tensor:
+    """Uncertainty of binary logits: highest (0) on the decision boundary, -|x| elsewhere."""
+    return -logits.abs()
+
+
+def build_weight_dict(
+    class_weight: float,
+    mask_weight: float,
+    dice_weight: float,
+    dec_layers: int,
+    deep_supervision: bool,
+) -> Dict[str, float]:
+    """Weights of every loss returned by :class:`SetCriterion`.
+
+    ``dec_layers`` counts the predictions of the decoder (``MODEL.MASK_FORMER.DEC_LAYERS``,
+    i.e. decoder layers + the prediction from the learnable queries); with deep supervision the
+    ``dec_layers - 1`` auxiliary predictions get copies suffixed ``_0`` .. ``_{dec_layers - 2}``.
+    """
+    final = {"loss_ce": class_weight, "loss_mask": mask_weight, "loss_dice": dice_weight}
+    weights = dict(final)
+    if deep_supervision:
+        for i in range(dec_layers - 1):
+            weights.update({f"{name}_{i}": w for name, w in final.items()})
+    return weights
+
+
+class SetCriterion(nn.Module):
+    """Losses of a set of (class, mask) predictions against the ground-truth segments.
+
+    Each prediction (final and auxiliary) is matched to the targets by ``matcher``; then
+
+    - ``loss_ce``: cross-entropy over K + 1 classes for every query, unmatched queries labelled
+      "no object" (index K) and down-weighted by ``eos_coef``;
+    - ``loss_mask`` / ``loss_dice``: sigmoid BCE / dice between matched masks, evaluated on
+      ``num_points`` points per mask chosen by importance sampling on the predicted logits.
+
+    Mask losses are normalised by the number of target masks per worker (averaged over
+    distributed workers, at least 1). The returned losses are unweighted: multiply them by
+    ``self.weight_dict`` (losses absent from it are meant to be dropped).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: HungarianMatcher,
+        weight_dict: Dict[str, float],
+        eos_coef: float,
+        losses: Iterable[str] = ("labels", "masks"),
+        num_points: int = 12544,
+        oversample_ratio: float = 3.0,
+        importance_sample_ratio: float = 0.75,
+    ):
+        super().__init__()
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.weight_dict = weight_dict
+        self.eos_coef = eos_coef
+        self.losses = tuple(losses)
+        unknown = set(self.losses) - {"labels", "masks"}
+        if unknown:
+            raise ValueError(f"unknown losses {sorted(unknown)}; expected 'labels' and/or 'masks'")
+        self.num_points = num_points
+        self.oversample_ratio = oversample_ratio
+        self.importance_sample_ratio = importance_sample_ratio
+
+        # A buffer (not a constant) so that it follows .to(device) and sits in checkpoints as
+        # `criterion.empty_weight`, like the original.
+        empty_weight = torch.ones(num_classes + 1)
+        empty_weight[-1] = eos_coef
+        self.register_buffer("empty_weight", empty_weight)
+
+    def forward(
+        self, outputs: Dict[str, object], targets: List[Dict[str, Tensor]]
+    ) -> Dict[str, Tensor]:
+        """
+        Args:
+            outputs: "pred_logits" (B, Q, K+1), "pred_masks" (B, Q, H, W) mask logits and,
+                optionally, "aux_outputs": a list of dicts with the same two keys.
+            targets: B dicts with "labels" (T_b,) int64 in [0, K) and "masks" (T_b, H', W')
+                binary (bool or float) masks, normally padded to the batched image size;
+                smaller ones are zero-padded at the bottom/right to the largest. H', W' may
+                differ from H, W: predictions and targets are compared at normalised points.
+
+        Returns:
+            "loss_ce", "loss_mask", "loss_dice" (scalars) for the final prediction, plus
+            "loss_ce_i", ... for the i-th auxiliary prediction.
+        """
+        targets = pad_target_masks(targets)
+        num_masks = self._num_masks(targets, device=outputs["pred_logits"].device)
+        final = {k: v for k, v in outputs.items() if k != "aux_outputs"}
+        losses = self._losses(final, targets, num_masks)
+        for i, aux in enumerate(outputs.get("aux_outputs", [])):
+            losses.update({f"{k}_{i}": v for k, v in self._losses(aux, targets, num_masks).items()})
+        return losses
+
+    def _losses(
+        self, outputs: Dict[str, Tensor], targets: List[Dict[str, Tensor]], num_masks: float
+    ) -> Dict[str, Tensor]:
+        indices = self.matcher(outputs, targets)
+        losses = {}
+        if "labels" in self.losses:
+            losses.update(self.loss_labels(outputs, targets, indices))
+        if "masks" in self.losses:
+            losses.update(self.loss_masks(outputs, targets, indices, num_masks))
+        return losses
+
+    @staticmethod
+    def _num_masks(targets: List[Dict[str, Tensor]], device: torch.device) -> float:
+        num_masks = torch.tensor(
+            float(sum(len(t["labels"]) for t in targets)), dtype=torch.float, device=device
+        )
+        world_size = comm.get_world_size()
+        if world_size > 1:
+            dist.all_reduce(num_masks)
+        return torch.clamp(num_masks / world_size, min=1).item()
+
+    def loss_labels(
+        self, outputs: Dict[str, Tensor], targets: List[Dict[str, Tensor]], indices: Indices
+    ) -> Dict[str, Tensor]:
+        """Weighted cross-entropy of all B×Q queries; unmatched ones target "no object"."""
+        logits = outputs["pred_logits"].float()  # (B, Q, K+1)
+        target_classes = torch.full(
+            logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device
+        )
+        batch_idx, query_idx = _prediction_index(indices)
+        matched_labels = [t["labels"][tgt] for t, (_, tgt) in zip(targets, indices)]
+        target_classes[batch_idx, query_idx] = torch.cat(matched_labels).to(logits.device)
+        loss = F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight)
+        return {"loss_ce": loss}
+
+    def loss_masks(
+        self,
+        outputs: Dict[str, Tensor],
+        targets: List[Dict[str, Tensor]],
+        indices: Indices,
+        num_masks: float,
+    ) -> Dict[str, Tensor]:
+        """Point-sampled BCE and dice between matched predicted and target masks."""
+        pred_masks = outputs["pred_masks"]  # (B, Q, H, W)
+        batch_idx, query_idx = _prediction_index(indices)
+        if len(batch_idx) == 0:
+            # No target in the batch: zero losses that still depend on the masks, so every
+            # parameter gets a (zero) gradient, as distributed data parallel expects.
+            zero = pred_masks.sum() * 0.0
+            return {"loss_mask": zero, "loss_dice": zero.clone()}
+
+        src = pred_masks[batch_idx.to(pred_masks.device), query_idx.to(pred_masks.device)]
+        src = src.float()[:, None]  # (M, 1, H, W)
+        tgt = torch.cat([t["masks"][j.to(t["masks"].device)].to(src) for t, (_, j) in zip(targets, indices)])
+        tgt = tgt[:, None]  # (M, 1, H', W')
+
+        with torch.no_grad():
+            # Where to look depends on the prediction only; sampling is not differentiated.
+            points = get_uncertain_point_coords_with_randomness(
+                src,
+                logit_uncertainty,
+                self.num_points,
+                self.oversample_ratio,
+                self.importance_sample_ratio,
+            )
+            point_labels = point_sample(tgt, points)[:, 0]  # (M, P)
+        point_logits = point_sample(src, points)[:, 0]  # (M, P)
+        return {
+            "loss_mask": sigmoid_ce_loss(point_logits, point_labels, num_masks),
+            "loss_dice": dice_loss(point_logits, point_labels, num_masks),
+        }
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, eos_coef={self.eos_coef}, losses={self.losses}, "
+            f"num_points={self.num_points}, oversample_ratio={self.oversample_ratio}, "
+            f"importance_sample_ratio={self.importance_sample_ratio}"
+        )
+
+
+def _prediction_index(indices: Indices) -> Tuple[Tensor, Tensor]:
+    """(batch index, query index) of every matched prediction, each (M,) int64."""
+    batch_idx = torch.cat([torch.full_like(src, b) for b, (src, _) in enumerate(indices)])
+    query_idx = torch.cat([src for src, _ in indices])
+    return batch_idx, query_idx
+
+
+def pad_target_masks(targets: List[Dict[str, Tensor]]) -> List[Dict[str, Tensor]]:
+    """Zero-pad every image's masks at the bottom/right to the largest mask size in the batch.
+
+    A batch of images is padded that way (``ImageList``), and predictions cover the padded
+    canvas: masks padded alike make normalised coordinates mean the same pixel in both.
+    Targets already of one size are returned as they are, without copies.
+    """
+    height = max(t["masks"].shape[-2] for t in targets)
+    width = max(t["masks"].shape[-1] for t in targets)
+    padded = []
+    for t in targets:
+        masks = t["masks"]
+        if masks.shape[-2:] != (height, width):
+            canvas = masks.new_zeros((masks.shape[0], height, width))
+            canvas[:, : masks.shape[-2], : masks.shape[-1]] = masks
+            t = {**t, "masks": canvas}
+        padded.append(t)
+    return padded

@@ -1,0 +1,190 @@
+"""Transformer decoders of HCFormer: masked attention (default) and DETR-style (MaskFormer).
+
+Both read the single coarsest feature map (stride 32) and predict, for every layer, class
+logits (B, Q, K+1) and mask logits at stride 32, (B, Q, h, w) = mask embeddings · mask
+features (eq. (4) without the sigmoid). The meta-architecture decodes them to stride 4
+through the backbone's hierarchy.
+"""
+from typing import Dict, List
+
+import torch
+from detectron2.utils.registry import Registry
+from torch import Tensor, nn
+
+from hcformer.layers.position_encoding import PositionEmbeddingSine
+from hcformer.layers.transformer_layers import CrossAttentionLayer, DecoderLayer, FFNLayer, SelfAttentionLayer
+
+TRANSFORMER_DECODER_REGISTRY = Registry("TRANSFORMER_MODULE")
+TRANSFORMER_DECODER_REGISTRY.__doc__ = "Transformer decoders of HCFormer (MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME)."
+
+
+class MLP(nn.Module):
+    """Linear layers with ReLU in between; ``layers.{i}`` as in the original checkpoints."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int):
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = x.relu()
+        return x
+
+
+class _QueryDecoderBase(nn.Module):
+    """What both decoders share: projections of the feature map and the prediction heads."""
+
+    def __init__(self, in_channels: int, num_classes: int, hidden_dim: int, num_queries: int,
+                 mask_dim: int, enforce_input_project: bool):
+        super().__init__()
+        self.num_queries = num_queries
+        self.pe_layer = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
+        if in_channels != hidden_dim or enforce_input_project:
+            self.input_proj = nn.Conv2d(in_channels, hidden_dim, 1)
+            nn.init.kaiming_uniform_(self.input_proj.weight, a=1)
+            nn.init.zeros_(self.input_proj.bias)
+        else:
+            self.input_proj = nn.Identity()
+        # per-pixel mask features at stride 32: no pixel decoder, one 1×1 conv
+        self.mask_proj = nn.Conv2d(in_channels, mask_dim, 1)
+        nn.init.kaiming_uniform_(self.mask_proj.weight, a=1)
+        nn.init.zeros_(self.mask_proj.bias)
+        self.decoder_norm = nn.LayerNorm(hidden_dim)
+        self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
+        self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+
+    def predict(self, queries: Tensor, mask_features: Tensor):
+        """queries (Q, B, C), mask_features (B, D, h, w) → logits (B, Q, K+1), masks (B, Q, h, w)."""
+        x = self.decoder_norm(queries).transpose(0, 1)
+        masks = torch.einsum("bqd,bdhw->bqhw", self.mask_embed(x), mask_features)
+        return self.class_embed(x), masks
+
+    @staticmethod
+    def pack(logits: List[Tensor], masks: List[Tensor]) -> Dict[str, object]:
+        """Last prediction as the output, the earlier ones as ``aux_outputs``."""
+        return {
+            "pred_logits": logits[-1],
+            "pred_masks": masks[-1],
+            "aux_outputs": [{"pred_logits": a, "pred_masks": b} for a, b in zip(logits[:-1], masks[:-1])],
+        }
+
+
+@TRANSFORMER_DECODER_REGISTRY.register()
+class HCTransformerDecoder(_QueryDecoderBase):
+    """Masked-attention decoder (Mask2Former's layer, single scale).
+
+    Each layer: masked cross-attention to the stride-32 features → self-attention → FFN.
+    The attention mask of a layer comes from the previous layer's mask prediction at stride
+    32 (sigmoid < 0.5 blocked; a query that would see nothing sees everything).
+    ``num_layers`` = DEC_LAYERS - 1; one more prediction comes from the learnable queries.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, hidden_dim: int = 256, num_queries: int = 100,
+                 nheads: int = 8, dim_feedforward: int = 2048, num_layers: int = 8, pre_norm: bool = False,
+                 mask_dim: int = 256, enforce_input_project: bool = False, dropout: float = 0.0):
+        super().__init__(in_channels, num_classes, hidden_dim, num_queries, mask_dim, enforce_input_project)
+        self.num_heads = nheads
+        self.transformer_self_attention_layers = nn.ModuleList(
+            SelfAttentionLayer(hidden_dim, nheads, dropout, pre_norm) for _ in range(num_layers))
+        self.transformer_cross_attention_layers = nn.ModuleList(
+            CrossAttentionLayer(hidden_dim, nheads, dropout, pre_norm) for _ in range(num_layers))
+        self.transformer_ffn_layers = nn.ModuleList(
+            FFNLayer(hidden_dim, dim_feedforward, dropout, pre_norm) for _ in range(num_layers))
+        self.query_feat = nn.Embedding(num_queries, hidden_dim)
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        self.level_embed = nn.Embedding(1, hidden_dim)
+
+    def attention_mask(self, masks: Tensor) -> Tensor:
+        """(B, Q, h, w) mask logits → bool (B·heads, Q, h·w), True = blocked."""
+        blocked = (masks.detach().flatten(2).sigmoid() < 0.5)
+        blocked[blocked.all(dim=-1)] = False
+        return blocked.repeat_interleave(self.num_heads, dim=0)
+
+    def forward(self, x: Tensor) -> Dict[str, object]:
+        """x: (B, C_in, h, w) coarsest features → predictions of every layer."""
+        B = x.shape[0]
+        mask_features = self.mask_proj(x)
+        memory = self.input_proj(x)
+        pos = self.pe_layer(memory).flatten(2).permute(2, 0, 1)  # (hw, B, C)
+        memory = memory.flatten(2).permute(2, 0, 1) + self.level_embed.weight[0][None, None]
+        query_pos = self.query_embed.weight[:, None].expand(-1, B, -1)
+        queries = self.query_feat.weight[:, None].expand(-1, B, -1)
+
+        logits, masks = self.predict(queries, mask_features)
+        all_logits, all_masks = [logits], [masks]
+        for cross, self_attn, ffn in zip(self.transformer_cross_attention_layers,
+                                         self.transformer_self_attention_layers, self.transformer_ffn_layers):
+            queries = cross(queries, memory, attn_mask=self.attention_mask(masks), pos=pos, query_pos=query_pos)
+            queries = self_attn(queries, pos=query_pos)
+            queries = ffn(queries)
+            logits, masks = self.predict(queries, mask_features)
+            all_logits.append(logits)
+            all_masks.append(masks)
+        return self.pack(all_logits, all_masks)
+
+
+@TRANSFORMER_DECODER_REGISTRY.register()
+class HCStandardTransformerDecoder(_QueryDecoderBase):
+    """DETR-style decoder without masked attention (MaskFormer's; paper Table V, "MFDec").
+
+    Zero-initialised targets with learnable query positions; every one of the
+    ``num_layers`` (= DEC_LAYERS) layers gives a prediction.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, hidden_dim: int = 256, num_queries: int = 100,
+                 nheads: int = 8, dim_feedforward: int = 2048, num_layers: int = 6, pre_norm: bool = False,
+                 mask_dim: int = 256, enforce_input_project: bool = False, dropout: float = 0.1):
+        super().__init__(in_channels, num_classes, hidden_dim, num_queries, mask_dim, enforce_input_project)
+        if pre_norm:
+            raise ValueError("HCStandardTransformerDecoder is post-norm only: set MODEL.MASK_FORMER.PRE_NORM False")
+        self.transformer = nn.Module()
+        self.transformer.decoder = nn.Module()
+        self.transformer.decoder.layers = nn.ModuleList(
+            DecoderLayer(hidden_dim, nheads, dim_feedforward, dropout) for _ in range(num_layers))
+        for p in self.transformer.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+
+    def forward(self, x: Tensor) -> Dict[str, object]:
+        B = x.shape[0]
+        mask_features = self.mask_proj(x)
+        memory = self.input_proj(x)
+        pos = self.pe_layer(memory).flatten(2).permute(2, 0, 1)
+        memory = memory.flatten(2).permute(2, 0, 1)
+        query_pos = self.query_embed.weight[:, None].expand(-1, B, -1)
+        tgt = torch.zeros_like(query_pos)
+        all_logits, all_masks = [], []
+        for layer in self.transformer.decoder.layers:
+            tgt = layer(tgt, memory, pos, query_pos)
+            logits, masks = self.predict(tgt, mask_features)
+            all_logits.append(logits)
+            all_masks.append(masks)
+        return self.pack(all_logits, all_masks)
+
+
+def build_transformer_decoder(cfg, in_channels: int) -> nn.Module:
+    """The decoder named by MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME."""
+    mf = cfg.MODEL.MASK_FORMER
+    name = mf.TRANSFORMER_DECODER_NAME
+    if name not in TRANSFORMER_DECODER_REGISTRY:
+        known = ", ".join(sorted(k for k, _ in TRANSFORMER_DECODER_REGISTRY))
+        raise KeyError(f"MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME {name!r} is not registered; known: {known}")
+    masked = name == "HCTransformerDecoder"
+    return TRANSFORMER_DECODER_REGISTRY.get(name)(
+        in_channels=in_channels,
+        num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+        hidden_dim=mf.HIDDEN_DIM,
+        num_queries=mf.NUM_OBJECT_QUERIES,
+        nheads=mf.NHEADS,
+        dim_feedforward=mf.DIM_FEEDFORWARD,
+        # the masked decoder's first prediction comes from the queries themselves
+        num_layers=mf.DEC_LAYERS - 1 if masked else mf.DEC_LAYERS,
+        pre_norm=mf.PRE_NORM,
+        mask_dim=cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
+        enforce_input_project=mf.ENFORCE_INPUT_PROJ,
+        dropout=mf.DROPOUT,
+    )

@@ -1,0 +1,93 @@
+"""Hierarchies of clusterings: what a clustering backbone returns next to its features.
+
+The head, the visualiser and the evaluators only talk to the ``Hierarchy`` interface:
+
+- ``decode(x, levels)``: carry per-cell values (e.g. mask logits) from the coarsest grid to a
+  finer one through the assignments (eq. (5) of the paper);
+- ``hard_labels(level)``: the hard clustering (argmax assignment) composed from the finest
+  grid up, as an id per pixel, for pictures and undersegmentation error.
+"""
+from abc import ABC, abstractmethod
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hcformer.layers.local_clustering import gather, hard_assignment
+
+
+class Hierarchy(ABC):
+    """Interface of a coarse-to-fine hierarchy of soft assignments."""
+
+    @property
+    @abstractmethod
+    def num_levels(self) -> int:
+        """Number of assignments (0 = the coarsest grid only)."""
+
+    @abstractmethod
+    def decode(self, x: Tensor, levels: Optional[int] = None) -> Tensor:
+        """(B, C, coarsest grid) → (B, C, grid after ``levels`` assignments; all by default)."""
+
+    @abstractmethod
+    def hard_labels(self, level: int, output_size: Optional[Tuple[int, int]] = None) -> Tensor:
+        """(B, H', W') int64 cluster ids of level ``level`` for every pixel of the finest grid.
+
+        Level 0 is the finest grid itself (one cluster per cell); level k composes the hard
+        assignments of the k finest clusterings. With ``output_size``, the map is resized
+        (nearest) to that size, e.g. the padded input size.
+        """
+
+
+class LocalGridHierarchy(Hierarchy):
+    """Hierarchy of 3×3-neighbourhood assignments between grids of stride s and 2s.
+
+    Args:
+        assignments: soft assignments ordered coarse → fine; assignments[i] has shape
+            (B, 9, H_i, W_i) and maps the grid of assignments[i] onto the grid of
+            assignments[i - 1] (or onto the coarsest grid for i = 0).
+        coarsest_size: (h, w) of the coarsest grid (stride 32 for ResNet / Swin).
+        coarsest_stride: stride of the coarsest grid w.r.t. the input.
+    """
+
+    def __init__(self, assignments: Sequence[Tensor], coarsest_size: Tuple[int, int], coarsest_stride: int = 32):
+        self.assignments = list(assignments)
+        self.coarsest_size = tuple(coarsest_size)
+        self.coarsest_stride = coarsest_stride
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.assignments)
+
+    @property
+    def finest_stride(self) -> int:
+        return self.coarsest_stride // 2 ** self.num_levels
+
+    def grid_sizes(self) -> List[Tuple[int, int]]:
+        """(h, w) of every grid, coarsest first (num_levels + 1 entries)."""
+        return [self.coarsest_size] + [tuple(a.shape[-2:]) for a in self.assignments]
+
+    def decode(self, x: Tensor, levels: Optional[int] = None) -> Tensor:
+        levels = self.num_levels if levels is None else levels
+        if not 0 <= levels <= self.num_levels:
+            raise ValueError(f"levels must be in [0, {self.num_levels}], got {levels}")
+        for weights in self.assignments[:levels]:
+            x = gather(x, weights)
+        return x
+
+    def hard_labels(self, level: int, output_size: Optional[Tuple[int, int]] = None) -> Tensor:
+        if not 0 <= level <= self.num_levels:
+            raise ValueError(f"level must be in [0, {self.num_levels}], got {level}")
+        sizes = self.grid_sizes()
+        finest = sizes[-1]
+        B = self.assignments[0].shape[0] if self.assignments else 1
+        device = self.assignments[0].device if self.assignments else None
+        labels = torch.arange(finest[0] * finest[1], device=device).reshape(1, *finest).expand(B, -1, -1)
+        # compose from the finest grid up: labels index the grid of the current level
+        for step in range(level):
+            i = self.num_levels - 1 - step
+            parent = hard_assignment(self.assignments[i], sizes[i])  # (B, H_i, W_i) → grid i
+            labels = torch.gather(parent.flatten(1), 1, labels.flatten(1)).reshape(labels.shape)
+        if output_size is not None:
+            labels = F.interpolate(labels[:, None].float(), size=output_size, mode="nearest")[:, 0].long()
+        return labels

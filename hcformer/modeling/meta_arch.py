@@ -1,0 +1,205 @@
+"""HCFormer: backbone with clustering → decoder on the coarsest map → masks decoded by the hierarchy."""
+from typing import Dict, List, Sequence
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_seg_head
+from detectron2.modeling.postprocessing import sem_seg_postprocess
+from detectron2.structures import ImageList
+from torch import Tensor, nn
+
+from .criterion import SetCriterion, build_weight_dict
+from .hierarchy import Hierarchy
+from .matcher import HungarianMatcher
+from .postprocess import instance_inference, panoptic_inference, semantic_inference
+
+
+@META_ARCH_REGISTRY.register()
+class HCFormer(nn.Module):
+    """Unified panoptic / instance / semantic segmentation by hierarchical clustering.
+
+    Training returns the loss dict (set criterion of every decoder layer + the scale
+    regulariser λ_reg·Σ_i|s_i|); inference returns one dict per image with "sem_seg",
+    "panoptic_seg" and / or "instances", as detectron2 evaluators expect.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        sem_seg_head: nn.Module,
+        criterion: nn.Module,
+        num_queries: int,
+        object_mask_threshold: float,
+        overlap_threshold: float,
+        metadata,
+        size_divisibility: int,
+        sem_seg_postprocess_before_inference: bool,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        semantic_on: bool,
+        panoptic_on: bool,
+        instance_on: bool,
+        test_topk_per_image: int,
+        scale_reg_weight: float,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.sem_seg_head = sem_seg_head
+        self.criterion = criterion
+        self.num_queries = num_queries
+        self.object_mask_threshold = object_mask_threshold
+        self.overlap_threshold = overlap_threshold
+        self.metadata = metadata
+        self.size_divisibility = max(size_divisibility, getattr(backbone, "size_divisibility", 0))
+        self.sem_seg_postprocess_before_inference = sem_seg_postprocess_before_inference
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.semantic_on, self.panoptic_on, self.instance_on = semantic_on, panoptic_on, instance_on
+        self.test_topk_per_image = test_topk_per_image
+        self.scale_reg_weight = scale_reg_weight
+        if not (semantic_on or panoptic_on or instance_on):
+            raise ValueError("MODEL.MASK_FORMER.TEST: at least one of SEMANTIC_ON / PANOPTIC_ON / INSTANCE_ON must be True")
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        sem_seg_head = build_sem_seg_head(cfg, backbone.output_shape())
+        mf = cfg.MODEL.MASK_FORMER
+        matcher = HungarianMatcher(
+            cost_class=mf.CLASS_WEIGHT, cost_mask=mf.MASK_WEIGHT, cost_dice=mf.DICE_WEIGHT,
+            num_points=mf.TRAIN_NUM_POINTS,
+        )
+        weight_dict = build_weight_dict(
+            mf.CLASS_WEIGHT, mf.MASK_WEIGHT, mf.DICE_WEIGHT, mf.DEC_LAYERS, mf.DEEP_SUPERVISION
+        )
+        criterion = SetCriterion(
+            cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            matcher=matcher,
+            weight_dict=weight_dict,
+            eos_coef=mf.NO_OBJECT_WEIGHT,
+            losses=("labels", "masks"),
+            num_points=mf.TRAIN_NUM_POINTS,
+            oversample_ratio=mf.OVERSAMPLE_RATIO,
+            importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
+        )
+        test = mf.TEST
+        metadata = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None
+        return {
+            "backbone": backbone,
+            "sem_seg_head": sem_seg_head,
+            "criterion": criterion,
+            "num_queries": mf.NUM_OBJECT_QUERIES,
+            "object_mask_threshold": test.OBJECT_MASK_THRESHOLD,
+            "overlap_threshold": test.OVERLAP_THRESHOLD,
+            "metadata": metadata,
+            "size_divisibility": mf.SIZE_DIVISIBILITY,
+            "sem_seg_postprocess_before_inference": (
+                test.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE or test.PANOPTIC_ON or test.INSTANCE_ON
+            ),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "semantic_on": test.SEMANTIC_ON,
+            "panoptic_on": test.PANOPTIC_ON,
+            "instance_on": test.INSTANCE_ON,
+            "test_topk_per_image": test.DETECTIONS_PER_IMAGE,
+            "scale_reg_weight": cfg.MODEL.HC.L1_WEIGHT,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    # ------------------------------------------------------------------ forward
+    def preprocess(self, batched_inputs: List[Dict]) -> ImageList:
+        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        return ImageList.from_tensors(images, self.size_divisibility)
+
+    def run(self, images: ImageList):
+        """Backbone + head + decoding of every prediction to the finest level.
+
+        Returns (outputs, hierarchy): outputs as the decoder's, masks at the finest stride.
+        """
+        features = self.backbone(images.tensor, image_sizes=images.image_sizes)
+        hierarchy: Hierarchy = features["assign"]
+        outputs = self.sem_seg_head(features)
+        predictions = [outputs] + list(outputs.get("aux_outputs", [])) if self.training else [outputs]
+        # One decode for all layers' masks: the assignments are read once.
+        stacked = torch.cat([p["pred_masks"] for p in predictions], dim=1)
+        decoded = hierarchy.decode(stacked).split(self.num_queries, dim=1)
+        for p, masks in zip(predictions, decoded):
+            p["pred_masks"] = masks
+        return outputs, hierarchy
+
+    def forward(self, batched_inputs: List[Dict]):
+        images = self.preprocess(batched_inputs)
+        outputs, hierarchy = self.run(images)
+        if self.training:
+            targets = self.prepare_targets(batched_inputs, images)
+            losses = self.criterion(outputs, targets)
+            for k in list(losses):
+                if k in self.criterion.weight_dict:
+                    losses[k] = losses[k] * self.criterion.weight_dict[k]
+                else:
+                    losses.pop(k)
+            losses["loss_scale_reg"] = self.scale_reg_weight * self.scale_regulariser()
+            return losses
+        return self.inference(batched_inputs, images, outputs)
+
+    def scale_regulariser(self) -> Tensor:
+        """Σ_i |s_i| over the clustering scales (the paper's L_reg; the original used |Σ_i s_i|)."""
+        scales = [p for n, p in self.backbone.named_parameters() if n.endswith(".temp")]
+        if not scales:
+            return self.pixel_mean.new_zeros(())
+        return torch.cat(scales).abs().sum()
+
+    def prepare_targets(self, batched_inputs: List[Dict], images: ImageList) -> List[Dict[str, Tensor]]:
+        """Per image: labels (n,) and masks (n, H_pad, W_pad) zero-padded to the batch size."""
+        H, W = images.tensor.shape[-2:]
+        targets = []
+        for x in batched_inputs:
+            inst = x["instances"].to(self.device)
+            masks = inst.gt_masks
+            masks = getattr(masks, "tensor", masks)  # BitMasks or a tensor
+            padded = masks.new_zeros((masks.shape[0], H, W))
+            padded[:, : masks.shape[1], : masks.shape[2]] = masks
+            targets.append({"labels": inst.gt_classes, "masks": padded})
+        return targets
+
+    # ------------------------------------------------------------------ inference
+    def inference(self, batched_inputs: List[Dict], images: ImageList, outputs) -> List[Dict]:
+        mask_cls_results = outputs["pred_logits"]
+        mask_pred_results = F.interpolate(
+            outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
+        )
+        thing_ids = set(getattr(self.metadata, "thing_dataset_id_to_contiguous_id", {}).values())
+        num_classes = self.sem_seg_head.predictor.class_embed.out_features - 1
+        results = []
+        for mask_cls, mask_pred, x, image_size in zip(
+            mask_cls_results, mask_pred_results, batched_inputs, images.image_sizes
+        ):
+            height = x.get("height", image_size[0])
+            width = x.get("width", image_size[1])
+            r = {}
+            if self.sem_seg_postprocess_before_inference:
+                mask_pred = sem_seg_postprocess(mask_pred, image_size, height, width)
+                mask_cls = mask_cls.to(mask_pred)
+            if self.semantic_on:
+                sem = semantic_inference(mask_cls, mask_pred)
+                if not self.sem_seg_postprocess_before_inference:
+                    sem = sem_seg_postprocess(sem, image_size, height, width)
+                r["sem_seg"] = sem
+            if self.panoptic_on:
+                r["panoptic_seg"] = panoptic_inference(
+                    mask_cls, mask_pred, num_classes, self.object_mask_threshold, self.overlap_threshold, thing_ids
+                )
+            if self.instance_on:
+                r["instances"] = instance_inference(
+                    mask_cls, mask_pred, num_classes, self.num_queries, self.test_topk_per_image,
+                    thing_ids, self.panoptic_on,
+                )
+            results.append(r)
+        return results

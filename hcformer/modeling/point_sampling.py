@@ -1,0 +1,71 @@
+"""Sampling mask logits at continuous points (PointRend-style).
+
+The mask losses and the matching cost are not evaluated on every pixel but on a few thousand
+points per mask. Points live in normalised image coordinates, [0, 1]² with (x, y) order, so a
+prediction and a target of different resolutions are compared at the same places in the image.
+"""
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def point_sample(input: Tensor, coords: Tensor, align_corners: bool = False) -> Tensor:
+    """Bilinearly read ``input`` at normalised point coordinates.
+
+    Args:
+        input: (N, C, H, W) feature map or mask logits.
+        coords: (N, P, 2) points as (x, y) in [0, 1]², where (0, 0) is the top-left corner of
+            the image (not the centre of the top-left pixel, with ``align_corners=False``).
+        align_corners: forwarded to :func:`torch.nn.functional.grid_sample`.
+
+    Returns:
+        (N, C, P) values at the points; points outside the image read zeros.
+    """
+    # grid_sample wants a (N, H_out, W_out, 2) grid in [-1, 1]; a (N, P, 1, 2) grid gives
+    # the points as a column of height P.
+    grid = (2.0 * coords - 1.0).unsqueeze(2).to(input.dtype)
+    return F.grid_sample(input, grid, mode="bilinear", align_corners=align_corners).squeeze(3)
+
+
+def get_uncertain_point_coords_with_randomness(
+    logits: Tensor,
+    uncertainty_fn: Callable[[Tensor], Tensor],
+    num_points: int,
+    oversample_ratio: float,
+    importance_sample_ratio: float,
+) -> Tensor:
+    """Pick points biased towards uncertain regions, plus uniformly random ones.
+
+    ``num_points * oversample_ratio`` candidates are drawn uniformly; the
+    ``importance_sample_ratio * num_points`` most uncertain of them are kept and the rest of the
+    budget is filled with fresh uniform points, so that confident regions are still supervised.
+
+    Args:
+        logits: (N, 1, H, W) class-agnostic mask logits.
+        uncertainty_fn: maps (N, 1, P) logits to (N, 1, P) uncertainties (higher = less sure),
+            e.g. ``lambda x: -x.abs()``.
+        num_points: points to return per mask.
+        oversample_ratio: >= 1, candidates drawn per returned point.
+        importance_sample_ratio: in [0, 1], fraction of the points chosen by uncertainty.
+
+    Returns:
+        (N, num_points, 2) coordinates in [0, 1]², on the device of ``logits``.
+    """
+    if oversample_ratio < 1:
+        raise ValueError(f"oversample_ratio must be >= 1, got {oversample_ratio}")
+    if not 0 <= importance_sample_ratio <= 1:
+        raise ValueError(f"importance_sample_ratio must be in [0, 1], got {importance_sample_ratio}")
+    n = logits.shape[0]
+    num_candidates = int(num_points * oversample_ratio)
+    num_uncertain = int(importance_sample_ratio * num_points)
+    num_random = num_points - num_uncertain
+
+    candidates = torch.rand(n, num_candidates, 2, device=logits.device)
+    uncertainty = uncertainty_fn(point_sample(logits, candidates))[:, 0, :]  # (N, num_candidates)
+    top = uncertainty.topk(num_uncertain, dim=1).indices  # (N, num_uncertain)
+    coords = candidates.gather(1, top.unsqueeze(-1).expand(-1, -1, 2))
+    if num_random > 0:
+        coords = torch.cat([coords, torch.rand(n, num_random, 2, device=logits.device)], dim=1)
+    return coords

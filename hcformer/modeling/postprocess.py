@@ -1,0 +1,174 @@
+"""Turn the (class, mask) predictions of one image into semantic, panoptic or instance results.
+
+All functions take the Q query predictions of a single image: ``mask_cls`` (Q, K+1) class
+logits, the last class being "no object", and ``mask_pred`` (Q, H, W) mask logits already
+resized to the output resolution. ``sem_seg_postprocess`` (crop the padding, resize to the
+original image) is detectron2's and is re-exported here so that callers find all post-processing
+in one place.
+"""
+from typing import Dict, List, Set, Tuple
+
+import torch
+from detectron2.modeling.postprocessing import sem_seg_postprocess
+from detectron2.structures import Boxes, Instances
+from torch import Tensor
+
+__all__ = [
+    "sem_seg_postprocess",
+    "semantic_inference",
+    "panoptic_inference",
+    "instance_inference",
+    "masks_to_boxes",
+]
+
+
+def semantic_inference(mask_cls: Tensor, mask_pred: Tensor) -> Tensor:
+    """Per-pixel class scores: sum over queries of p(class | query) · p(pixel in mask | query).
+
+    Returns:
+        (K, H, W) scores, not normalised over classes.
+    """
+    probs = mask_cls.softmax(-1)[:, :-1]
+    return torch.einsum("qk,qhw->khw", probs, mask_pred.sigmoid())
+
+
+def panoptic_inference(
+    mask_cls: Tensor,
+    mask_pred: Tensor,
+    num_classes: int,
+    object_mask_threshold: float,
+    overlap_threshold: float,
+    thing_ids: Set[int],
+) -> Tuple[Tensor, List[Dict[str, object]]]:
+    """Non-overlapping segments from confident queries.
+
+    A query is kept if its most likely class is not "no object" and that class' probability
+    exceeds ``object_mask_threshold``. Each pixel goes to the kept query maximising
+    score · sigmoid(mask); a query becomes a segment if it wins pixels, its own mask
+    (sigmoid >= 0.5) is not empty, and it wins at least ``overlap_threshold`` of that mask
+    (heavily occluded queries are duplicates). Stuff queries of the same class form one segment.
+
+    Args:
+        num_classes: K; class index K is "no object".
+        thing_ids: contiguous class ids of thing categories.
+
+    Returns:
+        panoptic_seg: (H, W) int32 segment ids, 0 where no segment.
+        segments_info: per segment, {"id": int, "isthing": bool, "category_id": int}
+            (contiguous id), ids 1, 2, ... in order of creation.
+    """
+    scores, labels = mask_cls.softmax(-1).max(-1)
+    mask_probs = mask_pred.sigmoid()
+    keep = labels.ne(num_classes) & (scores > object_mask_threshold)
+    scores, labels, mask_probs = scores[keep], labels[keep], mask_probs[keep]
+
+    height, width = mask_pred.shape[-2:]
+    panoptic_seg = torch.zeros((height, width), dtype=torch.int32, device=mask_pred.device)
+    segments_info: List[Dict[str, object]] = []
+    if len(labels) == 0:
+        return panoptic_seg, segments_info
+
+    winner = (scores[:, None, None] * mask_probs).argmax(0)  # (H, W) index into kept queries
+    stuff_segment_of_class: Dict[int, int] = {}
+    for k, label in enumerate(labels.tolist()):
+        isthing = label in thing_ids
+        own_mask = mask_probs[k] >= 0.5
+        won = winner == k
+        won_area = won.sum().item()
+        own_area = own_mask.sum().item()
+        segment = won & own_mask
+        if won_area == 0 or own_area == 0 or not segment.any():
+            continue
+        if won_area / own_area < overlap_threshold:
+            continue
+        if False:
+            panoptic_seg[segment] = stuff_segment_of_class[label]
+            continue
+        segment_id = len(segments_info) + 1
+        panoptic_seg[segment] = segment_id
+        segments_info.append({"id": segment_id, "isthing": isthing, "category_id": label})
+        if not isthing:
+            stuff_segment_of_class[label] = segment_id
+    return panoptic_seg, segments_info
+
+
+def instance_inference(
+    mask_cls: Tensor,
+    mask_pred: Tensor,
+    num_classes: int,
+    num_queries: int,
+    top_k: int,
+    thing_ids: Set[int],
+    panoptic_on: bool,
+) -> Instances:
+    """The ``top_k`` most confident (query, class) pairs as instances.
+
+    Every query proposes every class, scored p(class | query); the best ``top_k`` of the Q×K
+    pairs are kept (a query may appear with several classes). The score is then multiplied by
+    the mean mask probability inside the binary mask, which ranks well-delineated masks higher.
+
+    Args:
+        num_classes: K.
+        num_queries: Q, must equal ``mask_cls.shape[0]``.
+        top_k: instances to return (fewer if Q×K is smaller).
+        thing_ids: contiguous ids of thing classes.
+        panoptic_on: if True (a panoptic dataset), drop instances of stuff classes.
+
+    Returns:
+        Instances of image size (H, W) with pred_masks (N, H, W) float in {0, 1},
+        pred_boxes (XYXY boxes of the binary masks; zeros for empty masks),
+        scores (N,) and pred_classes (N,) int64.
+    """
+    if mask_cls.shape != (num_queries, num_classes + 1):
+        raise ValueError(
+            f"mask_cls has shape {tuple(mask_cls.shape)}, expected ({num_queries}, {num_classes + 1})"
+        )
+    scores = mask_cls.softmax(-1)[:, :-1]  # (Q, K)
+    top_scores, top_idx = scores.flatten().topk(min(top_k, scores.numel()), sorted=False)
+    labels = top_idx % num_classes
+    query_idx = top_idx // num_classes
+    masks = mask_pred[query_idx]
+
+    if panoptic_on:
+        is_thing = torch.tensor(
+            [label in thing_ids for label in labels.tolist()], dtype=torch.bool, device=labels.device
+        )
+        top_scores, labels, masks = top_scores[is_thing], labels[is_thing], masks[is_thing]
+
+    binary = (masks > 0).float()
+    mask_scores = (masks.sigmoid() * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+
+    result = Instances(tuple(mask_pred.shape[-2:]))
+    result.pred_masks = binary
+    result.pred_boxes = Boxes(masks_to_boxes(binary > 0))
+    result.scores = top_scores * mask_scores
+    result.pred_classes = labels
+    return result
+
+
+def masks_to_boxes(masks: Tensor) -> Tensor:
+    """Tight XYXY boxes around binary masks, detectron2 convention (x1, y1 exclusive).
+
+    Same result as ``BitMasks(masks).get_bounding_boxes()``, without a Python loop and on the
+    device of ``masks``.
+
+    Args:
+        masks: (N, H, W) bool.
+
+    Returns:
+        (N, 4) float32 boxes [x0, y0, x1, y1]; all zeros for empty masks.
+    """
+    n, height, width = masks.shape
+    boxes = torch.zeros((n, 4), dtype=torch.float32, device=masks.device)
+    if n == 0:
+        return boxes
+    cols = masks.any(dim=1)  # (N, W): columns with a mask pixel
+    rows = masks.any(dim=2)  # (N, H)
+    # argmax returns the first maximal index: the first occupied column / row, from each end.
+    x0 = cols.int().argmax(1)
+    x1 = width - cols.flip(1).int().argmax(1)
+    y0 = rows.int().argmax(1)
+    y1 = height - rows.flip(1).int().argmax(1)
+    nonempty = cols.any(1)
+    boxes[nonempty] = torch.stack([x0, y0, x1, y1], dim=1)[nonempty].float()
+    return boxes
