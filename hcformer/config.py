@@ -37,6 +37,8 @@ def add_hcformer_config(cfg: CN) -> None:
     cfg.MODEL.RESNETS.DOWNSAMPLING = "deform"  # "deform" (modulated DCNv2) | "conv"
     cfg.MODEL.RESNETS.AUX = "none"  # "none" | "transformer" (HCFormer+ encoder on res5)
     cfg.MODEL.RESNETS.WEIGHTS = ""  # (hcformer) local ImageNet weights (.pth / .pkl), optional
+    cfg.MODEL.RESNETS.STEM_TYPE = "basic"  # accepted for Mask2Former config files; always "basic"
+    cfg.MODEL.RESNETS.RES5_MULTI_GRID = [1, 1, 1]  # accepted for the original config files; unused
 
     # ---------------------------------------------------------------- Swin backbone
     cfg.MODEL.SWIN = CN()

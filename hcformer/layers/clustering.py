@@ -50,5 +50,8 @@ class ClusteringLayer(nn.Module):
         c = F.normalize(self.coarse_emb(self.coarse_norm(coarse)), dim=1)
         # The softmax of sim/|s| with |s| ~ 0.1 and below is sensitive: keep it in fp32.
         with torch.autocast(device_type=fine.device.type, enabled=False):
-            logits = affinity(f.float(), c.float(), grid=2, kernel=3, coarse_valid=coarse_valid)
-            return (logits / self.temp.abs()).softmax(dim=1)
+            # Scale before the affinity: excluded candidates are -inf, and -inf / |s| would
+            # give the scale a NaN gradient.
+            f = f.float() / self.temp.abs()
+            logits = affinity(f, c.float(), grid=2, kernel=3, coarse_valid=coarse_valid)
+            return logits.softmax(dim=1)

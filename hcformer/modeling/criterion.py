@@ -1,4 +1,5 @@
-"""Set-prediction loss of Mask2Former: classification + point-sampled mask losses on matched pairs."""
+"""Set-prediction loss of Mask2Former: class + point-sampled mask losses on matched pairs."""
+
 from typing import Dict, Iterable, List, Tuple
 
 import torch
@@ -186,8 +187,10 @@ class SetCriterion(nn.Module):
 
         src = pred_masks[batch_idx.to(pred_masks.device), query_idx.to(pred_masks.device)]
         src = src.float()[:, None]  # (M, 1, H, W)
-        tgt = torch.cat([t["masks"][j.to(t["masks"].device)].to(src) for t, (_, j) in zip(targets, indices)])
-        tgt = tgt[:, None]  # (M, 1, H', W')
+        matched_targets = [
+            t["masks"][j.to(t["masks"].device)] for t, (_, j) in zip(targets, indices)
+        ]
+        tgt = torch.cat(matched_targets).to(src)[:, None]  # (M, 1, H', W')
 
         with torch.no_grad():
             # Where to look depends on the prediction only; sampling is not differentiated.

@@ -1,6 +1,8 @@
 """Bipartite matching between predicted masks and ground-truth segments (Mask2Former cost)."""
+
 from typing import Dict, List, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
@@ -21,7 +23,9 @@ def pairwise_sigmoid_ce_cost(logits: Tensor, targets: Tensor) -> Tensor:
     """
     # BCE(x, t) = t * BCE(x, 1) + (1 - t) * BCE(x, 0): two matrix products instead of Q*T*P terms.
     cost_pos = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits), reduction="none")
-    cost_neg = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none")
+    cost_neg = F.binary_cross_entropy_with_logits(
+        logits, torch.zeros_like(logits), reduction="none"
+    )
     cost = cost_pos @ targets.T + cost_neg @ (1 - targets).T
     return cost / logits.shape[1]
 
@@ -106,17 +110,20 @@ class HungarianMatcher(nn.Module):
         cost_class = -probs[:, labels]  # (Q, T)
 
         masks = masks.float()[:, None]  # (Q, 1, H, W)
-        target_masks = target["masks"].to(masks)[:, None]  # (T, 1, H', W')
+        tgt_masks = target["masks"].to(masks)[:, None]  # (T, 1, H', W')
         points = torch.rand(1, self.num_points, 2, device=masks.device)
-        pred_points = point_sample(masks, points.expand(masks.shape[0], -1, -1))[:, 0]
-        target_points = point_sample(target_masks, points.expand(target_masks.shape[0], -1, -1))[:, 0]
+        pred_points = point_sample(masks, points.expand(len(masks), -1, -1))[:, 0]  # (Q, P)
+        target_points = point_sample(tgt_masks, points.expand(len(tgt_masks), -1, -1))[:, 0]
 
         cost = (
             self.cost_class * cost_class
             + self.cost_mask * pairwise_sigmoid_ce_cost(pred_points, target_points)
             + self.cost_dice * pairwise_dice_cost(pred_points, target_points)
         )
-        rows, cols = linear_sum_assignment(cost.cpu().numpy())
+        cost = cost.cpu().numpy()
+        if not np.isfinite(cost).all():
+            raise FloatingPointError("non-finite matching cost: the predictions contain NaN or inf")
+        rows, cols = linear_sum_assignment(cost)
         return torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)
 
     def extra_repr(self) -> str:

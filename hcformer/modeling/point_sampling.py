@@ -4,6 +4,7 @@ The mask losses and the matching cost are not evaluated on every pixel but on a 
 points per mask. Points live in normalised image coordinates, [0, 1]² with (x, y) order, so a
 prediction and a target of different resolutions are compared at the same places in the image.
 """
+
 from typing import Callable
 
 import torch
@@ -56,7 +57,9 @@ def get_uncertain_point_coords_with_randomness(
     if oversample_ratio < 1:
         raise ValueError(f"oversample_ratio must be >= 1, got {oversample_ratio}")
     if not 0 <= importance_sample_ratio <= 1:
-        raise ValueError(f"importance_sample_ratio must be in [0, 1], got {importance_sample_ratio}")
+        raise ValueError(
+            f"importance_sample_ratio must be in [0, 1], got {importance_sample_ratio}"
+        )
     n = logits.shape[0]
     num_candidates = int(num_points * oversample_ratio)
     num_uncertain = int(importance_sample_ratio * num_points)

@@ -6,6 +6,7 @@ resized to the output resolution. ``sem_seg_postprocess`` (crop the padding, res
 original image) is detectron2's and is re-exported here so that callers find all post-processing
 in one place.
 """
+
 from typing import Dict, List, Set, Tuple
 
 import torch
@@ -81,7 +82,7 @@ def panoptic_inference(
             continue
         if won_area / own_area < overlap_threshold:
             continue
-        if False:
+        if not isthing and label in stuff_segment_of_class:
             panoptic_seg[segment] = stuff_segment_of_class[label]
             continue
         segment_id = len(segments_info) + 1
@@ -121,7 +122,8 @@ def instance_inference(
     """
     if mask_cls.shape != (num_queries, num_classes + 1):
         raise ValueError(
-            f"mask_cls has shape {tuple(mask_cls.shape)}, expected ({num_queries}, {num_classes + 1})"
+            f"mask_cls has shape {tuple(mask_cls.shape)}, "
+            f"expected ({num_queries}, {num_classes + 1})"
         )
     scores = mask_cls.softmax(-1)[:, :-1]  # (Q, K)
     top_scores, top_idx = scores.flatten().topk(min(top_k, scores.numel()), sorted=False)
@@ -131,7 +133,9 @@ def instance_inference(
 
     if panoptic_on:
         is_thing = torch.tensor(
-            [label in thing_ids for label in labels.tolist()], dtype=torch.bool, device=labels.device
+            [label in thing_ids for label in labels.tolist()],
+            dtype=torch.bool,
+            device=labels.device,
         )
         top_scores, labels, masks = top_scores[is_thing], labels[is_thing], masks[is_thing]
 

@@ -1,0 +1,166 @@
+"""Pieces shared by the training dataset mappers.
+
+Output conventions of every mapper (what the model reads):
+
+* ``image``: uint8 tensor C x H x W in ``cfg.INPUT.FORMAT`` channel order;
+* ``height`` / ``width``: size of the original image (for resizing predictions back);
+* ``instances``: :class:`Instances` of the (augmented, padded) image size with ``gt_classes``
+  (int64 contiguous ids) and ``gt_masks`` (bool tensor N x H x W; no empty masks);
+  instance mappers also set ``gt_boxes`` (:class:`Boxes`, tight around the masks);
+* ``sem_seg``: int64 tensor H x W, ``ignore_label`` where unlabeled or padded.
+"""
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.structures import BitMasks, Boxes, Instances
+
+__all__ = [
+    "IMAGE_PAD_VALUE",
+    "require_training",
+    "require_keys",
+    "build_flip",
+    "train_ignore_label",
+    "image_to_tensor",
+    "pad_to_multiple",
+    "rgb_to_panoptic_id",
+    "semantic_from_panoptic",
+    "semantic_to_instances",
+    "masks_to_instances",
+]
+
+IMAGE_PAD_VALUE = 128  # grey, as in Mask2Former; labels are padded with "ignore" / "void"
+
+
+def require_training(is_train: bool, mapper_name: str) -> None:
+    if not is_train:
+        raise ValueError(
+            f"{mapper_name} is a training mapper (is_train=False given); evaluation uses "
+            "detectron2's DatasetMapper(cfg, is_train=False)"
+        )
+
+
+def require_keys(dataset_dict: Dict, keys: Sequence[str], mapper_name: str) -> None:
+    missing = [key for key in keys if key not in dataset_dict]
+    if missing:
+        raise KeyError(
+            f"{mapper_name} needs {missing} in the dataset record of "
+            f"{dataset_dict.get('file_name', '<no file_name>')!r}, which has keys "
+            f"{sorted(dataset_dict)}. Is cfg.INPUT.DATASET_MAPPER_NAME right for this dataset?"
+        )
+
+
+def build_flip(cfg: CfgNode) -> List[T.Augmentation]:
+    """The random flip selected by ``cfg.INPUT.RANDOM_FLIP`` ("none", "horizontal", "vertical")."""
+    mode = cfg.INPUT.RANDOM_FLIP
+    if mode == "none":
+        return []
+    if mode not in ("horizontal", "vertical"):
+        raise ValueError(
+            f"cfg.INPUT.RANDOM_FLIP must be 'none', 'horizontal' or 'vertical', got {mode!r}"
+        )
+    return [T.RandomFlip(horizontal=mode == "horizontal", vertical=mode == "vertical")]
+
+
+def train_ignore_label(cfg: CfgNode) -> int:
+    """``ignore_label`` of the first training dataset (Mask2Former), else
+    ``cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE``."""
+    if len(cfg.DATASETS.TRAIN):
+        ignore_label = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("ignore_label")
+        if ignore_label is not None:
+            return int(ignore_label)
+    return int(cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """H x W x C array -> C x H x W tensor, keeping the dtype (uint8 for images we read)."""
+    return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+def pad_to_multiple(
+    image: torch.Tensor,
+    labels: Dict[str, torch.Tensor],
+    label_pad_values: Dict[str, int],
+    divisibility: int,
+):
+    """Pad the bottom/right of ``image`` (C x H x W) and each H x W label map to the next
+    multiple of ``divisibility`` (no-op when it is <= 0).
+
+    Mask2Former pads to exactly ``SIZE_DIVISIBILITY`` (it equals the crop size in its configs);
+    the next multiple gives the same result there and stays valid for larger images.
+
+    Returns:
+        (padded image, dict of padded labels)
+    """
+    if divisibility <= 0:
+        return image, labels
+    height, width = image.shape[-2:]
+    pad_h = (divisibility - height % divisibility) % divisibility
+    pad_w = (divisibility - width % divisibility) % divisibility
+    if pad_h == 0 and pad_w == 0:
+        return image, labels
+    padding = [0, pad_w, 0, pad_h]  # F.pad order: left, right, top, bottom
+    image = F.pad(image, padding, value=IMAGE_PAD_VALUE)
+    labels = {k: F.pad(v, padding, value=label_pad_values[k]) for k, v in labels.items()}
+    return image, labels
+
+
+def rgb_to_panoptic_id(rgb: np.ndarray) -> np.ndarray:
+    """COCO panoptic PNG (H x W x 3 uint8) -> segment ids (H x W int64): R + 256 G + 256^2 B."""
+    rgb = rgb.astype(np.int64)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+
+
+def semantic_from_panoptic(
+    panoptic_ids: np.ndarray, segments_info: List[Dict], ignore_label: int
+) -> np.ndarray:
+    """Per-pixel contiguous category (uint8; ``ignore_label`` where no segment), like the
+    ``panoptic_semseg`` PNGs that Mask2Former's prepare script writes (crowd included)."""
+    semantic = np.full(panoptic_ids.shape, ignore_label, dtype=np.uint8)
+    for segment in segments_info:
+        category = segment["category_id"]
+        if not 0 <= category < 255 or category == ignore_label:
+            raise ValueError(
+                f"Panoptic segment {segment['id']} has contiguous category {category}; expected "
+                f"0..254 and not the ignore label {ignore_label}"
+            )
+        semantic[panoptic_ids == segment["id"]] = category
+    return semantic
+
+
+def masks_to_instances(
+    image_size, classes: Sequence[int], masks: Optional[torch.Tensor], with_boxes: bool
+) -> Instances:
+    """Build training targets, dropping masks that are empty (e.g. cropped away).
+
+    Args:
+        image_size: (H, W).
+        classes: N contiguous class ids.
+        masks: N x H x W bool tensor (None or N = 0 for no instance).
+        with_boxes: also set ``gt_boxes`` from the masks.
+    """
+    height, width = image_size
+    if masks is None or len(classes) == 0:
+        masks = torch.zeros((0, height, width), dtype=torch.bool)
+        classes = []
+    masks = masks.to(torch.bool)
+    keep = masks.flatten(1).any(dim=1)
+    instances = Instances((height, width))
+    instances.gt_classes = torch.as_tensor(list(classes), dtype=torch.int64)[keep]
+    instances.gt_masks = masks[keep]
+    if with_boxes:
+        instances.gt_boxes = BitMasks(instances.gt_masks).get_bounding_boxes()
+        if len(instances) == 0:  # get_bounding_boxes of nothing: keep the (0, 4) shape explicit
+            instances.gt_boxes = Boxes(torch.zeros((0, 4)))
+    return instances
+
+
+def semantic_to_instances(sem_seg: torch.Tensor, ignore_label: int) -> Instances:
+    """One target per class present in ``sem_seg`` (H x W int64), as in MaskFormer."""
+    classes = [int(c) for c in torch.unique(sem_seg) if int(c) != ignore_label]
+    masks = torch.stack([sem_seg == c for c in classes]) if classes else None
+    return masks_to_instances(tuple(sem_seg.shape), classes, masks, with_boxes=False)
