@@ -9,8 +9,9 @@ class ModulatedDeformConv(nn.Module):
 
     ``offset`` is a 3×3 conv with the same stride that predicts 3·k² channels, split into
     three equal blocks: blocks 0 and 1 (concatenated, in that order) are the sampling
-    offsets, block 2 through a sigmoid is the modulation mask. It is zero-initialised, so a
-    fresh layer computes exactly the plain conv whose weights ``deform`` starts from.
+    offsets, block 2 through a sigmoid is the modulation mask. It is zero-initialised, as in
+    the original implementation: a fresh layer samples the plain conv's positions with a
+    modulation of sigmoid(0) = 0.5, i.e. computes half the plain conv (+ bias).
     Submodule names match the original implementation's checkpoints.
     """
 
@@ -38,9 +39,12 @@ class ModulatedDeformConv(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = x.float()
             o1, o2, mask = self.offset(x).chunk(3, dim=1)
+            # torchvision's CPU kernel crashes (segfault) on non-finite offsets; a diverged
+            # model must fail in its loss, not take the process down.
+            offsets = torch.nan_to_num(torch.cat((o1, o2), dim=1), nan=0.0, posinf=0.0, neginf=0.0)
             return deform_conv2d(
                 x,
-                torch.cat((o1, o2), dim=1),
+                offsets,
                 self.deform.weight,
                 self.deform.bias,
                 stride=self.stride,

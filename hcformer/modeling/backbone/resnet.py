@@ -230,3 +230,26 @@ class D2HCResNet(HCResNet):
             freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
             aux=aux,
         )
+        if r.WEIGHTS:
+            load_imagenet_weights(self, r.WEIGHTS)
+
+
+def load_imagenet_weights(backbone: HCResNet, path: str) -> None:
+    """Load a local ImageNet ResNet (torchvision ``.pth`` / detectron2 ``.pkl``) into ``backbone``."""
+    import logging
+    import pickle
+
+    from hcformer.checkpoint.resnet_weights import adapt_to_deformable, convert_resnet_state_dict
+
+    if path.endswith(".pkl"):
+        with open(path, "rb") as f:
+            state = pickle.load(f, encoding="latin1")
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state)
+    state = adapt_to_deformable(convert_resnet_state_dict(state, prefix=""), backbone.state_dict().keys())
+    result = backbone.load_state_dict(state, strict=False)
+    logging.getLogger(__name__).info(
+        f"MODEL.RESNETS.WEIGHTS {path}: {len(state) - len(result.unexpected_keys)} tensors loaded; "
+        f"not in the file (initialised): {len(result.missing_keys)}; unexpected: {result.unexpected_keys}"
+    )

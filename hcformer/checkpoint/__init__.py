@@ -1,0 +1,2 @@
+from .checkpointer import HCFormerCheckpointer
+from .resnet_weights import adapt_to_deformable, convert_resnet_state_dict, is_imagenet_resnet
