@@ -16,7 +16,7 @@ STAMP="$VENV/.hcformer-installed"
 step() { printf '[install %s] %s\n' "$1" "$2"; }
 
 # A stamp keyed on the dependency list makes the no-op case instant.
-deps_hash="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/install.sh" | sha256sum | cut -c1-16)"
+deps_hash="$(cat "$ROOT/pyproject.toml" "$ROOT"/scripts/install* "$ROOT"/scripts/constraints* | sha256sum | cut -c1-16)"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$deps_hash" ]]; then
   step 0/5 "environment $VENV is up to date"
   exit 0
@@ -55,6 +55,7 @@ if [[ $OWN_DETECTRON2 == 1 ]]; then
   step 3/5 "keeping detectron2 $("$PY" -c 'import detectron2; print(detectron2.__version__)')"
 elif has detectron2; then
   step 3/5 "detectron2 v0.6 (pure Python) already installed"
+  "$PY" "$ROOT/scripts/install_detectron2_pure_python.py" --refresh-placeholder
 else
   "${PIP[@]}" "${CONSTRAINTS[@]}" numpy Pillow setuptools wheel
   "$PY" "$ROOT/scripts/install_detectron2_pure_python.py" "${CONSTRAINTS[@]}"

@@ -21,6 +21,19 @@ PLACEHOLDER = '''\
 HCFORMER_PLACEHOLDER = True
 
 
+# detectron2's environment report (collect_env_info, called by default_setup) asks for these.
+def get_compiler_version():
+    return "none (pure-Python detectron2)"
+
+
+def get_cuda_version():
+    return "none"
+
+
+def has_cuda():
+    return False
+
+
 def __getattr__(name):
     raise RuntimeError(
         f"detectron2 compiled op '{name}' is not available: this detectron2 v0.6 was installed "
@@ -50,7 +63,21 @@ def patch_setup_py(setup_py: Path) -> None:
     setup_py.write_text(patched)
 
 
+def refresh_placeholder() -> None:
+    """Rewrite the installed placeholder (an earlier install may have an older one)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("detectron2")
+    target = Path(spec.origin).parent / "_C.py"
+    if target.read_text() != PLACEHOLDER:
+        target.write_text(PLACEHOLDER)
+        print(f"updated {target}")
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--refresh-placeholder"]:
+        refresh_placeholder()
+        return
     constraints = sys.argv[1:]  # e.g. ["-c", "constraints.txt"]
     with tempfile.TemporaryDirectory(prefix="hcformer-d2-") as tmp:
         tmp = Path(tmp)

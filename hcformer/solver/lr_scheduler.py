@@ -4,7 +4,7 @@ from detectron2.solver import LRMultiplier, WarmupParamScheduler
 from detectron2.solver import build_lr_scheduler as build_detectron2_lr_scheduler
 from fvcore.common.param_scheduler import ParamScheduler, PolynomialDecayParamScheduler
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import _LRScheduler
+from torch.optim.lr_scheduler import LRScheduler
 
 
 class _AtLeast(ParamScheduler):
@@ -24,7 +24,7 @@ def poly_param_scheduler(power: float, constant_ending: float = 0.0) -> ParamSch
     return _AtLeast(scheduler, constant_ending) if constant_ending > 0 else scheduler
 
 
-def build_lr_scheduler(cfg: CfgNode, optimizer: Optimizer) -> _LRScheduler:
+def build_lr_scheduler(cfg: CfgNode, optimizer: Optimizer) -> LRScheduler:
     """The scheduler named by SOLVER.LR_SCHEDULER_NAME: "WarmupPolyLR" here, others (e.g.
     "WarmupMultiStepLR", "WarmupCosineLR") from detectron2."""
     solver = cfg.SOLVER

@@ -1,0 +1,45 @@
+"""The config of a command-line run: file + overrides, adjusted to the machine, logged."""
+import argparse
+import logging
+from typing import List
+
+import torch
+from detectron2.config import CfgNode, get_cfg
+from detectron2.engine import default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from hcformer.config import add_hcformer_config
+
+logger = logging.getLogger(__name__)
+
+
+def adapt_to_machine(cfg: CfgNode) -> List[str]:
+    """Without CUDA, run on the CPU and without AMP (detectron2 v0.6's AMPTrainer asserts CUDA).
+
+    Changes ``cfg`` in place and returns one message per change, to be logged.
+    """
+    notes = []
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+        notes.append("CUDA is not available: running on the CPU (MODEL.DEVICE cpu).")
+    if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
+        cfg.SOLVER.AMP.ENABLED = False
+        notes.append("AMP needs CUDA here: training in fp32 (SOLVER.AMP.ENABLED False).")
+    return notes
+
+
+def setup(args: argparse.Namespace) -> CfgNode:
+    """The frozen config of ``args`` (from detectron2's ``default_argument_parser``); sets up
+    the output directory and the "detectron2" and "hcformer" loggers."""
+    cfg = get_cfg()
+    add_hcformer_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    notes = adapt_to_machine(cfg)
+    cfg.freeze()
+    default_setup(cfg, args)  # also saves the final config to OUTPUT_DIR/config.yaml
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="hcformer")
+    for note in notes:
+        logger.warning(note)
+    return cfg
