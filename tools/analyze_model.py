@@ -70,6 +70,14 @@ def parse_args() -> argparse.Namespace:
         metavar="HxW",
         help="count on one random image of this size instead of dataset images",
     )
+    parser.add_argument(
+        "--output-size",
+        type=parse_size,
+        metavar="HxW",
+        help="with --input-size: the original image size the outputs are resized to "
+        "(default: the input size). The paper's COCO protocol is a 480x640 image resized to "
+        "800x1067: --input-size 800x1067 --output-size 480x640",
+    )
     parser.add_argument("--max-depth", type=int, default=3, help="module depth of the tables")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
@@ -94,7 +102,8 @@ def iterate_images(
     """(image (C, H, W) as the model receives it, original height, original width)."""
     if args.input_size is not None:
         height, width = args.input_size
-        yield torch.rand(3, height, width) * 255, height, width
+        out_h, out_w = args.output_size or args.input_size
+        yield torch.rand(3, height, width) * 255, out_h, out_w
         return
     loader = build_detection_test_loader(cfg, cfg.DATASETS.TEST[0])
     for i, (record,) in enumerate(loader):

@@ -5,6 +5,7 @@ contrast either before or after the HSV changes (as in the SSD paper's data augm
 MaskFormer's semantic training). The random draw happens in :class:`ColorAugSSD`; the returned
 :class:`PhotometricDistortion` transform is deterministic and leaves labels untouched.
 """
+
 from typing import Optional
 
 import cv2
@@ -32,7 +33,9 @@ class PhotometricDistortion(T.Transform):
     ):
         super().__init__()
         if image_format not in ("RGB", "BGR"):
-            raise ValueError(f"ColorAugSSD supports INPUT.FORMAT 'RGB' or 'BGR', got {image_format!r}")
+            raise ValueError(
+                f"ColorAugSSD supports INPUT.FORMAT 'RGB' or 'BGR', got {image_format!r}"
+            )
         self._set_attributes(locals())
 
     def apply_image(self, img: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ Output conventions of every mapper (what the model reads):
   instance mappers also set ``gt_boxes`` (:class:`Boxes`, tight around the masks);
 * ``sem_seg``: int64 tensor H x W, ``ignore_label`` where unlabeled or padded.
 """
+
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np

@@ -6,6 +6,7 @@ INPUT.CROP.SINGLE_CATEGORY_MAX_AREA, then SSD colour jitter if INPUT.COLOR_AUG_S
 INPUT.RANDOM_FLIP flip. Image and labels are padded to INPUT.SIZE_DIVISIBILITY (when > 0) with
 grey / ignore. Each class present becomes one mask target.
 """
+
 import copy
 from typing import Dict, List
 
@@ -110,7 +111,9 @@ class MaskFormerSemanticDatasetMapper:
         sem_seg_tensor = torch.as_tensor(aug_input.sem_seg.astype(np.int64))
 
         image_tensor, labels = pad_to_multiple(
-            image_tensor, {"sem_seg": sem_seg_tensor}, {"sem_seg": self.ignore_label},
+            image_tensor,
+            {"sem_seg": sem_seg_tensor},
+            {"sem_seg": self.ignore_label},
             self.size_divisibility,
         )
         dataset_dict["image"] = image_tensor

@@ -5,6 +5,7 @@
 * ``coco_2017_{train,val}_panoptic_with_sem_seg`` (Mask2Former convention);
 * readable "missing dataset" errors for detectron2's builtin COCO, ADE20K and Cityscapes sets.
 """
+
 from . import builtin_checks, register_coco_panoptic_annos_semseg, register_shapes
 from .catalog_utils import MissingDatasetError
 from .register_shapes import register_shapes_datasets, shapes_dataset_names, shapes_metadata

@@ -6,6 +6,7 @@ crash or Ctrl-C never leaves a half-built directory under the final name. Concur
 (pytest-xdist workers, DDP ranks) serialise on a lock file next to the directory; on systems
 without ``fcntl`` the loser of the rename race simply throws its copy away.
 """
+
 import contextlib
 import glob
 import json

@@ -7,6 +7,7 @@ We keep those registrations and only make their loaders check the expected folde
 missing dataset fails with one message naming the folder and how to prepare it, instead of an
 assertion deep inside a loader.
 """
+
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .catalog_utils import require_paths, run_before_loading
@@ -46,7 +47,9 @@ def add_builtin_dataset_checks() -> None:
         metadata = MetadataCatalog.get(name)
         paths = [metadata.get(key) for key in keys if metadata.get(key)]
         hint = next(text for prefix, text in _HOW_TO_PREPARE.items() if name.startswith(prefix))
-        run_before_loading(name, lambda name=name, paths=paths, hint=hint: require_paths(name, paths, hint))
+        run_before_loading(
+            name, lambda name=name, paths=paths, hint=hint: require_paths(name, paths, hint)
+        )
 
 
 add_builtin_dataset_checks()

@@ -4,6 +4,7 @@ They let us reuse detectron2's own registration functions (``register_coco_insta
 ``register_coco_panoptic``, builtin datasets) and add behaviour around their loaders: generate a
 synthetic dataset on first use, or fail with a readable message when a real dataset is missing.
 """
+
 import os
 from typing import Callable, Dict, List, Sequence
 

@@ -14,6 +14,7 @@ Expected layout under ``$DETECTRON2_DATASETS``::
     coco/panoptic_{train,val}2017/               panoptic PNGs
     coco/panoptic_semseg_{train,val}2017/        made by the prepare script
 """
+
 import logging
 import os
 from typing import Any, Callable, Dict, List, Optional
@@ -110,7 +111,9 @@ def register_all_coco_panoptic_annos_sem_seg(root: str) -> None:
         if name in DatasetCatalog:  # e.g. registered by Mask2Former in the same process
             logger.info(f"Dataset {name} is already registered; keeping that registration")
             continue
-        paths = [os.path.join(root, p) for p in (images, instances, panoptic, panoptic_json, semantic)]
+        paths = [
+            os.path.join(root, p) for p in (images, instances, panoptic, panoptic_json, semantic)
+        ]
 
         def check(name=name, paths=paths):
             require_paths(

@@ -14,6 +14,7 @@ The parameters (size, counts, seed) come from ``HCFORMER_SHAPES_*`` and the loca
 ``$DETECTRON2_DATASETS`` at registration time; call :func:`register_shapes_datasets` with
 ``replace=True`` to re-register after changing them.
 """
+
 import functools
 import os
 from typing import Any, Dict, List, Optional
@@ -94,7 +95,9 @@ def register_shapes_datasets(
     ):
         paths = shapes_split_paths(dataset_dir, split)
 
-        register_coco_instances(instance_name, thing_metadata, paths.instances_json, paths.image_root)
+        register_coco_instances(
+            instance_name, thing_metadata, paths.instances_json, paths.image_root
+        )
         run_before_loading(instance_name, generate)
 
         register_coco_panoptic_with_sem_seg(

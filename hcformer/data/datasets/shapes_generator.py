@@ -22,6 +22,7 @@ with different parameters live side by side under ``$DETECTRON2_DATASETS/shapes/
 need to be regenerated or checked for staleness. Image ``i`` of a split depends only on
 (seed, split, i, image size): the first 10 images are the same whether 10 or 600 are generated.
 """
+
 import colorsys
 import json
 import logging
@@ -45,6 +46,7 @@ __all__ = [
     "shapes_root",
     "shapes_dataset_dir",
     "shapes_split_paths",
+    "ShapesSample",
     "render_sample",
     "write_shapes_dataset",
     "ensure_shapes_dataset",
@@ -228,7 +230,9 @@ def _shape_mask(category_id: int, centre, radius: float, angle: float, size: int
     else:  # five-pointed star
         points = _polygon(centre, [radius * 1.45, radius * 0.6] * 5, angle)
     sub_pixel = 4  # cv2 fixed-point coordinates with 4 fractional bits
-    cv2.fillPoly(mask, [np.round(points * (1 << sub_pixel)).astype(np.int32)], 1, cv2.LINE_8, sub_pixel)
+    cv2.fillPoly(
+        mask, [np.round(points * (1 << sub_pixel)).astype(np.int32)], 1, cv2.LINE_8, sub_pixel
+    )
     return mask.astype(bool)
 
 
@@ -251,7 +255,9 @@ def _thing_texture(
     return colour * shade[..., None].astype(np.float32)
 
 
-class _Sample(NamedTuple):
+class ShapesSample(NamedTuple):
+    """One rendered image with its panoptic annotation."""
+
     image: np.ndarray  # H x W x 3 uint8, RGB
     panoptic: np.ndarray  # H x W int64 segment ids, 0 = void
     segments_info: List[Dict[str, Any]]  # COCO panoptic: id, category_id, area, bbox, iscrowd
@@ -259,10 +265,15 @@ class _Sample(NamedTuple):
 
 def _bbox(mask: np.ndarray) -> List[int]:
     ys, xs = np.nonzero(mask)
-    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+    return [
+        int(xs.min()),
+        int(ys.min()),
+        int(xs.max() - xs.min() + 1),
+        int(ys.max() - ys.min() + 1),
+    ]
 
 
-def render_sample(rng: np.random.Generator, size: int) -> _Sample:
+def render_sample(rng: np.random.Generator, size: int) -> ShapesSample:
     """Draw one image and its panoptic annotation (things are painted back to front)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     sky = yy < _horizon(rng, size)[None, :]
@@ -288,8 +299,13 @@ def render_sample(rng: np.random.Generator, size: int) -> _Sample:
     def add_segment(mask, category_id, segment_id):
         panoptic[mask] = segment_id
         segments_info.append(
-            {"id": segment_id, "category_id": category_id, "area": int(mask.sum()),
-             "bbox": _bbox(mask), "iscrowd": 0}
+            {
+                "id": segment_id,
+                "category_id": category_id,
+                "area": int(mask.sum()),
+                "bbox": _bbox(mask),
+                "iscrowd": 0,
+            }
         )
 
     for k, category_id in enumerate(thing_categories, start=1):
@@ -302,7 +318,7 @@ def render_sample(rng: np.random.Generator, size: int) -> _Sample:
             add_segment(visible, category_id, category_id * _SEGMENT_ID_STRIDE)
 
     image = np.clip(np.round(image), 0, 255).astype(np.uint8)
-    return _Sample(image, panoptic, segments_info)
+    return ShapesSample(image, panoptic, segments_info)
 
 
 # ------------------------------------------------------------------------------------- writing
@@ -325,11 +341,18 @@ def _write_json(path: str, content: Dict[str, Any]) -> None:
 
 def _write_split(dataset_dir: str, spec: ShapesSpec, split: str) -> None:
     paths = shapes_split_paths(dataset_dir, split)
-    for folder in (paths.image_root, paths.sem_seg_root, paths.panoptic_root,
-                   paths.panoptic_semseg_root):
+    for folder in (
+        paths.image_root,
+        paths.sem_seg_root,
+        paths.panoptic_root,
+        paths.panoptic_semseg_root,
+    ):
         os.makedirs(folder, exist_ok=True)
 
-    info = {"description": f"hcformer synthetic shapes ({split})", "version": str(GENERATOR_VERSION)}
+    info = {
+        "description": f"hcformer synthetic shapes ({split})",
+        "version": str(GENERATOR_VERSION),
+    }
     images, panoptic_annotations, instance_annotations = [], [], []
     size, split_index = spec.image_size, SPLITS.index(split)
     for image_id in tqdm(range(1, spec.num_images(split) + 1), desc=f"shapes {split}", leave=False):
@@ -340,14 +363,20 @@ def _write_split(dataset_dir: str, spec: ShapesSpec, split: str) -> None:
         Image.fromarray(sample.image).save(
             os.path.join(paths.image_root, stem + ".jpg"), quality=JPEG_QUALITY
         )
-        Image.fromarray(_id_to_rgb(sample.panoptic)).save(os.path.join(paths.panoptic_root, stem + ".png"))
+        Image.fromarray(_id_to_rgb(sample.panoptic)).save(
+            os.path.join(paths.panoptic_root, stem + ".png")
+        )
         labels = Image.fromarray(_semantic_labels(sample.panoptic, sample.segments_info))
         labels.save(os.path.join(paths.sem_seg_root, stem + ".png"))
         labels.save(os.path.join(paths.panoptic_semseg_root, stem + ".png"))
 
         images.append({"id": image_id, "file_name": stem + ".jpg", "height": size, "width": size})
         panoptic_annotations.append(
-            {"image_id": image_id, "file_name": stem + ".png", "segments_info": sample.segments_info}
+            {
+                "image_id": image_id,
+                "file_name": stem + ".png",
+                "segments_info": sample.segments_info,
+            }
         )
         for segment in sample.segments_info:
             if segment["category_id"] not in _THING_IDS:
@@ -356,23 +385,42 @@ def _write_split(dataset_dir: str, spec: ShapesSpec, split: str) -> None:
             rle = mask_util.encode(mask)
             rle["counts"] = rle["counts"].decode("ascii")
             instance_annotations.append(
-                {"id": len(instance_annotations) + 1, "image_id": image_id,
-                 "category_id": segment["category_id"], "segmentation": rle,
-                 "area": segment["area"], "bbox": [float(v) for v in segment["bbox"]],
-                 "iscrowd": 0}
+                {
+                    "id": len(instance_annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": segment["category_id"],
+                    "segmentation": rle,
+                    "area": segment["area"],
+                    "bbox": [float(v) for v in segment["bbox"]],
+                    "iscrowd": 0,
+                }
             )
 
-    _write_json(paths.panoptic_json, {
-        "info": info, "licenses": [], "images": images,
-        "annotations": panoptic_annotations, "categories": SHAPES_CATEGORIES,
-    })
+    _write_json(
+        paths.panoptic_json,
+        {
+            "info": info,
+            "licenses": [],
+            "images": images,
+            "annotations": panoptic_annotations,
+            "categories": SHAPES_CATEGORIES,
+        },
+    )
     thing_categories = [
-        {k: c[k] for k in ("id", "name", "supercategory")} for c in SHAPES_CATEGORIES if c["isthing"]
+        {k: c[k] for k in ("id", "name", "supercategory")}
+        for c in SHAPES_CATEGORIES
+        if c["isthing"]
     ]
-    _write_json(paths.instances_json, {
-        "info": info, "licenses": [], "images": images,
-        "annotations": instance_annotations, "categories": thing_categories,
-    })
+    _write_json(
+        paths.instances_json,
+        {
+            "info": info,
+            "licenses": [],
+            "images": images,
+            "annotations": instance_annotations,
+            "categories": thing_categories,
+        },
+    )
 
 
 def write_shapes_dataset(output_dir: str, spec: ShapesSpec) -> None:

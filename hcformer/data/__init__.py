@@ -1,0 +1,34 @@
+"""Data side of hcformer. Importing it registers the datasets (see ``datasets``); mappers turn
+dataset records into model inputs."""
+
+from . import datasets  # noqa: F401  (registers datasets)
+from .build import DATASET_MAPPERS, build_dataset_mapper
+from .dataset_mappers import (
+    COCOInstanceLSJDatasetMapper,
+    COCOPanopticLSJDatasetMapper,
+    MaskFormerInstanceDatasetMapper,
+    MaskFormerPanopticDatasetMapper,
+    MaskFormerSemanticDatasetMapper,
+)
+from .datasets import (
+    MissingDatasetError,
+    ShapesSpec,
+    ensure_shapes_dataset,
+    register_shapes_datasets,
+    shapes_dataset_names,
+)
+
+__all__ = [
+    "DATASET_MAPPERS",
+    "build_dataset_mapper",
+    "COCOInstanceLSJDatasetMapper",
+    "COCOPanopticLSJDatasetMapper",
+    "MaskFormerInstanceDatasetMapper",
+    "MaskFormerPanopticDatasetMapper",
+    "MaskFormerSemanticDatasetMapper",
+    "MissingDatasetError",
+    "ShapesSpec",
+    "ensure_shapes_dataset",
+    "register_shapes_datasets",
+    "shapes_dataset_names",
+]

@@ -1,0 +1,109 @@
+"""``mask_former_instance``: training mapper for COCO-style instance records (MaskFormer recipe).
+
+Augmentation: ResizeShortestEdge(INPUT.MIN_SIZE_TRAIN, ...), then if INPUT.CROP.ENABLED a plain
+RandomCrop(INPUT.CROP.TYPE, INPUT.CROP.SIZE), then the INPUT.RANDOM_FLIP flip; image and masks
+are padded to INPUT.SIZE_DIVISIBILITY (when > 0). Crowd annotations are dropped; polygons and
+RLE masks are both accepted.
+"""
+
+import copy
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from detectron2.config import CfgNode, configurable
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+
+from .mapper_utils import (
+    build_flip,
+    image_to_tensor,
+    masks_to_instances,
+    pad_to_multiple,
+    require_keys,
+    require_training,
+)
+
+__all__ = ["MaskFormerInstanceDatasetMapper", "annotations_to_mask_targets"]
+
+
+def annotations_to_mask_targets(
+    annotations: List[Dict], transforms: T.TransformList, image_size
+) -> Tuple[List[int], Optional[torch.Tensor]]:
+    """Transform non-crowd annotations; return (classes, N x H x W bool masks or None)."""
+    annotations = [
+        utils.transform_instance_annotations(obj, transforms, image_size)
+        for obj in annotations
+        if obj.get("iscrowd", 0) == 0
+    ]
+    for obj in annotations:
+        if "segmentation" not in obj:
+            raise KeyError(
+                f"Instance annotation {obj} has no 'segmentation'; mask targets need masks"
+            )
+        if isinstance(obj["segmentation"], np.ndarray):
+            # RLE masks come back from PIL resizing read-only; torch warns on those.
+            obj["segmentation"] = np.array(obj["segmentation"])
+    # "bitmask" decodes polygons and RLE alike (detectron2's "polygon" would reject RLE).
+    instances = utils.annotations_to_instances(annotations, image_size, mask_format="bitmask")
+    masks = instances.gt_masks.tensor if len(annotations) else None
+    return instances.gt_classes.tolist(), masks
+
+
+class MaskFormerInstanceDatasetMapper:
+    """Map a record with ``file_name`` and ``annotations`` (contiguous category ids) to model
+    inputs. Output keys: image, height, width, instances (gt_classes, gt_masks, gt_boxes)."""
+
+    @configurable
+    def __init__(
+        self,
+        is_train: bool = True,
+        *,
+        augmentations: List[T.Augmentation],
+        image_format: str,
+        size_divisibility: int,
+    ):
+        require_training(is_train, type(self).__name__)
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        self.size_divisibility = size_divisibility
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, is_train: bool = True) -> Dict:
+        augmentations = [
+            T.ResizeShortestEdge(
+                cfg.INPUT.MIN_SIZE_TRAIN,
+                cfg.INPUT.MAX_SIZE_TRAIN,
+                cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING,
+            )
+        ]
+        if cfg.INPUT.CROP.ENABLED:
+            augmentations.append(T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
+        return {
+            "is_train": is_train,
+            "augmentations": augmentations + build_flip(cfg),
+            "image_format": cfg.INPUT.FORMAT,
+            "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
+        }
+
+    def __call__(self, dataset_dict: Dict) -> Dict:
+        require_keys(dataset_dict, ["file_name", "annotations"], type(self).__name__)
+        dataset_dict = copy.deepcopy(dataset_dict)  # it is modified below
+        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        utils.check_image_size(dataset_dict, image)  # also fills in "height" / "width"
+
+        aug_input = T.AugInput(image)
+        transforms = self.augmentations(aug_input)
+        image = aug_input.image
+        classes, masks = annotations_to_mask_targets(
+            dataset_dict.pop("annotations"), transforms, image.shape[:2]
+        )
+        labels = {"masks": masks} if masks is not None else {}
+        image_tensor, labels = pad_to_multiple(
+            image_to_tensor(image), labels, {"masks": 0}, self.size_divisibility
+        )
+        dataset_dict["image"] = image_tensor
+        dataset_dict["instances"] = masks_to_instances(
+            tuple(image_tensor.shape[-2:]), classes, labels.get("masks"), with_boxes=True
+        )
+        return dataset_dict

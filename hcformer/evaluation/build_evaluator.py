@@ -1,0 +1,168 @@
+"""Choose the evaluators of a dataset from its ``evaluator_type`` metadata (Mask2Former rules).
+
+=========================  ===============================================================
+evaluator_type             evaluators
+=========================  ===============================================================
+sem_seg                    SemSegEvaluator (mIoU)
+coco                       COCOEvaluator, mask AP only
+coco_panoptic_seg          COCOPanopticEvaluator if TEST.PANOPTIC_ON, SemSegEvaluator if
+                           TEST.SEMANTIC_ON, COCOEvaluator (mask AP) if TEST.INSTANCE_ON
+ade20k_panoptic_seg        as coco_panoptic_seg; mask AP through :class:`ThingsCOCOEvaluator`
+cityscapes_sem_seg         CityscapesSemSegEvaluator
+cityscapes_instance        CityscapesInstanceEvaluator
+cityscapes_panoptic_seg    COCOPanopticEvaluator / CityscapesSemSegEvaluator /
+                           CityscapesInstanceEvaluator per PANOPTIC_ON / SEMANTIC_ON / INSTANCE_ON
+=========================  ===============================================================
+
+(TEST.* means ``cfg.MODEL.MASK_FORMER.TEST.*``.) Unlike Mask2Former, the panoptic datasets add an
+evaluator only for the outputs the model is configured to produce: an evaluator that reads an
+output the model does not return would fail after the whole inference pass.
+
+CPU / pure-Python detectron2 notes: COCOEvaluator is always built with ``use_fast_impl=False``
+(the fast implementation needs detectron2's compiled ``_C``), so pycocotools' official COCOeval
+is used. COCOPanopticEvaluator and SemSegEvaluator of detectron2 v0.6 work as they are with
+panopticapi(-lite) and numpy 1.23 (they use ``np.int`` / ``np.float``, which numpy 1.24 removed).
+"""
+
+import os
+from typing import Dict, List, Optional
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.catalog import Metadata
+from detectron2.evaluation import (
+    CityscapesInstanceEvaluator,
+    CityscapesSemSegEvaluator,
+    COCOEvaluator,
+    COCOPanopticEvaluator,
+    DatasetEvaluator,
+    DatasetEvaluators,
+    SemSegEvaluator,
+)
+
+__all__ = ["EVALUATOR_TYPES", "ThingsCOCOEvaluator", "build_evaluator"]
+
+EVALUATOR_TYPES = (
+    "sem_seg",
+    "coco",
+    "coco_panoptic_seg",
+    "ade20k_panoptic_seg",
+    "cityscapes_sem_seg",
+    "cityscapes_instance",
+    "cityscapes_panoptic_seg",
+)
+
+
+def _ensure_json_file(dataset_name: str) -> None:
+    """COCOEvaluator reads the dataset's ``json_file`` when built. If it is not on disk yet, run
+    the dataset's loader: it generates lazily made datasets (shapes) or raises a clear
+    "missing dataset" error for real ones."""
+    json_file = MetadataCatalog.get(dataset_name).get("json_file")
+    if json_file and not os.path.exists(json_file):
+        DatasetCatalog.get(dataset_name)
+
+
+def _mask_ap_evaluator(dataset_name: str, output_folder: Optional[str]) -> COCOEvaluator:
+    _ensure_json_file(dataset_name)
+    # Only "segm": mask-based models predict no real boxes, so box AP would be meaningless.
+    return COCOEvaluator(
+        dataset_name, tasks=("segm",), output_dir=output_folder, use_fast_impl=False
+    )
+
+
+class ThingsCOCOEvaluator(COCOEvaluator):
+    """Mask AP when contiguous thing ids are *not* 0..T-1.
+
+    With the Mask2Former metadata convention, contiguous ids index all categories; detectron2's
+    COCOEvaluator requires thing ids 0..T-1 (true for COCO, where things come first, but not for
+    ADE20K panoptic). This evaluator renumbers predicted classes to the things' rank and gives
+    COCOEvaluator a private metadata copy with the matching map. Predictions of stuff classes
+    are dropped (they cannot match any instance annotation).
+    """
+
+    def __init__(self, dataset_name: str, output_dir: Optional[str] = None):
+        _ensure_json_file(dataset_name)
+        super().__init__(dataset_name, tasks=("segm",), output_dir=output_dir, use_fast_impl=False)
+        thing_map = self._metadata.thing_dataset_id_to_contiguous_id
+        dataset_ids = sorted(thing_map, key=thing_map.get)
+        self._thing_rank = {thing_map[d]: rank for rank, d in enumerate(dataset_ids)}
+        fields = dict(self._metadata.as_dict())
+        fields["thing_dataset_id_to_contiguous_id"] = {d: r for r, d in enumerate(dataset_ids)}
+        self._metadata = Metadata(**fields)  # private copy: the catalog entry stays unchanged
+
+    def process(self, inputs: List[Dict], outputs: List[Dict]) -> None:
+        renumbered = []
+        for output in outputs:
+            if "instances" in output:
+                instances = output["instances"].to(self._cpu_device)
+                classes = instances.pred_classes.tolist()
+                keep = [c in self._thing_rank for c in classes]
+                instances = instances[torch.tensor(keep, dtype=torch.bool)]
+                instances.pred_classes = torch.tensor(
+                    [self._thing_rank[c] for c, k in zip(classes, keep) if k], dtype=torch.int64
+                )
+                output = {**output, "instances": instances}
+            renumbered.append(output)
+        super().process(inputs, renumbered)
+
+
+def build_evaluator(
+    cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
+) -> DatasetEvaluator:
+    """Evaluator(s) for ``dataset_name``; several are combined with DatasetEvaluators.
+
+    Args:
+        output_folder: where evaluators dump predictions; default ``cfg.OUTPUT_DIR/inference``.
+
+    Raises:
+        ValueError: the dataset has no or an unknown ``evaluator_type``, or the TEST.*_ON flags
+            select no evaluator for it.
+    """
+    if output_folder is None:
+        output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
+    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type")
+    if evaluator_type not in EVALUATOR_TYPES:
+        raise ValueError(
+            f"Dataset '{dataset_name}' has evaluator_type={evaluator_type!r}; build_evaluator "
+            f"knows {list(EVALUATOR_TYPES)}"
+        )
+    test = cfg.MODEL.MASK_FORMER.TEST
+    panoptic_types = ("coco_panoptic_seg", "ade20k_panoptic_seg", "cityscapes_panoptic_seg")
+    evaluators: List[DatasetEvaluator] = []
+
+    if evaluator_type == "sem_seg":
+        evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
+    elif evaluator_type == "coco":
+        evaluators.append(_mask_ap_evaluator(dataset_name, output_folder))
+    elif evaluator_type == "cityscapes_sem_seg":
+        evaluators.append(CityscapesSemSegEvaluator(dataset_name))
+    elif evaluator_type == "cityscapes_instance":
+        evaluators.append(CityscapesInstanceEvaluator(dataset_name))
+    else:
+        assert evaluator_type in panoptic_types
+        if test.PANOPTIC_ON:
+            evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
+        if evaluator_type == "cityscapes_panoptic_seg":
+            if test.SEMANTIC_ON:
+                evaluators.append(CityscapesSemSegEvaluator(dataset_name))
+            if test.INSTANCE_ON:
+                evaluators.append(CityscapesInstanceEvaluator(dataset_name))
+        else:
+            if test.SEMANTIC_ON:
+                evaluators.append(
+                    SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+                )
+            if test.INSTANCE_ON:
+                evaluators.append(
+                    _mask_ap_evaluator(dataset_name, output_folder)
+                    if evaluator_type == "coco_panoptic_seg"
+                    else ThingsCOCOEvaluator(dataset_name, output_dir=output_folder)
+                )
+
+    if not evaluators:
+        raise ValueError(
+            f"No evaluator selected for '{dataset_name}' (evaluator_type={evaluator_type!r}): "
+            "set at least one of MODEL.MASK_FORMER.TEST.{PANOPTIC_ON,SEMANTIC_ON,INSTANCE_ON}"
+        )
+    return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)

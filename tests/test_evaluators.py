@@ -1,0 +1,296 @@
+"""build_evaluator on a tiny generated shapes set: ground truth fed back as the prediction scores
+100, and hand-computable mistakes score what we compute here from the annotation files."""
+
+import copy
+import os
+from collections import Counter
+
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import (
+    CityscapesInstanceEvaluator,
+    CityscapesSemSegEvaluator,
+    COCOEvaluator,
+    COCOPanopticEvaluator,
+    DatasetEvaluators,
+    SemSegEvaluator,
+)
+from detectron2.structures import BitMasks, Instances
+from PIL import Image
+from pycocotools.coco import COCO
+
+from hcformer.config import add_hcformer_config
+from hcformer.data.datasets import ShapesSpec, register_shapes_datasets
+from hcformer.data.datasets.catalog_utils import unregister_dataset
+from hcformer.evaluation import ThingsCOCOEvaluator, build_evaluator
+
+# detectron2 v0.6 evaluators use np.int / np.float (deprecated, still present in numpy 1.23)
+pytestmark = pytest.mark.filterwarnings("ignore:`np.(int|float)` is a deprecated alias")
+
+PREFIX = "shapes_evaltest"
+PANOPTIC = f"{PREFIX}_val_panoptic_with_sem_seg"
+SPEC = ShapesSpec(image_size=64, num_train=1, num_val=4, seed=3)
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    """The val records of the panoptic dataset (generated into a temporary $DETECTRON2_DATASETS)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DETECTRON2_DATASETS", str(tmp_path_factory.mktemp("datasets")))
+        names = register_shapes_datasets(spec=SPEC, prefix=PREFIX, replace=True)
+        yield DatasetCatalog.get(PANOPTIC)
+    for name in names:
+        unregister_dataset(name)
+
+
+def make_cfg(tmp_path, panoptic=True, semantic=True, instance=True):
+    cfg = get_cfg()
+    add_hcformer_config(cfg)
+    cfg.OUTPUT_DIR = str(tmp_path)
+    cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = panoptic
+    cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = semantic
+    cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = instance
+    return cfg
+
+
+def rgb_to_id(path):
+    rgb = np.asarray(Image.open(path), dtype=np.int64)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+
+
+def model_input(record):
+    return {k: record[k] for k in ("file_name", "image_id")} | {"height": 64, "width": 64}
+
+
+def panoptic_prediction(record):
+    segments = [
+        {"id": s["id"], "category_id": s["category_id"], "isthing": s["isthing"]}
+        for s in record["segments_info"]
+    ]
+    return torch.as_tensor(rgb_to_id(record["pan_seg_file_name"])), segments
+
+
+def semantic_prediction(labels, num_classes=6):
+    """One-hot scores (C x H x W) whose argmax is ``labels`` (255 = ignored -> class 0)."""
+    labels = torch.as_tensor(np.where(labels == 255, 0, labels).astype(np.int64))
+    return torch.nn.functional.one_hot(labels, num_classes).permute(2, 0, 1).float()
+
+
+def instance_prediction(record, class_map=None):
+    """Instances from the instance json's masks, score 1.0, classes mapped by ``class_map``."""
+    metadata = MetadataCatalog.get(PANOPTIC)
+    coco = COCO(metadata.json_file)
+    contiguous = metadata.thing_dataset_id_to_contiguous_id
+    annotations = coco.loadAnns(coco.getAnnIds(imgIds=[record["image_id"]]))
+    masks = torch.stack([torch.as_tensor(coco.annToMask(a), dtype=torch.bool) for a in annotations])
+    classes = [contiguous[a["category_id"]] for a in annotations]
+    if class_map is not None:
+        classes = [class_map[c] for c in classes]
+    instances = Instances((64, 64))
+    instances.pred_masks = masks
+    instances.pred_boxes = BitMasks(masks).get_bounding_boxes()
+    instances.scores = torch.ones(len(annotations))
+    instances.pred_classes = torch.tensor(classes, dtype=torch.int64)
+    return instances
+
+
+def ground_truth_outputs(records):
+    return [
+        {
+            "panoptic_seg": panoptic_prediction(r),
+            "sem_seg": semantic_prediction(np.asarray(Image.open(r["sem_seg_file_name"]))),
+            "instances": instance_prediction(r),
+        }
+        for r in records
+    ]
+
+
+def evaluate(evaluator, records, outputs):
+    evaluator.reset()
+    for record, output in zip(records, outputs):
+        evaluator.process([model_input(record)], [copy.deepcopy(output)])
+    return evaluator.evaluate()
+
+
+def test_ground_truth_scores_100_everywhere(records, tmp_path):
+    evaluator = build_evaluator(make_cfg(tmp_path), PANOPTIC)
+    assert isinstance(evaluator, DatasetEvaluators)
+    kinds = {type(e) for e in evaluator._evaluators}
+    assert kinds == {COCOPanopticEvaluator, SemSegEvaluator, COCOEvaluator}
+
+    results = evaluate(evaluator, records, ground_truth_outputs(records))
+    for key in ("PQ", "SQ", "RQ", "PQ_th", "PQ_st"):
+        assert results["panoptic_seg"][key] == pytest.approx(100.0), key
+    assert results["sem_seg"]["mIoU"] == pytest.approx(100.0)
+    assert results["sem_seg"]["pACC"] == pytest.approx(100.0)
+    assert results["segm"]["AP"] == pytest.approx(100.0)
+    assert results["segm"]["AP50"] == pytest.approx(100.0)
+
+
+def test_dropping_one_segment_costs_the_expected_pq(records, tmp_path):
+    # Remove the first thing segment of the first image that has one: it becomes a false negative;
+    # its pixels turn void in the prediction, which panopticapi does not count against others.
+    gt_counts = Counter(s["category_id"] for r in records for s in r["segments_info"])
+    index, dropped = next(
+        (i, s) for i, r in enumerate(records) for s in r["segments_info"] if s["isthing"]
+    )
+    outputs = ground_truth_outputs(records)
+    panoptic, segments = outputs[index]["panoptic_seg"]
+    panoptic = panoptic.clone()
+    panoptic[panoptic == dropped["id"]] = 0
+    segments = [s for s in segments if s["id"] != dropped["id"]]
+    outputs[index]["panoptic_seg"] = (panoptic, segments)
+
+    evaluator = build_evaluator(make_cfg(tmp_path, semantic=False, instance=False), PANOPTIC)
+    assert isinstance(evaluator, COCOPanopticEvaluator)
+    results = evaluate(evaluator, records, outputs)["panoptic_seg"]
+
+    # PQ_c = sum(IoU of matches) / (TP + FP/2 + FN/2); every match has IoU 1.
+    tp = gt_counts[dropped["category_id"]] - 1
+    pq_dropped = tp / (tp + 0.5)
+    num_things = sum(1 for c in gt_counts if c < 4)  # contiguous ids 0-3 are things
+    expected_pq = 100 * (len(gt_counts) - 1 + pq_dropped) / len(gt_counts)
+    assert results["PQ"] == pytest.approx(expected_pq)
+    assert results["PQ_th"] == pytest.approx(100 * (num_things - 1 + pq_dropped) / num_things)
+    assert results["PQ_st"] == pytest.approx(100.0)
+    assert results["SQ"] == pytest.approx(100.0)  # the remaining matches are perfect
+    assert results["PQ"] < 100
+
+
+def test_circles_predicted_as_squares_cost_the_expected_miou(records, tmp_path):
+    labels = [np.asarray(Image.open(r["sem_seg_file_name"])) for r in records]
+    pixels = Counter()
+    for label_map in labels:
+        pixels.update(dict(zip(*np.unique(label_map[label_map != 255], return_counts=True))))
+    circle, square = 0, 1
+    assert pixels[circle] > 0 and pixels[square] > 0, "pick a seed whose val set has both"
+
+    outputs = [{"sem_seg": semantic_prediction(np.where(m == circle, square, m))} for m in labels]
+    evaluator = build_evaluator(make_cfg(tmp_path, panoptic=False, instance=False), PANOPTIC)
+    assert isinstance(evaluator, SemSegEvaluator)
+    results = evaluate(evaluator, records, outputs)["sem_seg"]
+
+    # IoU(circle) = 0; IoU(square) = |square| / (|square| + |circle|); other present classes 1.
+    iou_square = pixels[square] / (pixels[square] + pixels[circle])
+    expected = 100 * (0 + iou_square + len(pixels) - 2) / len(pixels)
+    assert results["mIoU"] == pytest.approx(expected)
+    assert results["IoU-circle"] == pytest.approx(0.0)
+    assert results["IoU-square"] == pytest.approx(100 * iou_square)
+
+
+def test_missing_all_predictions_of_one_class_gives_zero_ap_for_it(records, tmp_path):
+    outputs = []
+    for record in records:
+        instances = instance_prediction(record)
+        outputs.append({"instances": instances[instances.pred_classes != 0]})  # no circles
+    present = {s["category_id"] for r in records for s in r["segments_info"] if s["isthing"]}
+    assert 0 in present
+
+    evaluator = build_evaluator(make_cfg(tmp_path, panoptic=False, semantic=False), PANOPTIC)
+    results = evaluate(evaluator, records, outputs)["segm"]
+    assert results["AP-circle"] == pytest.approx(0.0)
+    assert results["AP"] == pytest.approx(100 * (len(present) - 1) / len(present))
+
+
+def test_things_evaluator_handles_non_leading_thing_ids(records, tmp_path):
+    # ADE20K-like metadata: stuff first, so thing contiguous ids are 2..5, not 0..3.
+    name = f"{PREFIX}_val_stuff_first"
+    source = MetadataCatalog.get(PANOPTIC)
+    order = [11, 12, 1, 2, 3, 4]
+    unregister_dataset(name)
+    MetadataCatalog.get(name).set(
+        json_file=source.json_file,
+        evaluator_type="ade20k_panoptic_seg",
+        thing_classes=source.thing_classes,
+        thing_dataset_id_to_contiguous_id={d: order.index(d) for d in (1, 2, 3, 4)},
+        stuff_dataset_id_to_contiguous_id={d: i for i, d in enumerate(order)},
+    )
+    try:
+        evaluator = build_evaluator(make_cfg(tmp_path, panoptic=False, semantic=False), name)
+        assert isinstance(evaluator, ThingsCOCOEvaluator)
+        outputs = []
+        for record in records:
+            instances = instance_prediction(record, class_map={0: 2, 1: 3, 2: 4, 3: 5})
+            # one extra "sky" (stuff) prediction must be ignored, not crash the evaluator
+            extra = instances[:1]
+            extra.pred_classes = torch.tensor([0])
+            outputs.append({"instances": Instances.cat([instances, extra])})
+        results = evaluate(evaluator, records, outputs)["segm"]
+        assert results["AP"] == pytest.approx(100.0)
+        # the catalog metadata is untouched by the evaluator's renumbering
+        assert MetadataCatalog.get(name).thing_dataset_id_to_contiguous_id[1] == 2
+    finally:
+        unregister_dataset(name)
+
+
+@pytest.mark.parametrize(
+    "evaluator_type, expected",
+    [
+        ("cityscapes_sem_seg", [CityscapesSemSegEvaluator]),
+        ("cityscapes_instance", [CityscapesInstanceEvaluator]),
+        (
+            "cityscapes_panoptic_seg",
+            [COCOPanopticEvaluator, CityscapesSemSegEvaluator, CityscapesInstanceEvaluator],
+        ),
+    ],
+)
+def test_evaluator_choice_per_type(evaluator_type, expected, tmp_path):
+    name = f"{PREFIX}_choice_{evaluator_type}"
+    unregister_dataset(name)
+    MetadataCatalog.get(name).set(
+        evaluator_type=evaluator_type,
+        thing_dataset_id_to_contiguous_id={1: 0},
+        stuff_dataset_id_to_contiguous_id={1: 0},
+    )
+    try:
+        evaluator = build_evaluator(make_cfg(tmp_path), name)
+        found = evaluator._evaluators if isinstance(evaluator, DatasetEvaluators) else [evaluator]
+        assert [type(e) for e in found] == expected
+    finally:
+        unregister_dataset(name)
+
+
+def test_unknown_evaluator_type_and_no_enabled_output_are_clear_errors(records, tmp_path):
+    name = f"{PREFIX}_unknown_type"
+    unregister_dataset(name)
+    MetadataCatalog.get(name).set(evaluator_type="pascal_voc")
+    try:
+        with pytest.raises(ValueError, match=r"evaluator_type='pascal_voc'.*knows"):
+            build_evaluator(make_cfg(tmp_path), name)
+    finally:
+        unregister_dataset(name)
+    with pytest.raises(ValueError, match="PANOPTIC_ON"):
+        build_evaluator(make_cfg(tmp_path, False, False, False), PANOPTIC)
+
+
+def test_instance_json_masks_match_the_panoptic_pngs(records):
+    """The two annotation files describe the same things (so AP and PQ see the same objects)."""
+    coco = COCO(MetadataCatalog.get(PANOPTIC).json_file)
+    for record in records:
+        panoptic = rgb_to_id(record["pan_seg_file_name"])
+        things = [s for s in record["segments_info"] if s["isthing"]]
+        annotations = coco.loadAnns(coco.getAnnIds(imgIds=[record["image_id"]]))
+        assert len(annotations) == len(things)
+        for segment, annotation in zip(things, annotations):
+            mask = mask_util.decode(annotation["segmentation"]).astype(bool)
+            assert np.array_equal(mask, panoptic == segment["id"])
+            assert annotation["area"] == segment["area"] == mask.sum()
+
+
+def test_mask_ap_evaluator_generates_a_not_yet_generated_dataset(tmp_path):
+    # COCOEvaluator opens the instance json when built, before any loader ran.
+    prefix = f"{PREFIX}_lazy"
+    spec = ShapesSpec(image_size=32, num_train=1, num_val=1, seed=0)
+    names = register_shapes_datasets(str(tmp_path), spec, prefix=prefix, replace=True)
+    try:
+        assert not os.path.exists(MetadataCatalog.get(f"{prefix}_val").json_file)
+        evaluator = build_evaluator(make_cfg(tmp_path), f"{prefix}_val")
+        assert isinstance(evaluator, COCOEvaluator)
+        assert os.path.isfile(MetadataCatalog.get(f"{prefix}_val").json_file)
+    finally:
+        for name in names:
+            unregister_dataset(name)

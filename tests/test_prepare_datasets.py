@@ -1,0 +1,114 @@
+"""The dataset preparation scripts in datasets/, on tiny inputs made in a temporary folder."""
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hcformer.data.datasets import ShapesSpec, ensure_shapes_dataset
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "datasets"
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # worker processes unpickle functions by module name
+    spec.loader.exec_module(module)
+    return module
+
+
+coco_script = load_script("prepare_coco_semantic_annos_from_panoptic_annos")
+ade_script = load_script("prepare_ade20k_sem_seg")
+
+
+def write_png(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(path)
+
+
+def test_coco_semantic_from_a_hand_made_panoptic_png(tmp_path):
+    # 2 x 3 image: segment 7 (category 20), segment 300 (category 5, crowd), one void pixel.
+    # Contiguous ids follow the category ids sorted: 5 -> 0, 9 -> 1, 20 -> 2.
+    ids = np.array([[7, 7, 300], [0, 300, 7]])
+    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1)
+    write_png(tmp_path / "panoptic_val" / "a.png", rgb)
+    content = {
+        "categories": [
+            {"id": 20, "name": "b", "isthing": 0},
+            {"id": 5, "name": "a", "isthing": 1},
+            {"id": 9, "name": "c", "isthing": 1},
+        ],
+        "annotations": [
+            {
+                "image_id": 1,
+                "file_name": "a.png",
+                "segments_info": [
+                    {"id": 7, "category_id": 20, "iscrowd": 0},
+                    {"id": 300, "category_id": 5, "iscrowd": 1},
+                ],
+            }
+        ],
+    }
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "panoptic_val.json").write_text(json.dumps(content))
+
+    coco_script.main(["--root", str(tmp_path), "--splits", "val", "--workers", "1"])
+    semantic = np.asarray(Image.open(tmp_path / "panoptic_semseg_val" / "a.png"))
+    assert semantic.tolist() == [[2, 2, 0], [255, 0, 2]]
+
+
+def test_coco_script_reproduces_the_shapes_panoptic_semseg_and_resumes(tmp_path):
+    source = ensure_shapes_dataset(
+        ShapesSpec(image_size=32, num_train=1, num_val=3, seed=1), str(tmp_path)
+    )
+    root = tmp_path / "copy"
+    shutil.copytree(source, root)
+    expected = {p.name: np.asarray(Image.open(p)) for p in (root / "panoptic_semseg_val").iterdir()}
+    shutil.rmtree(root / "panoptic_semseg_val")
+
+    paths = (str(root / "annotations" / "panoptic_val.json"), str(root / "panoptic_val"))
+    output = root / "panoptic_semseg_val"
+    assert coco_script.prepare_split(*paths, str(output), workers=2) == 3
+    for name, labels in expected.items():
+        assert np.array_equal(np.asarray(Image.open(output / name)), labels)
+
+    # Resume: only the missing file is written again, finished ones are left alone.
+    (output / "000002.png").unlink()
+    untouched = os.stat(output / "000001.png").st_mtime_ns
+    assert coco_script.prepare_split(*paths, str(output)) == 1
+    assert os.stat(output / "000001.png").st_mtime_ns == untouched
+    assert sorted(p.name for p in output.iterdir()) == sorted(expected)  # no temporary files left
+
+
+def test_ade20k_labels_are_shifted_and_other_becomes_ignore(tmp_path):
+    ade = tmp_path / "ADEChallengeData2016"
+    write_png(ade / "annotations" / "training" / "x.png", [[0, 1], [150, 7]])
+    write_png(ade / "annotations" / "validation" / "y.png", [[3, 0]])
+    (ade / "annotations" / "validation" / "notes.txt").write_text("not a label")
+
+    ade_script.main(["--root", str(tmp_path), "--workers", "1"])
+    out = ade / "annotations_detectron2"
+    assert np.asarray(Image.open(out / "training" / "x.png")).tolist() == [[255, 0], [149, 6]]
+    assert np.asarray(Image.open(out / "validation" / "y.png")).tolist() == [[2, 255]]
+    assert sorted(os.listdir(out / "validation")) == ["y.png"]
+
+    # A rerun skips finished files (a corrupt-looking marker proves it was not rewritten).
+    (out / "training" / "x.png").write_bytes(b"kept")
+    assert (
+        ade_script.prepare_split(str(ade / "annotations" / "training"), str(out / "training")) == 0
+    )
+    assert (out / "training" / "x.png").read_bytes() == b"kept"
+
+
+def test_missing_inputs_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="ADEChallengeData2016"):
+        ade_script.main(["--root", str(tmp_path)])
+    with pytest.raises(FileNotFoundError, match="panoptic_val2017.json"):
+        coco_script.main(["--root", str(tmp_path), "--splits", "val2017"])
