@@ -10,7 +10,7 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer, HookBase
-from detectron2.evaluation import DatasetEvaluator
+from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 from detectron2.utils.events import (
     CommonMetricPrinter,
     EventWriter,
@@ -22,6 +22,7 @@ from torch import nn
 from hcformer.checkpoint import HCFormerCheckpointer
 from hcformer.data.build import build_dataset_mapper
 from hcformer.evaluation.build_evaluator import build_evaluator
+from hcformer.evaluation.hierarchy_evaluator import HierarchyEvaluator
 from hcformer.solver import build_lr_scheduler, build_optimizer
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,20 @@ class Trainer(DefaultTrainer):
         cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
     ) -> DatasetEvaluator:
         return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: nn.Module, evaluators=None):
+        """detectron2's test loop; with TEST.HIERARCHY_EVAL, the undersegmentation error and
+        achievable segmentation accuracy of every hierarchy level are reported too."""
+        if evaluators is None and cfg.TEST.HIERARCHY_EVAL:
+            evaluators = [
+                DatasetEvaluators([
+                    cls.build_evaluator(cfg, name),
+                    HierarchyEvaluator(name, model, os.path.join(cfg.OUTPUT_DIR, "inference")),
+                ])
+                for name in cfg.DATASETS.TEST
+            ]
+        return super().test(cfg, model, evaluators)
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
