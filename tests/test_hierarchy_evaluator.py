@@ -127,7 +127,7 @@ def test_scores_of_known_clusterings_through_the_inference_hooks(make_cfg, datas
     # hooks are gone after evaluate(): another forward pass is not recorded
     with torch.no_grad():
         model(_model_inputs(records))
-    assert evaluator._forwards_since_process == 0
+    assert evaluator._recorder.num_forwards == 0
 
 
 @pytest.mark.parametrize("dataset", ["panoptic"], indirect=True)

@@ -1,7 +1,10 @@
 """Evaluation: pick detectron2 evaluators per dataset (see ``build_evaluator``), and score the
-clustering hierarchy by undersegmentation error (see ``undersegmentation``, ``HierarchyEvaluator``)."""
+clustering hierarchy by undersegmentation error (see ``undersegmentation``, ``HierarchyEvaluator``;
+``clusterings`` and ``segment_ground_truth`` give the id maps it compares)."""
 from .build_evaluator import EVALUATOR_TYPES, ThingsCOCOEvaluator, build_evaluator
-from .hierarchy_evaluator import HierarchyEvaluator, query_clustering
+from .clusterings import HierarchyRecorder, forward_with_hierarchy, image_clusterings, query_clustering
+from .hierarchy_evaluator import HierarchyEvaluator
+from .segment_ground_truth import ground_truth_kind, load_segment_ground_truth
 from .undersegmentation import (
     UndersegmentationCounts,
     achievable_segmentation_accuracy,
@@ -15,7 +18,12 @@ __all__ = [
     "ThingsCOCOEvaluator",
     "build_evaluator",
     "HierarchyEvaluator",
+    "HierarchyRecorder",
+    "forward_with_hierarchy",
+    "image_clusterings",
     "query_clustering",
+    "ground_truth_kind",
+    "load_segment_ground_truth",
     "UndersegmentationCounts",
     "achievable_segmentation_accuracy",
     "leakage_mask",

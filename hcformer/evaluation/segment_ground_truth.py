@@ -1,0 +1,113 @@
+"""Ground-truth segments of a dataset record, as one id map, for undersegmentation scores.
+
+A clustering leaks when one cluster covers two ground-truth *segments*; what a segment is depends
+on the annotation the dataset has:
+
+- panoptic: the segments of the ``pan_seg_file_name`` PNG (ids R + 256·G + 256²·B); void (0)
+  and crowd segments are ignored;
+- semantic: the classes of the ``sem_seg_file_name`` PNG (one segment per class); the
+  dataset's ``ignore_label`` is ignored;
+- instance: the instances of the record's "annotations" (polygons or RLE) plus one background
+  segment (0) for the pixels in no instance, since an instance-only dataset still tells objects
+  from their surroundings; crowd instances are ignored.
+"""
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import pycocotools.mask as mask_util
+from detectron2.data.detection_utils import polygons_to_bitmask
+from detectron2.utils.file_io import PathManager
+from panopticapi.utils import rgb2id
+from PIL import Image
+
+__all__ = ["GROUND_TRUTH_KINDS", "INSTANCE_IGNORE", "ground_truth_kind", "load_segment_ground_truth"]
+
+GROUND_TRUTH_KINDS = ("panoptic", "semantic", "instance")
+
+# Instance ground truth uses 0 for the background segment, so ignored pixels need another id.
+INSTANCE_IGNORE = -1
+
+
+def ground_truth_kind(record: Dict, evaluator_type: str = "") -> str:
+    """The richest ground truth the record has: panoptic, then semantic, then instance.
+
+    ``evaluator_type`` (the dataset metadata's) breaks ties in favour of what the dataset is
+    evaluated on: a "sem_seg" dataset whose records also have panoptic PNGs is scored by class.
+
+    Raises:
+        KeyError: if the record has none of the three annotations.
+    """
+    has = {
+        "panoptic": "pan_seg_file_name" in record,
+        "semantic": "sem_seg_file_name" in record,
+        "instance": "annotations" in record,
+    }
+    if evaluator_type == "sem_seg" and has["semantic"]:
+        return "semantic"
+    for kind in GROUND_TRUTH_KINDS:
+        if has[kind]:
+            return kind
+    raise KeyError(
+        f"Record of {record.get('file_name')!r} has no ground truth: expected pan_seg_file_name, "
+        f"sem_seg_file_name or annotations, got keys {sorted(record)}"
+    )
+
+
+def load_segment_ground_truth(
+    record: Dict, kind: Optional[str] = None, semantic_ignore_label: int = 255
+) -> Tuple[np.ndarray, int]:
+    """(H, W) int64 segment ids of the record's image at its original size, and the id to ignore.
+
+    Args:
+        record: a dataset record (detectron2 standard dataset dict).
+        kind: "panoptic", "semantic" or "instance" (see the module docstring); by default
+            :func:`ground_truth_kind` of the record.
+        semantic_ignore_label: the ignored class of semantic PNGs (the metadata's ``ignore_label``).
+    """
+    kind = kind or ground_truth_kind(record)
+    if kind == "panoptic":
+        return _panoptic(record), 0
+    if kind == "semantic":
+        with PathManager.open(_require(record, "sem_seg_file_name"), "rb") as f:
+            return np.asarray(Image.open(f), dtype=np.int64), semantic_ignore_label
+    if kind == "instance":
+        return _instances(record), INSTANCE_IGNORE
+    raise ValueError(f"ground truth kind must be one of {GROUND_TRUTH_KINDS}, got {kind!r}")
+
+
+def _require(record: Dict, key: str):
+    if key not in record:
+        raise KeyError(f"Record of {record.get('file_name')!r} has no {key}")
+    return record[key]
+
+
+def _panoptic(record: Dict) -> np.ndarray:
+    with PathManager.open(_require(record, "pan_seg_file_name"), "rb") as f:
+        ids = rgb2id(np.asarray(Image.open(f).convert("RGB"), dtype=np.int64))
+    crowd = [s["id"] for s in record.get("segments_info", []) if s.get("iscrowd", 0)]
+    if crowd:
+        ids[np.isin(ids, crowd)] = 0  # crowd regions are unlabelled, like void
+    return ids
+
+
+def _instances(record: Dict) -> np.ndarray:
+    height, width = _require(record, "height"), _require(record, "width")
+    ids = np.zeros((height, width), dtype=np.int64)
+    masks = [(_decode(a["segmentation"], height, width), a.get("iscrowd", 0)) for a in record["annotations"]]
+    # Paint the largest first so that a small object lying on a larger one keeps its pixels.
+    order = sorted(range(len(masks)), key=lambda i: -int(masks[i][0].sum()))
+    for i in order:
+        mask, iscrowd = masks[i]
+        ids[mask] = INSTANCE_IGNORE if iscrowd else i + 1
+    return ids
+
+
+def _decode(segmentation, height: int, width: int) -> np.ndarray:
+    """(H, W) bool mask of a COCO polygon list or (compressed or uncompressed) RLE."""
+    if isinstance(segmentation, list):
+        return polygons_to_bitmask(segmentation, height, width).astype(bool)
+    if isinstance(segmentation, dict):
+        if isinstance(segmentation["counts"], list):  # uncompressed RLE
+            segmentation = mask_util.frPyObjects(segmentation, height, width)
+        return mask_util.decode(segmentation).astype(bool)
+    raise TypeError(f"Unsupported segmentation of type {type(segmentation).__name__}: expected polygons or RLE")

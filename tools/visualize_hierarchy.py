@@ -1,0 +1,231 @@
+#!/usr/bin/env python
+"""See the hierarchy: cluster boundaries, leakage (undersegmentation error) and cluster maps.
+
+For every image, writes two PNG panels to ``--output`` (see hcformer/utils/hierarchy_visualization.py
+for how to read them):
+
+- ``<image id>_hierarchy.png``: per level, the cluster boundaries over the image (top) and the
+  leaked pixels in red with the level's UE / ASA (bottom), then the ground truth and the
+  prediction (the paper's Fig. 5 / III);
+- ``<image id>_clusters.png``: per level, one random colour per cluster, then the prediction
+  (Fig. IV).
+
+Images come from a registered dataset (ground truth from its records: ``pan_seg_file_name`` +
+``segments_info``, ``sem_seg_file_name``, or instance ``annotations``) or from files (no ground
+truth: boundaries and cluster maps only). ``--json`` writes every image's UE / ASA per level and
+for the query clustering (appendix E), with their means.
+
+    # 8 validation images of the shapes demo model
+    python tools/visualize_hierarchy.py \\
+        --config-file configs/shapes/panoptic-segmentation/hcformer_R18_shapes.yaml \\
+        --dataset shapes_val_panoptic_with_sem_seg --num-images 8 \\
+        --output out/hierarchy --json out/hierarchy/summary.json \\
+        MODEL.WEIGHTS output/shapes_panoptic/model_final.pth
+    # your own photos, levels 0 and 2 only
+    python tools/visualize_hierarchy.py --config-file <config> --input photos/*.jpg \\
+        --levels 0 2 --output out/photos MODEL.WEIGHTS <weights>
+"""
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+from typing import Dict, List, Optional, Tuple
+
+import cv2
+import numpy as np
+import torch
+from detectron2.data import DatasetCatalog, DatasetMapper, Metadata, MetadataCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.utils.logger import setup_logger
+from tqdm import tqdm
+
+import hcformer  # noqa: F401  registers the models
+import hcformer.data  # noqa: F401  registers the datasets
+from hcformer.engine.inference_model import build_inference_model, inference_cfg
+from hcformer.evaluation import (
+    forward_with_hierarchy,
+    ground_truth_kind,
+    image_clusterings,
+    load_segment_ground_truth,
+    undersegmentation_counts,
+)
+from hcformer.evaluation.clusterings import level_stride
+from hcformer.utils.hierarchy_visualization import LevelMap, draw_hierarchy, visualization_metadata
+from hcformer.utils.image_files import expand_image_paths
+
+logger = logging.getLogger("hcformer.visualize_hierarchy")
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", metavar="NAME", help="a registered dataset (ground truth from its records)")
+    source.add_argument("--input", nargs="+", metavar="PATH", help="image files, directories or globs (no ground truth)")
+    parser.add_argument("--num-images", type=int, default=8, help="with --dataset: its first K images (default 8)")
+    parser.add_argument("--output", required=True, metavar="DIR", help="directory for the PNG panels")
+    parser.add_argument("--levels", type=int, nargs="+", metavar="K", help="levels to draw (default: all)")
+    parser.add_argument("--json", metavar="FILE", help="write per-image and mean UE / ASA to this JSON file")
+    parser.add_argument(
+        "--confidence-threshold", type=float, default=0.5, help="instances below this score are not drawn"
+    )
+    parser.add_argument(
+        "--max-cell-size", type=int, default=640, help="larger images are shrunk to this longest side (0: never)"
+    )
+    parser.add_argument(
+        "--min-cell-size", type=int, default=256, help="smaller images are enlarged to at least this size (0: never)"
+    )
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS model.pth")
+    args = parser.parse_args(argv)
+    if args.num_images < 1:
+        parser.error(f"--num-images must be at least 1, got {args.num_images}")
+    return args
+
+
+def iterate_records(args: argparse.Namespace) -> Tuple[List[Dict], Optional[str]]:
+    """(records to visualise, dataset name or None): dataset records or one record per file."""
+    if args.dataset:
+        if args.dataset not in DatasetCatalog:
+            raise KeyError(f"--dataset {args.dataset!r} is not registered; registered: {sorted(DatasetCatalog)}")
+        return DatasetCatalog.get(args.dataset)[: args.num_images], args.dataset
+    paths = expand_image_paths(args.input)
+    return [{"file_name": p, "image_id": os.path.splitext(os.path.basename(p))[0]} for p in paths], None
+
+
+def safe_name(image_id) -> str:
+    """An image id as a file name: characters other than letters, digits, '-' and '.' become '_'."""
+    return re.sub(r"[^\w.-]", "_", str(image_id))
+
+
+def _ratio(numerator: int, denominator: int) -> Optional[float]:
+    return numerator / denominator if denominator else None  # JSON has no NaN
+
+
+def summarise(images: List[Dict]) -> Dict[str, Dict[str, Optional[float]]]:
+    """Means over the images that have ground truth, per clustering: "UE" and "ASA" averaged
+    per image, and "UE_pixel_weighted" / "ASA_pixel_weighted" = Σ numerators / Σ N (what
+    HierarchyEvaluator reports)."""
+    scored = [im for im in images if im["num_pixels"]]
+    means = {}
+    for name in scored[0]["scores"] if scored else []:
+        counts = [im["scores"][name] for im in scored]
+        total = sum(im["num_pixels"] for im in scored)
+        means[name] = {
+            "UE": float(np.mean([c["UE"] for c in counts])),
+            "ASA": float(np.mean([c["ASA"] for c in counts])),
+            "UE_pixel_weighted": _ratio(sum(c["leaked"] for c in counts), total),
+            "ASA_pixel_weighted": _ratio(sum(c["achievable"] for c in counts), total),
+        }
+    return means
+
+
+def visualize_image(
+    args: argparse.Namespace,
+    model: torch.nn.Module,
+    mapper: DatasetMapper,
+    metadata: Metadata,
+    record: Dict,
+    dataset: Optional[str],
+    index: int,
+) -> Dict:
+    """Write the two panels of one image; return its entry of the JSON summary."""
+    inputs = [mapper(dict(record))]
+    outputs, forward = forward_with_hierarchy(model, inputs)
+    hierarchy = forward.hierarchy
+    levels = args.levels if args.levels is not None else list(range(hierarchy.num_levels + 1))
+
+    gt, ignore_label, kind = None, None, None
+    if dataset is not None:
+        dataset_metadata = MetadataCatalog.get(dataset)
+        kind = ground_truth_kind(record, dataset_metadata.get("evaluator_type", ""))
+        gt, ignore_label = load_segment_ground_truth(record, kind, dataset_metadata.get("ignore_label", 255))
+    # the query clustering is a (Q, H, W) computation: only worth it when it is scored
+    clusterings = next(image_clusterings(forward, inputs, levels, queries=gt is not None))
+    level_maps = [LevelMap(k, clusterings[f"level{k}"].cpu().numpy(), level_stride(hierarchy, k)) for k in levels]
+    figure = draw_hierarchy(
+        read_image(record["file_name"], format="RGB"),
+        level_maps,
+        gt,
+        ignore_label,
+        outputs[0],
+        metadata,
+        score_threshold=args.confidence_threshold,
+        max_cell_size=args.max_cell_size or None,
+        min_cell_size=args.min_cell_size or None,
+    )
+    stem = os.path.join(args.output, safe_name(record.get("image_id", index)))
+    panels = {"hierarchy": f"{stem}_hierarchy.png", "clusters": f"{stem}_clusters.png"}
+    for kind_of_panel, path in panels.items():
+        # cv2 writes BGR; full compression: the panels are large and written once
+        cv2.imwrite(path, getattr(figure, kind_of_panel)[:, :, ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 9])
+
+    entry = {
+        "image_id": record.get("image_id", index),
+        "file_name": record["file_name"],
+        "ground_truth": kind,
+        "panels": panels,
+        "levels": {
+            f"level{m.level}": {"stride": m.stride, "num_clusters": int(len(np.unique(m.labels)))} for m in level_maps
+        },
+        "num_pixels": 0,  # labelled pixels of the ground truth
+        "scores": {},
+    }
+    if gt is not None:
+        counts = {f"level{k}": c for k, c in figure.scores.items()}
+        counts["queries"] = undersegmentation_counts(gt, clusterings["queries"], ignore_label)
+        entry["num_pixels"] = counts["queries"].num_pixels
+        entry["scores"] = {
+            name: {
+                "UE": _ratio(c.leaked, c.num_pixels),
+                "ASA": _ratio(c.achievable, c.num_pixels),
+                "leaked": c.leaked,
+                "achievable": c.achievable,
+            }
+            for name, c in counts.items()
+        }
+    return entry
+
+
+def visualize(args: argparse.Namespace) -> Dict:
+    """Write the panels of every image and, with --json, the summary; return the summary."""
+    cfg = inference_cfg(args.config_file, args.opts)
+    model = build_inference_model(cfg)
+    names = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
+    metadata = visualization_metadata(names[0] if names else None, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+    records, dataset = iterate_records(args)
+    if not records:
+        raise ValueError("No images to visualise: the dataset is empty or --input matched nothing")
+    mapper = DatasetMapper(cfg, is_train=False)  # the test-time resize, as evaluation does
+    os.makedirs(args.output, exist_ok=True)
+
+    images = [
+        visualize_image(args, model, mapper, metadata, record, dataset, index)
+        for index, record in enumerate(tqdm(records, desc="hierarchy panels", unit="image"))
+    ]
+    summary = {
+        "config_file": args.config_file,
+        "weights": cfg.MODEL.WEIGHTS,
+        "dataset": dataset,
+        "images": images,
+        "mean": summarise(images),
+    }
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=1)
+    for name, mean in summary["mean"].items():
+        logger.info("%-8s UE %.4f  ASA %.4f (mean over %d images)", name, mean["UE"], mean["ASA"], len(images))
+    logger.info("Wrote %d panels to %s", 2 * len(images), args.output)
+    return summary
+
+
+def main(argv: Optional[List[str]] = None) -> Dict:
+    setup_logger(name="hcformer")
+    setup_logger(name="fvcore")  # the checkpointer's messages
+    return visualize(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
