@@ -13,7 +13,6 @@ from typing import Dict, List
 
 import numpy as np
 import torch
-from detectron2.config import CfgNode, configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
@@ -22,12 +21,10 @@ from .mapper_utils import (
     masks_to_instances,
     pad_to_multiple,
     require_keys,
-    require_training,
     rgb_to_panoptic_id,
     semantic_from_panoptic,
-    train_ignore_label,
 )
-from .mask_former_semantic_dataset_mapper import build_semantic_augmentations
+from .mask_former_semantic_dataset_mapper import MaskFormerSemanticDatasetMapper
 
 __all__ = ["MaskFormerPanopticDatasetMapper", "panoptic_instances"]
 
@@ -40,39 +37,13 @@ def panoptic_instances(panoptic_ids: torch.Tensor, segments_info: List[Dict], wi
     return masks_to_instances(tuple(panoptic_ids.shape), classes, masks, with_boxes)
 
 
-class MaskFormerPanopticDatasetMapper:
+class MaskFormerPanopticDatasetMapper(MaskFormerSemanticDatasetMapper):
     """Map a record with ``file_name``, ``pan_seg_file_name`` and ``segments_info`` (contiguous
     category ids, as detectron2's COCO panoptic loader gives) to model inputs.
 
-    Output keys: image, height, width, sem_seg, instances (gt_classes, gt_masks).
+    Output keys: image, height, width, sem_seg, instances (gt_classes, gt_masks). The
+    configuration (augmentations, padding, ignore label) is the semantic mapper's.
     """
-
-    @configurable
-    def __init__(
-        self,
-        is_train: bool = True,
-        *,
-        augmentations: List[T.Augmentation],
-        image_format: str,
-        ignore_label: int,
-        size_divisibility: int,
-    ):
-        require_training(is_train, type(self).__name__)
-        self.augmentations = T.AugmentationList(augmentations)
-        self.image_format = image_format
-        self.ignore_label = ignore_label
-        self.size_divisibility = size_divisibility
-
-    @classmethod
-    def from_config(cls, cfg: CfgNode, is_train: bool = True) -> Dict:
-        ignore_label = train_ignore_label(cfg)
-        return {
-            "is_train": is_train,
-            "augmentations": build_semantic_augmentations(cfg, ignore_label),
-            "image_format": cfg.INPUT.FORMAT,
-            "ignore_label": ignore_label,
-            "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
-        }
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         require_keys(
