@@ -7,7 +7,7 @@ strided block of stage k+1 (coarse): (layer3, layer4[0]), (layer2, layer3[0]),
 conv and the 1×1 shortcut) are modulated deformable convs, so the downsampling can follow
 the clusters. Module names follow torchvision / the original HCFormer checkpoints.
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec, get_norm
