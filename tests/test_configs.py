@@ -36,11 +36,14 @@ def test_model_config_is_hcformer(path: Path):
     cfg = load(path)
     assert cfg.MODEL.META_ARCHITECTURE == "HCFormer"
     assert cfg.MODEL.SEM_SEG_HEAD.NAME == "HCFormerHead"
-    assert cfg.MODEL.BACKBONE.NAME == "D2HCResNet"
+    swin = "swin" in path.parent.name or "swin" in path.name.lower()
+    assert cfg.MODEL.BACKBONE.NAME == ("HCSwinTransformer" if swin else "D2HCResNet")
+    # HCFormer+ (a "+" in the name) is the encoder on res5, for either backbone
+    assert (cfg.MODEL.RESNETS.AUX == "transformer") == ("hcformer+" in path.name)
     assert list(cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES) == ["res5", "assign"]
     # the evaluated outputs follow the task of the directory
     test = cfg.MODEL.MASK_FORMER.TEST
-    task = path.parent.name
+    task = (path.parent.parent if path.parent.name == "swin" else path.parent).name
     expected = {
         "panoptic-segmentation": (True, True, True),
         "instance-segmentation": (False, True, False),
@@ -98,6 +101,67 @@ PAPER_VALUES = [
     ("cityscapes/semantic-segmentation/hcformer+_R50_bs16_180k.yaml", {
         "MODEL.RESNETS.AUX": "transformer", "MODEL.MASK_FORMER.DEC_LAYERS": 10,
         "SOLVER.MAX_ITER": 180000,
+    }),
+    # Swin: the original's config files (MODEL.SWIN.* as Mask2Former's), 200 queries for Swin-L
+    # on COCO, the paper's schedules (Swin-L+ on COCO 200 epochs; ADE20K + 320k, Cityscapes + 180k)
+    ("coco/panoptic-segmentation/swin/hcformer_swin_small_bs16_50ep.yaml", {
+        "MODEL.SWIN.EMBED_DIM": 96, "MODEL.SWIN.DEPTHS": (2, 2, 18, 2), "MODEL.SWIN.NUM_HEADS": (3, 6, 12, 24),
+        "MODEL.SWIN.WINDOW_SIZE": 7, "MODEL.SWIN.DROP_PATH_RATE": 0.3, "MODEL.SWIN.PRETRAIN_IMG_SIZE": 224,
+        "MODEL.SEM_SEG_HEAD.CONVS_DIM": 768, "MODEL.HC.EMB_DIM": 128, "MODEL.HC.TEMPERATURE": 0.1,
+        "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES": 100, "SOLVER.MAX_ITER": 368750,
+        "MODEL.WEIGHTS": "swin_small_patch4_window7_224.pkl", "MODEL.SEM_SEG_HEAD.NUM_CLASSES": 133,
+    }),
+    ("coco/panoptic-segmentation/swin/hcformer+_swin_small_bs16_100ep.yaml", {
+        "MODEL.SWIN.EMBED_DIM": 96, "MODEL.SEM_SEG_HEAD.CONVS_DIM": 256, "SOLVER.MAX_ITER": 737500,
+        "SOLVER.STEPS": (655556, 710184),
+    }),
+    ("coco/panoptic-segmentation/swin/hcformer_swin_large_IN21k_384_bs16_100ep.yaml", {
+        "MODEL.SWIN.EMBED_DIM": 192, "MODEL.SWIN.DEPTHS": (2, 2, 18, 2), "MODEL.SWIN.NUM_HEADS": (6, 12, 24, 48),
+        "MODEL.SWIN.WINDOW_SIZE": 12, "MODEL.SWIN.PRETRAIN_IMG_SIZE": 384, "MODEL.SEM_SEG_HEAD.CONVS_DIM": 1536,
+        "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES": 200, "SOLVER.MAX_ITER": 737500,
+        "MODEL.WEIGHTS": "swin_large_patch4_window12_384_22k.pkl",
+    }),
+    ("coco/panoptic-segmentation/swin/hcformer+_swin_large_IN21k_384_bs16_200ep.yaml", {
+        "MODEL.SWIN.EMBED_DIM": 192, "MODEL.SWIN.WINDOW_SIZE": 12, "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES": 200,
+        "MODEL.MASK_FORMER.DEC_LAYERS": 9, "MODEL.SEM_SEG_HEAD.NUM_CLASSES": 133,
+        "SOLVER.MAX_ITER": 1475000, "SOLVER.STEPS": (1311112, 1420368),
+    }),
+    ("coco/instance-segmentation/swin/hcformer+_swin_large_IN21k_384_bs16_200ep.yaml", {
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES": 80, "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES": 200,
+        "SOLVER.MAX_ITER": 1475000, "INPUT.DATASET_MAPPER_NAME": "coco_instance_lsj",
+    }),
+    ("ade20k/semantic-segmentation/swin/hcformer_swin_small_bs16_160k.yaml", {
+        "MODEL.SWIN.EMBED_DIM": 96, "MODEL.SEM_SEG_HEAD.NUM_CLASSES": 150, "SOLVER.MAX_ITER": 160000,
+        "INPUT.CROP.SIZE": (512, 512),
+    }),
+    ("ade20k/semantic-segmentation/swin/hcformer+_swin_small_bs16_320k.yaml", {
+        "MODEL.SWIN.EMBED_DIM": 96, "MODEL.SEM_SEG_HEAD.CONVS_DIM": 256, "SOLVER.MAX_ITER": 320000,
+    }),
+    ("ade20k/semantic-segmentation/swin/hcformer_swin_large_IN21k_384_bs16_160k_res640.yaml", {
+        "MODEL.SWIN.EMBED_DIM": 192, "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES": 100, "SOLVER.MAX_ITER": 160000,
+        "INPUT.CROP.SIZE": (640, 640), "INPUT.SIZE_DIVISIBILITY": 640, "INPUT.MIN_SIZE_TEST": 640,
+        "INPUT.MAX_SIZE_TEST": 2560, "INPUT.MIN_SIZE_TRAIN": tuple(int(x * 0.1 * 640) for x in range(5, 21)),
+        "TEST.AUG.MIN_SIZES": (320, 480, 640, 800, 960, 1120),
+    }),
+    ("ade20k/semantic-segmentation/swin/hcformer+_swin_large_IN21k_384_bs16_320k_res640.yaml", {
+        "MODEL.SWIN.EMBED_DIM": 192, "SOLVER.MAX_ITER": 320000, "INPUT.CROP.SIZE": (640, 640),
+    }),
+    ("cityscapes/semantic-segmentation/swin/hcformer_swin_small_bs16_90k.yaml", {
+        "MODEL.SWIN.EMBED_DIM": 96, "MODEL.MASK_FORMER.DEC_LAYERS": 10, "SOLVER.MAX_ITER": 90000,
+    }),
+    ("cityscapes/semantic-segmentation/swin/hcformer+_swin_small_bs16_180k.yaml", {
+        "MODEL.SWIN.EMBED_DIM": 96, "SOLVER.MAX_ITER": 180000,
+    }),
+    ("cityscapes/semantic-segmentation/swin/hcformer_swin_large_IN21k_384_bs16_90k.yaml", {
+        "MODEL.SWIN.EMBED_DIM": 192, "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES": 100, "SOLVER.MAX_ITER": 90000,
+        "INPUT.CROP.SIZE": (512, 1024),
+    }),
+    ("cityscapes/semantic-segmentation/swin/hcformer+_swin_large_IN21k_384_bs16_180k.yaml", {
+        "MODEL.SWIN.EMBED_DIM": 192, "MODEL.MASK_FORMER.DEC_LAYERS": 10, "SOLVER.MAX_ITER": 180000,
+    }),
+    ("shapes/panoptic-segmentation/hcformer_swinT_shapes.yaml", {
+        "MODEL.WEIGHTS": "", "MODEL.SWIN.DEPTHS": (2, 2, 2, 2), "MODEL.SEM_SEG_HEAD.NUM_CLASSES": 6,
+        "SOLVER.AMP.ENABLED": False,
     }),
     ("shapes/panoptic-segmentation/hcformer_R18_shapes.yaml", {
         "MODEL.WEIGHTS": "", "MODEL.RESNETS.DEPTH": 18, "MODEL.RESNETS.NORM": "BN",

@@ -6,18 +6,24 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from .resnet_weights import adapt_to_deformable, convert_resnet_state_dict, is_imagenet_resnet
+from .swin_weights import convert_swin_state_dict, is_imagenet_swin
 
 _REMOTE_PREFIXES = ("detectron2://", "http://", "https://", "s3://", "gs://")
 
 
 class HCFormerCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer that never downloads and understands bare ImageNet ResNets.
+    """DetectionCheckpointer that never downloads and understands bare ImageNet backbones.
 
     - A remote MODEL.WEIGHTS (``detectron2://``, ``http(s)://``, ...) is refused with a
       message asking for a local file: building or loading a model never touches the network.
     - A torchvision ``.pth`` or detectron2 ``.pkl`` ImageNet ResNet is renamed to the
       HC-ResNet layout (``backbone.*``), its strided convs' weights moved into the
       deformable convs where the model has them.
+    - An ImageNet Swin (official ``.pth``, Mask2Former's converted ``.pkl``, or timm's
+      names) is renamed to the HC-Swin layout (final ``norm`` → ``norm3``, no classifier).
+    - Checkpoints of the original HCFormer implementation need no conversion: its state-dict
+      keys are this project's (tests/test_hcformer_model.py and tests/test_swin.py load
+      state dicts built from its documented layout with no missing or unexpected key).
     - ``save`` writes to a temporary file and renames it, so a crash while saving leaves
       the previous checkpoint intact.
     """
@@ -38,6 +44,10 @@ class HCFormerCheckpointer(DetectionCheckpointer):
         if is_imagenet_resnet(state.keys()):
             self.logger.info("Converting an ImageNet ResNet checkpoint to the HC-ResNet layout.")
             state = convert_resnet_state_dict(state)
+            checkpoint["matching_heuristics"] = False
+        elif is_imagenet_swin(state.keys()):
+            self.logger.info("Converting an ImageNet Swin Transformer checkpoint to the HC-Swin layout.")
+            state = convert_swin_state_dict(state)
             checkpoint["matching_heuristics"] = False
         checkpoint["model"] = adapt_to_deformable(state, self.model.state_dict().keys())
         return super()._load_model(checkpoint)

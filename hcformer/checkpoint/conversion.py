@@ -1,0 +1,102 @@
+"""What the weight converters (tools/convert-*.py) share: reading a local checkpoint, writing
+backbone weights, and the key-by-key report of how they fit a model."""
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping
+
+import torch
+
+
+def read_state_dict(path: Path) -> Mapping[str, object]:
+    """The state dict in a local checkpoint file.
+
+    ``.pkl`` files are unpickled (detectron2 / Mask2Former conversions, numpy arrays); any
+    other file is read with ``torch.load(weights_only=True)``. The state dict may be the
+    file's top level or under "model" / "state_dict".
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is neither, or holds no state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        if path.suffix == ".pkl":
+            with open(path, "rb") as f:
+                data = pickle.load(f, encoding="latin1")
+        else:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  whatever went wrong, the file is not a checkpoint
+        reason = f"{type(e).__name__}: {e}"
+        raise ValueError(f"{path} is not a PyTorch (.pth) or pickled (.pkl) checkpoint ({reason})") from None
+    if isinstance(data, Mapping):
+        for key in ("model", "state_dict"):
+            if isinstance(data.get(key), Mapping):
+                data = data[key]
+                break
+    if not isinstance(data, Mapping) or not all(isinstance(k, str) for k in data):
+        raise ValueError(f"{path} holds no state dict (found {type(data).__name__})")
+    return data
+
+
+def write_backbone_weights(state: Dict[str, torch.Tensor], path: Path, author: str) -> None:
+    """Write ``state`` for MODEL.WEIGHTS: a detectron2-style ``.pkl`` (numpy arrays, "__author__",
+    no name-matching heuristics) for a ``.pkl`` path, else ``torch.save({"model": state})``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".pkl":
+        data = {
+            "model": {k: v.numpy() for k, v in state.items()},
+            "__author__": author,
+            "matching_heuristics": False,
+        }
+        with open(path, "wb") as f:
+            pickle.dump(data, f)
+    else:
+        torch.save({"model": state}, path)
+
+
+@dataclass
+class LoadReport:
+    """Keys of the model found in the file with the right shape, with another shape, not at
+    all; and keys of the file the model does not have."""
+
+    matched: List[str] = field(default_factory=list)
+    mismatched: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+
+    @classmethod
+    def compare(cls, converted: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> "LoadReport":
+        report = cls()
+        for key, value in expected.items():
+            if key not in converted:
+                report.missing.append(key)
+            elif tuple(converted[key].shape) == tuple(value.shape):
+                report.matched.append(key)
+            else:
+                report.mismatched.append(f"{key}: file {tuple(converted[key].shape)}, model {tuple(value.shape)}")
+        report.unexpected = [k for k in converted if k not in expected]
+        return report
+
+    def format(self, expected_missing: Callable[[str], bool] = lambda key: False) -> str:
+        """A printable summary; ``expected_missing`` tells missing keys that are fine (e.g. the
+        clustering layers, which no ImageNet model has)."""
+        fine = [k for k in self.missing if expected_missing(k)]
+        bad = [k for k in self.missing if not expected_missing(k)]
+        lines = [f"matched: {len(self.matched)} tensors"]
+        for title, keys in (
+            ("shape mismatches", self.mismatched),
+            ("missing (the model has them, the file does not)", bad),
+            ("unexpected (the file has them, the model does not)", self.unexpected),
+        ):
+            lines.append(f"{title}: {len(keys)}")
+            lines += [f"    {k}" for k in keys]
+        if fine:
+            lines.append(f"not in the file, initialised when the model is built: {len(fine)} (e.g. {fine[0]})")
+        return "\n".join(lines)
+
+    def ok(self, expected_missing: Callable[[str], bool] = lambda key: False) -> bool:
+        return not self.mismatched and not self.unexpected and all(expected_missing(k) for k in self.missing)
