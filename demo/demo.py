@@ -32,12 +32,12 @@ from typing import Dict, List, Optional, Tuple
 import cv2
 import numpy as np
 import tqdm
-from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # predictor.py, as in detectron2's demo
 import hcformer  # noqa: E402,F401  registers the models
 import hcformer.data  # noqa: E402,F401  registers the datasets (their metadata names the classes)
+from hcformer.data.image_reading import read_image_file  # noqa: E402
 from hcformer.engine.inference_model import inference_cfg  # noqa: E402
 from hcformer.utils.image_files import IMAGE_EXTENSIONS, expand_image_paths  # noqa: E402
 from hcformer.utils.prediction_files import save_prediction  # noqa: E402
@@ -126,7 +126,7 @@ def _image_targets(args: argparse.Namespace, paths: List[str]) -> List[Tuple[str
     return [(os.path.join(args.output, f"{name}.png"), os.path.join(args.output, name)) for name in names]
 
 
-def run_on_images(demo: VisualizationDemo, args: argparse.Namespace) -> List[str]:
+def run_on_images(demo: VisualizationDemo, args: argparse.Namespace, max_image_pixels: int = 0) -> List[str]:
     paths = expand_image_paths(args.input)
     if not paths:
         raise FileNotFoundError(f"--input {args.input}: no images found")
@@ -135,7 +135,11 @@ def run_on_images(demo: VisualizationDemo, args: argparse.Namespace) -> List[str
     with tqdm.tqdm(total=len(paths), desc="images", unit="image", disable=not args.output) as progress:
         for batch in _chunks(paths, args.batch_size):
             start = time.perf_counter()
-            images = [read_image(path, format="BGR") for path in batch]
+            # upright (EXIF), 3 channels, 8 bits, at most INPUT.MAX_IMAGE_PIXELS; else an error naming the file
+            images = [
+                read_image_file(path, "BGR", max_image_pixels, role="--input image")
+                for path in batch
+            ]
             results = demo.run_on_images(images)
             logger.info("%d image(s) in %.2f s", len(batch), time.perf_counter() - start)
             for path, (prediction, picture) in zip(batch, results):
@@ -226,9 +230,10 @@ def main(argv: Optional[List[str]] = None) -> List[str]:
     setup_logger(name="fvcore")
     args = parse_args(argv)
     logger.info("Arguments: %s", args)
-    demo = VisualizationDemo(setup_cfg(args), args.confidence_threshold, args.show_level)
+    cfg = setup_cfg(args)
+    demo = VisualizationDemo(cfg, args.confidence_threshold, args.show_level)
     if args.input:
-        return run_on_images(demo, args)
+        return run_on_images(demo, args, cfg.INPUT.MAX_IMAGE_PIXELS)
     return run_on_video(demo, args)
 
 

@@ -18,6 +18,10 @@ def add_hcformer_config(cfg: CN) -> None:
     cfg.INPUT.MIN_SCALE = 0.1
     cfg.INPUT.MAX_SCALE = 2.0
     cfg.DATALOADER.SKIP_BAD_SAMPLES = False  # (hcformer) skip unreadable samples in training
+    # (hcformer) images with more pixels are refused before they are decoded (training,
+    # evaluation, demo): a corrupt header or a huge scan would otherwise exhaust the memory.
+    # PIL's own limit (2 x Image.MAX_IMAGE_PIXELS) still applies above this.
+    cfg.INPUT.MAX_IMAGE_PIXELS = 89_478_485  # PIL's warning threshold, ~9459 x 9459
 
     # ---------------------------------------------------------------- solver
     cfg.SOLVER.OPTIMIZER = "ADAMW"
@@ -26,12 +30,19 @@ def add_hcformer_config(cfg: CN) -> None:
     cfg.SOLVER.POLY_LR_POWER = 0.9  # for LR_SCHEDULER_NAME "WarmupPolyLR"
     cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
 
+    # ---------------------------------------------------------------- checkpoints
+    # (hcformer) read .pkl files / pickled objects (can run code!); see
+    # hcformer/checkpoint/safe_loading.py. The environment variable HCFORMER_ALLOW_PICKLE=1
+    # does the same.
+    cfg.MODEL.ALLOW_PICKLE = False
+
     # ---------------------------------------------------------------- HCFormer clustering
     cfg.MODEL.HC = CN()
     cfg.MODEL.HC.LEVEL = 3  # number of clustered downsampling layers (0-3)
     cfg.MODEL.HC.TEMPERATURE = 0.1  # initial value of the learnable scale s of eq. (3)
     cfg.MODEL.HC.EMB_DIM = 128  # channels of the clustering embeddings
     cfg.MODEL.HC.L1_WEIGHT = 0.1  # lambda_reg of the regulariser sum_i |s_i|
+    cfg.MODEL.HC.POINT_DECODING = True  # (hcformer) training decodes only what the losses sample
 
     # ---------------------------------------------------------------- ResNet backbone
     cfg.MODEL.RESNETS.DOWNSAMPLING = "deform"  # "deform" (modulated DCNv2) | "conv"

@@ -227,8 +227,12 @@ def test_unknown_mapper_name_lists_the_known_ones():
 
 
 def test_evaluation_uses_detectron2_default_mapper_and_training_mappers_refuse_it():
+    from hcformer.data.dataset_mappers.evaluation_dataset_mapper import EvaluationDatasetMapper
+
     cfg = make_cfg("mask_former_panoptic")
-    assert type(build_dataset_mapper(cfg, is_train=False)) is DatasetMapper
+    # detectron2's DatasetMapper(cfg, False), reading images strictly
+    assert type(build_dataset_mapper(cfg, is_train=False)) is EvaluationDatasetMapper
+    assert isinstance(build_dataset_mapper(cfg, is_train=False), DatasetMapper)
     for mapper_class in DATASET_MAPPERS.values():
         with pytest.raises(ValueError, match="training mapper"):
             mapper_class(cfg, False)

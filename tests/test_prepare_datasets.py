@@ -112,3 +112,31 @@ def test_missing_inputs_are_named(tmp_path):
         ade_script.main(["--root", str(tmp_path)])
     with pytest.raises(FileNotFoundError, match="panoptic_val2017.json"):
         coco_script.main(["--root", str(tmp_path), "--splits", "val2017"])
+
+
+@pytest.mark.parametrize("script", [ade_script, coco_script], ids=["ade20k", "coco"])
+def test_a_crash_while_writing_leaves_no_partial_png_and_a_rerun_finishes(tmp_path, monkeypatch, script):
+    """Kill the conversion in the middle of writing a PNG: no file under its final name."""
+    labels = np.array([[1, 2], [3, 4]], dtype=np.uint8)
+    real_save = Image.Image.save
+    written = []
+
+    def crash_on_second_file(image, fp, *args, **kwargs):
+        real_save(image, fp, *args, **kwargs)
+        written.append(fp)
+        if len(written) == 2:
+            with open(fp, "r+b") as f:  # half a PNG on disk...
+                f.truncate(20)
+            raise KeyboardInterrupt  # ...when the process is stopped
+
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(Image.Image, "save", crash_on_second_file)
+    with pytest.raises(KeyboardInterrupt):
+        for name in ("a.png", "b.png", "c.png"):
+            script.save_png_atomically(labels, str(out / name))
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    assert sorted(os.listdir(out)) == ["a.png"]  # b.png was never renamed into place
+    for name in ("b.png", "c.png"):  # the rerun writes what is missing
+        script.save_png_atomically(labels, str(out / name))
+    assert all(np.array_equal(np.asarray(Image.open(out / n)), labels) for n in ("a.png", "b.png", "c.png"))

@@ -12,11 +12,13 @@ written if a key does not fit. The clustering layers are not part of an ImageNet
 start from their initialisation.
 
     python tools/convert-pretrained-swin-model-to-d2.py swin_small_patch4_window7_224.pth \\
-        swin_small_patch4_window7_224.pkl
-    # then: MODEL.WEIGHTS swin_small_patch4_window7_224.pkl (a .pth output works the same)
+        swin_small_patch4_window7_224_hc.pth
+    # then: MODEL.WEIGHTS swin_small_patch4_window7_224_hc.pth
 
-The output is a detectron2-style ``.pkl`` (numpy arrays) or, for any other suffix, a ``.pth``
-holding ``{"model": {...}}``. MODEL.WEIGHTS also accepts the input file itself (the
+The output is a ``.pth`` holding ``{"model": {...}}`` or, for a ``.pkl`` name, a
+detectron2-style pickle of numpy arrays, which training reads only with MODEL.ALLOW_PICKLE True
+(or HCFORMER_ALLOW_PICKLE=1). A ``.pkl`` input (Mask2Former's) is unpickled, which can run
+code: convert only files you trust, once, to a weights-only ``.pth``. MODEL.WEIGHTS also accepts the input file itself (the
 checkpointer converts it the same way); the tool makes the conversion explicit and checked.
 Checkpoints of the original HCFormer (e.g. its released HCFormer+ Swin-L) need no
 conversion: their keys are already this project's.

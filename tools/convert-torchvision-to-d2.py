@@ -10,8 +10,13 @@ is written if a key does not fit. With MODEL.RESNETS.DOWNSAMPLING "deform" the c
 moves the strided convs' weights into the deformable convs when it loads the file; the
 clustering layers and the deformable offsets start from their initialisation.
 
-    python tools/convert-torchvision-to-d2.py resnet50-0676ba61.pth R-50.pkl
-    # then: MODEL.WEIGHTS R-50.pkl (a .pth output works the same)
+    python tools/convert-torchvision-to-d2.py resnet50-0676ba61.pth R-50.pth
+    # then: MODEL.WEIGHTS R-50.pth
+
+This tool is also the way to turn a detectron2 model-zoo ``.pkl`` (e.g. R-50.pkl) into a
+weights-only ``.pth`` once: it unpickles its input, which can run code, so use it only on files
+you trust. Training and evaluation read ``.pkl`` files only with MODEL.ALLOW_PICKLE True (or
+HCFORMER_ALLOW_PICKLE=1); a ``.pkl`` output of this tool needs that flag too.
 
 Loading the torchvision file directly with MODEL.WEIGHTS works as well (the checkpointer
 converts it on the fly); this tool makes the conversion explicit and checkable.

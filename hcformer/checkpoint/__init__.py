@@ -1,4 +1,11 @@
-from .checkpointer import HCFormerCheckpointer
+from .checkpointer import CheckpointMismatchError, HCFormerCheckpointer
 from .resnet_weights import adapt_to_deformable, convert_resnet_state_dict, is_imagenet_resnet
 from .conversion import LoadReport, read_state_dict, write_backbone_weights
+from .safe_loading import (
+    ALLOW_PICKLE_ENV,
+    CheckpointFileError,
+    PickleNotAllowedError,
+    load_checkpoint_file,
+    pickle_allowed,
+)
 from .swin_weights import convert_swin_state_dict, is_imagenet_swin, swin_architecture

@@ -7,30 +7,27 @@ from typing import Callable, Dict, List, Mapping
 
 import torch
 
+from .safe_loading import load_checkpoint_file
 
-def read_state_dict(path: Path) -> Mapping[str, object]:
+
+def read_state_dict(path: Path, allow_pickle: bool = True) -> Mapping[str, object]:
     """The state dict in a local checkpoint file.
 
-    ``.pkl`` files are unpickled (detectron2 / Mask2Former conversions, numpy arrays); any
-    other file is read with ``torch.load(weights_only=True)``. The state dict may be the
-    file's top level or under "model" / "state_dict".
+    The converters are the documented way to read a pickle once (``allow_pickle=True``,
+    their default): ``.pkl`` files (detectron2 / Mask2Former conversions, numpy arrays) are
+    unpickled, which can run code, so run them only on files you trust. Anything else is read
+    with ``torch.load(weights_only=True)`` first. The state dict may be the file's top level or
+    under "model" / "state_dict".
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is neither, or holds no state dict.
+        ValueError: the file is not a checkpoint, holds no state dict, or needs unpickling
+            while ``allow_pickle`` is False.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
-    try:
-        if path.suffix == ".pkl":
-            with open(path, "rb") as f:
-                data = pickle.load(f, encoding="latin1")
-        else:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  whatever went wrong, the file is not a checkpoint
-        reason = f"{type(e).__name__}: {e}"
-        raise ValueError(f"{path} is not a PyTorch (.pth) or pickled (.pkl) checkpoint ({reason})") from None
+    data = load_checkpoint_file(str(path), allow_pickle=allow_pickle)
     if isinstance(data, Mapping):
         for key in ("model", "state_dict"):
             if isinstance(data.get(key), Mapping):

@@ -3,7 +3,6 @@
 from typing import Callable, Dict
 
 from detectron2.config import CfgNode
-from detectron2.data import DatasetMapper
 
 from .dataset_mappers import (
     COCOInstanceLSJDatasetMapper,
@@ -12,6 +11,8 @@ from .dataset_mappers import (
     MaskFormerPanopticDatasetMapper,
     MaskFormerSemanticDatasetMapper,
 )
+from .dataset_mappers.evaluation_dataset_mapper import EvaluationDatasetMapper
+from .skip_bad_samples import SkipBadSamples
 
 __all__ = ["DATASET_MAPPERS", "build_dataset_mapper"]
 
@@ -26,14 +27,17 @@ DATASET_MAPPERS: Dict[str, Callable] = {
 
 
 def build_dataset_mapper(cfg: CfgNode, is_train: bool = True) -> Callable[[Dict], Dict]:
-    """The mapper named by ``cfg.INPUT.DATASET_MAPPER_NAME`` for training; detectron2's
-    ``DatasetMapper(cfg, False)`` (resize to the test size, no labels) for evaluation."""
+    """The mapper named by ``cfg.INPUT.DATASET_MAPPER_NAME`` for training, wrapped in
+    :class:`SkipBadSamples` when DATALOADER.SKIP_BAD_SAMPLES is True; for evaluation
+    :class:`EvaluationDatasetMapper` (detectron2's ``DatasetMapper(cfg, False)``: resize to the
+    test size, no labels; never skips a sample)."""
     if not is_train:
-        return DatasetMapper(cfg, False)
+        return EvaluationDatasetMapper(cfg, False)
     name = cfg.INPUT.DATASET_MAPPER_NAME
     if name not in DATASET_MAPPERS:
         raise KeyError(
             f"cfg.INPUT.DATASET_MAPPER_NAME={name!r} is not a known dataset mapper; "
             f"known names: {sorted(DATASET_MAPPERS)}"
         )
-    return DATASET_MAPPERS[name](cfg, True)
+    mapper = DATASET_MAPPERS[name](cfg, True)
+    return SkipBadSamples(mapper) if cfg.DATALOADER.SKIP_BAD_SAMPLES else mapper

@@ -9,6 +9,7 @@ from torch import nn
 from hcformer.checkpoint import HCFormerCheckpointer
 from hcformer.config import add_hcformer_config
 
+from .config_validation import merge_config_file, merge_config_list, validate_config
 from .setup import adapt_to_machine
 
 __all__ = ["inference_cfg", "build_inference_model"]
@@ -24,8 +25,9 @@ def inference_cfg(config_file: str, opts: Optional[List[str]] = None, freeze: bo
     """
     cfg = get_cfg()
     add_hcformer_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts or [])
+    merge_config_file(cfg, config_file)
+    merge_config_list(cfg, opts or [])
+    validate_config(cfg)
     for note in adapt_to_machine(cfg):
         logger.info(note)
     if freeze:
@@ -41,7 +43,7 @@ def build_inference_model(cfg: CfgNode) -> nn.Module:
     """
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        HCFormerCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        HCFormerCheckpointer(model, allow_pickle=cfg.MODEL.ALLOW_PICKLE).load(cfg.MODEL.WEIGHTS)
     else:
         logger.warning("MODEL.WEIGHTS is empty: the model is randomly initialised")
     return model.eval()

@@ -11,6 +11,8 @@ from detectron2.utils.logger import setup_logger
 
 from hcformer.config import add_hcformer_config
 
+from .config_validation import merge_config_file, merge_config_list, validate_config
+
 logger = logging.getLogger(__name__)
 
 
@@ -31,11 +33,18 @@ def adapt_to_machine(cfg: CfgNode) -> List[str]:
 
 def setup(args: argparse.Namespace) -> CfgNode:
     """The frozen config of ``args`` (from detectron2's ``default_argument_parser``); sets up
-    the output directory and the "detectron2" and "hcformer" loggers."""
+    the output directory and the "detectron2" and "hcformer" loggers.
+
+    Raises:
+        UnknownConfigKeyError: a key of the file or the overrides does not exist (the
+            message names the nearest ones).
+        ConfigError: see :func:`~hcformer.engine.config_validation.validate_config`.
+    """
     cfg = get_cfg()
     add_hcformer_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    merge_config_file(cfg, args.config_file)
+    merge_config_list(cfg, args.opts)
+    validate_config(cfg)
     notes = adapt_to_machine(cfg)
     cfg.freeze()
     default_setup(cfg, args)  # also saves the final config to OUTPUT_DIR/config.yaml

@@ -1,4 +1,5 @@
 """The detectron2 trainer of HCFormer, shared by train_net.py and the tools."""
+import contextlib
 import logging
 import os
 import weakref
@@ -8,8 +9,10 @@ from typing import Dict, List, Optional
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import build_detection_train_loader
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, HookBase
+from detectron2.engine import defaults as d2_defaults
+from detectron2.utils import comm
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 from detectron2.utils.events import (
     CommonMetricPrinter,
@@ -21,21 +24,96 @@ from torch import nn
 
 from hcformer.checkpoint import HCFormerCheckpointer
 from hcformer.data.build import build_dataset_mapper
+from hcformer.data.dataset_loading import load_dataset_dicts
 from hcformer.evaluation.build_evaluator import build_evaluator
 from hcformer.evaluation.hierarchy_evaluator import HierarchyEvaluator
 from hcformer.solver import build_lr_scheduler, build_optimizer
 
+from .loss_guard import install_loss_guard
+
 logger = logging.getLogger(__name__)
+
+
+def _create_ddp_model(model: nn.Module, **kwargs):
+    """detectron2's ``create_ddp_model``, which gives DistributedDataParallel the local rank as
+    CUDA device id even for a CPU model (that DDP refuses): CPU models get ``device_ids=None``."""
+    if comm.get_world_size() > 1 and next(model.parameters()).device.type == "cpu":
+        kwargs.setdefault("device_ids", None)
+    return _D2_CREATE_DDP_MODEL(model, **kwargs)
+
+
+_D2_CREATE_DDP_MODEL = d2_defaults.create_ddp_model
+
+
+@contextlib.contextmanager
+def _cpu_aware_ddp():
+    # DefaultTrainer.__init__ calls the module-level function by name: swap it for the
+    # duration of the constructor only.
+    d2_defaults.create_ddp_model = _create_ddp_model
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = _D2_CREATE_DDP_MODEL
 
 
 class Trainer(DefaultTrainer):
     """detectron2's DefaultTrainer with HCFormer's training mappers, evaluators, optimizer,
-    LR schedules and checkpointer (local files only, ImageNet ResNets converted on load).
-    Test loaders are detectron2's default (``DatasetMapper(cfg, False)``)."""
+    LR schedules and checkpointer (local files only, no pickles unless MODEL.ALLOW_PICKLE,
+    ImageNet backbones converted on load). Test loaders use ``EvaluationDatasetMapper``
+    (detectron2's default resizing, strict reading).
+
+    Reliability on top of detectron2's:
+
+    - a non-finite loss stops training before backward, naming the iteration and the loss
+      terms, and no checkpoint of that state is written (``loss_guard``);
+    - dataset files that do not parse name the dataset and file (``load_dataset_dicts``);
+    - several CPU processes (gloo, ``hcformer.engine.launch``) train with a CPU
+      DistributedDataParallel;
+    - checkpoints hold the optimizer and AMP grad-scaler state, so ``--resume`` continues
+      exactly (detectron2 v0.6 saves only the iteration and the LR scheduler).
+    """
+
+    def __init__(self, cfg: CfgNode):
+        if comm.is_main_process() and cfg.OUTPUT_DIR:
+            # train_net's setup() makes it; a Trainer built directly needs it for its writers
+            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+        with _cpu_aware_ddp():
+            super().__init__(cfg)
+        model = self._trainer.model
+        self._remove_loss_guard = install_loss_guard(getattr(model, "module", model), self)
+
+    def state_dict(self) -> Dict:
+        # detectron2 v0.6's DefaultTrainer saves only the iteration and the hooks (LR
+        # scheduler): without the optimizer (Adam moments, step counts) and the AMP grad scaler,
+        # --resume would continue with a reset optimizer. Later detectron2 versions store them
+        # under the same key.
+        state = super().state_dict()
+        state["_trainer"] = self._trainer.state_dict()
+        return state
+
+    def load_state_dict(self, state: Dict) -> None:
+        super().load_state_dict(state)
+        if "_trainer" in state:
+            self._trainer.load_state_dict(state["_trainer"])
+        else:
+            logger.warning("The checkpoint holds no optimizer state: the optimizer starts afresh")
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        return build_detection_train_loader(cfg, mapper=build_dataset_mapper(cfg, is_train=True))
+        dataset = load_dataset_dicts(
+            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        )
+        return build_detection_train_loader(
+            cfg, mapper=build_dataset_mapper(cfg, is_train=True), dataset=dataset
+        )
+
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        return build_detection_test_loader(
+            load_dataset_dicts([dataset_name]),
+            mapper=build_dataset_mapper(cfg, is_train=False),
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+        )
 
     @classmethod
     def build_evaluator(
@@ -81,7 +159,10 @@ class Trainer(DefaultTrainer):
         # build_hooks(): replace it first, so that loading (resume_or_load) and the periodic
         # checkpoint hook both use ours.
         self.checkpointer = HCFormerCheckpointer(
-            self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+            self.model,
+            self.cfg.OUTPUT_DIR,
+            allow_pickle=self.cfg.MODEL.ALLOW_PICKLE,
+            trainer=weakref.proxy(self),
         )
         return super().build_hooks()
 

@@ -20,6 +20,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, Instances
 
+from ..image_reading import BadSampleError
+
 __all__ = [
     "IMAGE_PAD_VALUE",
     "require_training",
@@ -32,6 +34,7 @@ __all__ = [
     "semantic_from_panoptic",
     "semantic_to_instances",
     "masks_to_instances",
+    "check_category_ids",
 ]
 
 IMAGE_PAD_VALUE = 128  # grey, as in Mask2Former; labels are padded with "ignore" / "void"
@@ -131,6 +134,26 @@ def semantic_from_panoptic(
             )
         semantic[panoptic_ids == segment["id"]] = category
     return semantic
+
+
+def check_category_ids(
+    ids, num_classes: Optional[int], where: str, ignore_label: Optional[int] = None
+) -> None:
+    """Every contiguous category id in ``ids`` must be a class of the model (0..num_classes-1)
+    or ``ignore_label``; ``num_classes`` None skips the check.
+
+    Raises:
+        BadSampleError: naming ``where`` (the file or record) and the offending ids.
+    """
+    if num_classes is None:
+        return
+    bad = sorted({int(i) for i in ids if not 0 <= int(i) < num_classes and int(i) != ignore_label})
+    if bad:
+        allowed = f"0..{num_classes - 1}" + (f" or {ignore_label} (ignore)" if ignore_label is not None else "")
+        raise BadSampleError(
+            f"{where}: category ids {bad} are not in {allowed}. The ids must be contiguous ids of "
+            "the dataset metadata, fewer than MODEL.SEM_SEG_HEAD.NUM_CLASSES"
+        )
 
 
 def masks_to_instances(

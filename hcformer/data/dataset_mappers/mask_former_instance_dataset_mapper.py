@@ -15,8 +15,10 @@ from detectron2.config import CfgNode, configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from ..image_reading import read_image_file
 from .mapper_utils import (
     build_flip,
+    check_category_ids,
     image_to_tensor,
     masks_to_instances,
     pad_to_multiple,
@@ -62,11 +64,16 @@ class MaskFormerInstanceDatasetMapper:
         augmentations: List[T.Augmentation],
         image_format: str,
         size_divisibility: int,
+        max_image_pixels: int = 0,
+        num_classes: Optional[int] = None,
     ):
+        """``max_image_pixels`` / ``num_classes``: as in MaskFormerSemanticDatasetMapper."""
         require_training(is_train, type(self).__name__)
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
         self.size_divisibility = size_divisibility
+        self.max_image_pixels = max_image_pixels
+        self.num_classes = num_classes
 
     @classmethod
     def from_config(cls, cfg: CfgNode, is_train: bool = True) -> Dict:
@@ -84,13 +91,20 @@ class MaskFormerInstanceDatasetMapper:
             "augmentations": augmentations + build_flip(cfg),
             "image_format": cfg.INPUT.FORMAT,
             "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
+            "max_image_pixels": cfg.INPUT.MAX_IMAGE_PIXELS,
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
         }
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         require_keys(dataset_dict, ["file_name", "annotations"], type(self).__name__)
         dataset_dict = copy.deepcopy(dataset_dict)  # it is modified below
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        image = read_image_file(dataset_dict["file_name"], self.image_format, self.max_image_pixels)
         utils.check_image_size(dataset_dict, image)  # also fills in "height" / "width"
+        check_category_ids(
+            [obj["category_id"] for obj in dataset_dict["annotations"]],
+            self.num_classes,
+            f"annotations of {dataset_dict['file_name']}",
+        )
 
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)

@@ -16,7 +16,9 @@ import torch
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from ..image_reading import check_same_size, read_image_file, read_label_file
 from .mapper_utils import (
+    check_category_ids,
     image_to_tensor,
     masks_to_instances,
     pad_to_multiple,
@@ -50,12 +52,17 @@ class MaskFormerPanopticDatasetMapper(MaskFormerSemanticDatasetMapper):
             dataset_dict, ["file_name", "pan_seg_file_name", "segments_info"], type(self).__name__
         )
         dataset_dict = copy.deepcopy(dataset_dict)  # it is modified below
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        image = read_image_file(dataset_dict["file_name"], self.image_format, self.max_image_pixels)
         utils.check_image_size(dataset_dict, image)  # also fills in "height" / "width"
         # Augment the panoptic PNG as an RGB uint8 image: detectron2 resizes uint8 images with
         # PIL (nearest for labels), and 8-bit channels survive that exactly.
-        panoptic_rgb = utils.read_image(dataset_dict.pop("pan_seg_file_name"), format="RGB")
+        label_file = dataset_dict.pop("pan_seg_file_name")
+        panoptic_rgb = read_label_file(label_file, "panoptic", self.max_image_pixels)
+        check_same_size(image, panoptic_rgb, dataset_dict["file_name"], label_file)
         segments_info = dataset_dict.pop("segments_info")
+        check_category_ids(
+            [s["category_id"] for s in segments_info], self.num_classes, f"segments_info of {label_file}"
+        )
         dataset_dict.pop("sem_seg_file_name", None)
         sem_seg = semantic_from_panoptic(
             rgb_to_panoptic_id(panoptic_rgb), segments_info, self.ignore_label

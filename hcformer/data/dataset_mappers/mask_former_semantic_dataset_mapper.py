@@ -8,7 +8,7 @@ grey / ignore. Each class present becomes one mask target.
 """
 
 import copy
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -17,8 +17,10 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
 from ..color_aug_ssd import ColorAugSSD
+from ..image_reading import check_same_size, read_image_file, read_label_file
 from .mapper_utils import (
     build_flip,
+    check_category_ids,
     image_to_tensor,
     pad_to_multiple,
     require_keys,
@@ -51,11 +53,10 @@ def build_semantic_augmentations(cfg: CfgNode, ignore_label: int) -> List[T.Augm
     return augmentations + build_flip(cfg)
 
 
-def read_label_map(file_name: str) -> np.ndarray:
-    """A PNG of class ids. uint8 stays uint8 (fast PIL resizing); anything else becomes float64,
-    which detectron2's transforms resize with nearest-neighbour too."""
-    labels = utils.read_image(file_name)
-    return labels if labels.dtype == np.uint8 else labels.astype(np.float64)
+def read_label_map(file_name: str, max_pixels: int = 0) -> np.ndarray:
+    """A single-channel PNG of class ids. uint8 stays uint8 (fast PIL resizing); anything else
+    becomes float64, which detectron2's transforms resize with nearest-neighbour too."""
+    return read_label_file(file_name, "semantic", max_pixels)
 
 
 class MaskFormerSemanticDatasetMapper:
@@ -74,12 +75,22 @@ class MaskFormerSemanticDatasetMapper:
         image_format: str,
         ignore_label: int,
         size_divisibility: int,
+        max_image_pixels: int = 0,
+        num_classes: Optional[int] = None,
     ):
+        """
+        Args:
+            max_image_pixels: refuse larger images (INPUT.MAX_IMAGE_PIXELS; 0: no limit).
+            num_classes: refuse labels outside 0..num_classes-1 and the ignore label
+                (MODEL.SEM_SEG_HEAD.NUM_CLASSES; None: no check).
+        """
         require_training(is_train, type(self).__name__)
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
         self.ignore_label = ignore_label
         self.size_divisibility = size_divisibility
+        self.max_image_pixels = max_image_pixels
+        self.num_classes = num_classes
 
     @classmethod
     def from_config(cls, cfg: CfgNode, is_train: bool = True) -> Dict:
@@ -90,6 +101,8 @@ class MaskFormerSemanticDatasetMapper:
             "image_format": cfg.INPUT.FORMAT,
             "ignore_label": ignore_label,
             "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
+            "max_image_pixels": cfg.INPUT.MAX_IMAGE_PIXELS,
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
         }
 
     def __call__(self, dataset_dict: Dict) -> Dict:
@@ -101,9 +114,12 @@ class MaskFormerSemanticDatasetMapper:
                 f"{dataset_dict['file_name']!r} has instance 'annotations'; use an instance mapper"
             )
         dataset_dict = copy.deepcopy(dataset_dict)  # it is modified below
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        image = read_image_file(dataset_dict["file_name"], self.image_format, self.max_image_pixels)
         utils.check_image_size(dataset_dict, image)  # also fills in "height" / "width"
-        sem_seg = read_label_map(dataset_dict.pop("sem_seg_file_name"))
+        label_file = dataset_dict.pop("sem_seg_file_name")
+        sem_seg = read_label_map(label_file, self.max_image_pixels)
+        check_same_size(image, sem_seg, dataset_dict["file_name"], label_file)
+        check_category_ids(np.unique(sem_seg), self.num_classes, label_file, self.ignore_label)
 
         aug_input = T.AugInput(image, sem_seg=sem_seg)
         self.augmentations(aug_input)

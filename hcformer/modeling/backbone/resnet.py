@@ -231,21 +231,23 @@ class D2HCResNet(HCResNet):
             aux=aux,
         )
         if r.WEIGHTS:
-            load_imagenet_weights(self, r.WEIGHTS)
+            load_imagenet_weights(self, r.WEIGHTS, allow_pickle=cfg.MODEL.ALLOW_PICKLE)
 
 
-def load_imagenet_weights(backbone: HCResNet, path: str) -> None:
-    """Load a local ImageNet ResNet (torchvision ``.pth`` / detectron2 ``.pkl``) into ``backbone``."""
+def load_imagenet_weights(backbone: HCResNet, path: str, allow_pickle: bool = False) -> None:
+    """Load a local ImageNet ResNet (torchvision ``.pth`` / detectron2 ``.pkl``) into ``backbone``.
+
+    A ``.pkl`` is unpickled only with ``allow_pickle`` (MODEL.ALLOW_PICKLE) or
+    HCFORMER_ALLOW_PICKLE=1; see ``hcformer.checkpoint.safe_loading``.
+    """
     import logging
-    import pickle
 
     from hcformer.checkpoint.resnet_weights import adapt_to_deformable, convert_resnet_state_dict
+    from hcformer.checkpoint.safe_loading import load_checkpoint_file
 
-    if path.endswith(".pkl"):
-        with open(path, "rb") as f:
-            state = pickle.load(f, encoding="latin1")
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint_file(path, allow_pickle=allow_pickle)
+    if not isinstance(state, dict):
+        raise ValueError(f"MODEL.RESNETS.WEIGHTS {path} holds a {type(state).__name__}, not a state dict")
     state = state.get("model", state)
     state = adapt_to_deformable(convert_resnet_state_dict(state, prefix=""), backbone.state_dict().keys())
     result = backbone.load_state_dict(state, strict=False)

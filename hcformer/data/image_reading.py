@@ -1,0 +1,134 @@
+"""Reading dataset and demo images so that a bad file fails with its name and the reason.
+
+detectron2's ``read_image`` lets a missing file, a truncated JPEG or a 16-bit PNG through as a
+bare ``OSError``, a crash deep inside an augmentation, or a silently white image. Here:
+
+- images: EXIF orientation applied; grayscale, palette, CMYK and RGBA become 3 channels (alpha
+  is dropped); 16-bit images are scaled to 8 bits (65535 -> 255) instead of clipped; more than
+  ``max_pixels`` pixels (INPUT.MAX_IMAGE_PIXELS) is refused before the pixels are decoded;
+- label PNGs: semantic maps must be single-channel, panoptic maps RGB (R + 256 G + 256² B);
+- any failure is a ``BadSampleError`` naming the file: training may skip such samples
+  (DATALOADER.SKIP_BAD_SAMPLES), evaluation and the demo never do.
+"""
+import os
+import warnings
+
+import numpy as np
+from detectron2.data.detection_utils import convert_PIL_to_numpy
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "BadSampleError",
+    "MissingSampleFileError",
+    "read_image_file",
+    "read_label_file",
+    "check_same_size",
+]
+
+# Single-channel modes a semantic label PNG may have (8-, 16- and 32-bit class ids).
+_LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
+
+
+class BadSampleError(ValueError):
+    """A dataset file (image or label) that cannot be used; the message names it."""
+
+
+class MissingSampleFileError(BadSampleError, FileNotFoundError):
+    """A file named by a dataset record (or on the command line) does not exist."""
+
+
+def _open(path: str, role: str, max_pixels: int) -> Image.Image:
+    """The decoded PIL image of ``path``; header checks (size) before decoding the pixels."""
+    if not os.path.isfile(path):
+        raise MissingSampleFileError(f"{role} not found: {path}")
+    try:
+        with warnings.catch_warnings():
+            # our own limit below is the one that matters, and it gives a better message
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise BadSampleError(f"{role} {path} is too large for PIL ({e})") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise BadSampleError(
+            f"{role} {path} cannot be read as an image: it is corrupt or not an image file ({e})"
+        ) from None
+    width, height = image.size
+    if max_pixels and width * height > max_pixels:
+        raise BadSampleError(
+            f"{role} {path} is {width} x {height} = {width * height} pixels, more than "
+            f"INPUT.MAX_IMAGE_PIXELS = {max_pixels}; downscale it or raise that limit"
+        )
+    if width == 0 or height == 0:
+        raise BadSampleError(f"{role} {path} is empty ({width} x {height})")
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as e:  # PIL: "image file is truncated", ...
+        raise BadSampleError(f"{role} {path} is truncated or corrupt ({e})") from None
+    return image
+
+
+def _to_8_bit(image: Image.Image) -> Image.Image:
+    """16-bit grayscale scaled to 8 bits (PIL's own conversion clips everything above 255)."""
+    values = np.asarray(image, dtype=np.float64)
+    return Image.fromarray(np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8), mode="L")
+
+
+def read_image_file(path: str, format: str = "RGB", max_pixels: int = 0, role: str = "image") -> np.ndarray:
+    """H x W x 3 uint8 array of the image at ``path`` in ``format`` ("RGB" or "BGR"), upright.
+
+    Args:
+        max_pixels: refuse images with more pixels (0: no limit of ours).
+        role: what the file is, for messages ("image", "demo input", ...).
+
+    Raises:
+        MissingSampleFileError, BadSampleError: naming ``path``.
+    """
+    image = _open(path, role, max_pixels)
+    image = ImageOps.exif_transpose(image)  # the orientation a viewer shows
+    if image.mode in _SIXTEEN_BIT_MODES:
+        image = _to_8_bit(image)
+    elif image.mode == "F":
+        raise BadSampleError(f"{role} {path} holds floating-point pixels (PIL mode F); expected 8 or 16 bits")
+    array = convert_PIL_to_numpy(image, format)  # converts L / P / RGBA / CMYK to 3 channels
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise BadSampleError(f"{role} {path}: could not make 3 channels of PIL mode {image.mode}")
+    return array
+
+
+def read_label_file(path: str, kind: str, max_pixels: int = 0) -> np.ndarray:
+    """A label PNG: ``kind`` "semantic" -> H x W class ids (uint8 kept, wider ids as float64,
+    which detectron2's transforms resize nearest-neighbour too); "panoptic" -> H x W x 3 uint8
+    RGB (segment id = R + 256 G + 256² B).
+
+    Raises:
+        MissingSampleFileError, BadSampleError: naming ``path``, e.g. for a wrong PNG mode.
+    """
+    role = f"{kind} label PNG"
+    image = _open(path, role, max_pixels)
+    if kind == "semantic":
+        if image.mode not in _LABEL_MODES:
+            raise BadSampleError(
+                f"{role} {path} has PIL mode {image.mode}; expected one channel of class ids "
+                f"(modes {', '.join(_LABEL_MODES)}). Is it a colour visualisation instead of labels?"
+            )
+        labels = np.asarray(image)
+        return labels if labels.dtype == np.uint8 else labels.astype(np.float64)
+    if kind == "panoptic":
+        if image.mode != "RGB":
+            raise BadSampleError(
+                f"{role} {path} has PIL mode {image.mode}; expected RGB (COCO panoptic format: "
+                "segment id = R + 256 G + 256^2 B)"
+            )
+        return np.asarray(image)
+    raise ValueError(f"kind must be 'semantic' or 'panoptic', got {kind!r}")
+
+
+def check_same_size(image: np.ndarray, labels: np.ndarray, image_path: str, label_path: str) -> None:
+    """Labels must cover the image pixel for pixel (an EXIF-rotated photo with labels drawn on
+    the stored pixels, or labels of another image, would otherwise train on garbage)."""
+    if image.shape[:2] != labels.shape[:2]:
+        raise BadSampleError(
+            f"label {label_path} is {labels.shape[1]} x {labels.shape[0]} but image {image_path} "
+            f"is {image.shape[1]} x {image.shape[0]} (width x height, after EXIF rotation)"
+        )

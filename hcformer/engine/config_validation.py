@@ -1,0 +1,184 @@
+"""Config mistakes caught before anything is built, with messages that say what to write.
+
+detectron2 reports an unknown key as ``KeyError: 'Non-existent config key: MODEL.HC.LEVLE'`` and
+an unknown backbone deep inside the model constructor; ``merge_config_file`` /
+``merge_config_list`` add the nearest existing keys to the first, and ``validate_config`` checks
+the names and values that would otherwise fail late (or, for NUM_CLASSES, not at all).
+"""
+import difflib
+import os
+import re
+from typing import Iterator, List, Sequence
+
+from detectron2.config import CfgNode
+
+__all__ = [
+    "ConfigError",
+    "UnknownConfigKeyError",
+    "merge_config_file",
+    "merge_config_list",
+    "nearest_keys",
+    "validate_config",
+]
+
+# yacs: "Non-existent config key: A.B" (merge_from_file), "Non-existent key: A.B" (merge_from_list)
+_UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: ([\w.]+)")
+
+
+class ConfigError(ValueError):
+    """One or more config values that cannot work; the message lists every one of them."""
+
+
+class UnknownConfigKeyError(KeyError):
+    """A config key that does not exist; the message suggests the nearest existing ones."""
+
+    def __str__(self) -> str:  # KeyError would print the message as a quoted repr
+        return str(self.args[0])
+
+
+def _all_keys(cfg: CfgNode, prefix: str = "") -> Iterator[str]:
+    for name, value in cfg.items():
+        if isinstance(value, CfgNode):
+            yield from _all_keys(value, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}"
+
+
+def nearest_keys(cfg: CfgNode, key: str, n: int = 3) -> List[str]:
+    """Existing keys of ``cfg`` that look most like ``key`` (typos, wrong or missing group)."""
+    keys = list(_all_keys(cfg))
+    close = difflib.get_close_matches(key, keys, n=n, cutoff=0.6)
+    if close:
+        return close
+    # the right name in the wrong group, e.g. MODEL.LEVEL for MODEL.HC.LEVEL
+    leaf = key.rsplit(".", 1)[-1]
+    leaves = difflib.get_close_matches(leaf, [k.rsplit(".", 1)[-1] for k in keys], n=n, cutoff=0.8)
+    return [k for k in keys if k.rsplit(".", 1)[-1] in leaves][:n]
+
+
+def _unknown_key_error(cfg: CfgNode, error: Exception, source: str) -> Exception:
+    match = _UNKNOWN_KEY.search(str(error))
+    if match is None:
+        return error
+    key = match.group(1)
+    suggestions = nearest_keys(cfg, key)
+    hint = f"did you mean {' or '.join(suggestions)}?" if suggestions else "no similar key exists."
+    return UnknownConfigKeyError(f"Unknown config key {key} (in {source}): {hint}")
+
+
+def merge_config_file(cfg: CfgNode, path: str) -> None:
+    """``cfg.merge_from_file(path)`` with clear errors for a missing file or an unknown key."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        cfg.merge_from_file(path)
+    except KeyError as e:
+        raise _unknown_key_error(cfg, e, f"{path} or a _BASE_ file it includes") from None
+
+
+def merge_config_list(cfg: CfgNode, opts: Sequence[str]) -> None:
+    """``cfg.merge_from_list(opts)`` with clear errors for an unknown key or an odd list."""
+    opts = list(opts or [])
+    if len(opts) % 2:
+        raise ConfigError(
+            f"config overrides come in KEY VALUE pairs; got {len(opts)} items, the last "
+            f"({opts[-1]!r}) has no value"
+        )
+    try:
+        cfg.merge_from_list(opts)
+    except (KeyError, AssertionError) as e:  # yacs asserts on unknown keys in lists
+        raise _unknown_key_error(cfg, e, "the command-line overrides") from None
+
+
+def _registered(registry) -> List[str]:
+    return sorted(name for name, _ in registry)
+
+
+def _check_registered(problems: List[str], key: str, value: str, registry) -> None:
+    if value not in registry:
+        problems.append(f"{key}={value!r} is not registered; registered: {_registered(registry)}")
+
+
+def _expected_num_classes(dataset_name: str):
+    """(classes of the dataset, the metadata field they come from), or None when unknown.
+
+    Panoptic and semantic datasets list every class in ``stuff_classes`` (things included,
+    Mask2Former convention); instance datasets only have ``thing_classes``.
+    """
+    from detectron2.data import MetadataCatalog
+
+    metadata = MetadataCatalog.get(dataset_name)
+    for field in ("stuff_classes", "thing_classes"):
+        classes = metadata.get(field, None)
+        if classes:
+            return len(classes), field
+    return None
+
+
+def validate_config(cfg: CfgNode) -> None:
+    """Check what detectron2 checks late or never; raise one ``ConfigError`` listing every
+    problem found:
+
+    - META_ARCHITECTURE, BACKBONE.NAME, SEM_SEG_HEAD.NAME, the transformer decoder and the
+      dataset mapper are registered names (the message lists the registered ones);
+    - MODEL.HC.LEVEL is 0..3 and INPUT.MAX_IMAGE_PIXELS positive;
+    - the DATASETS are registered, and MODEL.SEM_SEG_HEAD.NUM_CLASSES equals the number of
+      classes in their metadata.
+    """
+    # imported here: they register the names checked below
+    from detectron2.data import DatasetCatalog
+    from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY
+
+    import hcformer.modeling  # noqa: F401
+    from hcformer.data.build import DATASET_MAPPERS
+    from hcformer.modeling.head.hc_transformer_decoder import TRANSFORMER_DECODER_REGISTRY
+
+    problems: List[str] = []
+    model = cfg.MODEL
+    _check_registered(problems, "MODEL.META_ARCHITECTURE", model.META_ARCHITECTURE, META_ARCH_REGISTRY)
+    _check_registered(problems, "MODEL.BACKBONE.NAME", model.BACKBONE.NAME, BACKBONE_REGISTRY)
+    if model.META_ARCHITECTURE == "HCFormer":
+        _check_registered(
+            problems, "MODEL.SEM_SEG_HEAD.NAME", model.SEM_SEG_HEAD.NAME, SEM_SEG_HEADS_REGISTRY
+        )
+        _check_registered(
+            problems,
+            "MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME",
+            model.MASK_FORMER.TRANSFORMER_DECODER_NAME,
+            TRANSFORMER_DECODER_REGISTRY,
+        )
+    mapper = cfg.INPUT.DATASET_MAPPER_NAME
+    if mapper not in DATASET_MAPPERS:
+        problems.append(
+            f"INPUT.DATASET_MAPPER_NAME={mapper!r} is not a known dataset mapper; known: "
+            f"{sorted(DATASET_MAPPERS)}"
+        )
+
+    level = model.HC.LEVEL
+    if not isinstance(level, int) or isinstance(level, bool) or not 0 <= level <= 3:
+        problems.append(
+            f"MODEL.HC.LEVEL={level!r}: expected an integer 0..3 (the number of clustered "
+            "downsampling layers)"
+        )
+    if cfg.INPUT.MAX_IMAGE_PIXELS <= 0:
+        problems.append(f"INPUT.MAX_IMAGE_PIXELS={cfg.INPUT.MAX_IMAGE_PIXELS}: expected > 0")
+
+    registered = list(DatasetCatalog.keys())
+    for key in ("TRAIN", "TEST"):
+        for name in cfg.DATASETS[key]:
+            if name not in registered:
+                close = difflib.get_close_matches(name, registered, n=3)
+                problems.append(
+                    f"DATASETS.{key}: {name!r} is not a registered dataset"
+                    + (f"; did you mean {' or '.join(close)}?" if close else "")
+                )
+                continue
+            expected = _expected_num_classes(name)
+            num_classes = model.SEM_SEG_HEAD.NUM_CLASSES
+            if expected is not None and expected[0] != num_classes:
+                problems.append(
+                    f"MODEL.SEM_SEG_HEAD.NUM_CLASSES={num_classes}, but dataset {name!r} has "
+                    f"{expected[0]} classes (len(metadata.{expected[1]}))"
+                )
+    if problems:
+        raise ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))

@@ -1,0 +1,156 @@
+"""Checkpoints: no code run on load, clear errors for bad files and wrong architectures, and a
+crash while saving that loses nothing."""
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from hcformer.checkpoint import (
+    ALLOW_PICKLE_ENV,
+    CheckpointFileError,
+    CheckpointMismatchError,
+    HCFormerCheckpointer,
+    PickleNotAllowedError,
+)
+
+
+def small_model(width: int = 4) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, width), nn.ReLU(), nn.Linear(width, 2))
+
+
+class _RunsCode:
+    """Unpickling this calls ``open(path, "w")``: proof that a file executed code on load."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.fixture(autouse=True)
+def no_pickle_env(monkeypatch):
+    monkeypatch.delenv(ALLOW_PICKLE_ENV, raising=False)
+
+
+def test_pkl_is_refused_unless_allowed(tmp_path, monkeypatch):
+    model = small_model()
+    path = tmp_path / "weights.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": {k: v.numpy() for k, v in model.state_dict().items()}, "__author__": "test"}, f)
+
+    with pytest.raises(PickleNotAllowedError, match="convert-torchvision-to-d2.py") as error:
+        HCFormerCheckpointer(small_model()).load(str(path))
+    assert "MODEL.ALLOW_PICKLE" in str(error.value) and str(path) in str(error.value)
+
+    other = small_model(4)
+    nn.init.zeros_(other[0].weight)
+    HCFormerCheckpointer(other, allow_pickle=True).load(str(path))
+    torch.testing.assert_close(other[0].weight, model[0].weight)
+
+    monkeypatch.setenv(ALLOW_PICKLE_ENV, "1")  # the environment variable allows it too
+    HCFormerCheckpointer(small_model()).load(str(path))
+
+
+def test_pth_with_code_is_refused_and_the_code_never_runs(tmp_path):
+    witness = tmp_path / "code_ran"
+    path = tmp_path / "evil.pth"
+    torch.save({"model": small_model().state_dict(), "extra": _RunsCode(witness)}, path)
+    with pytest.raises(PickleNotAllowedError, match="weights_only"):
+        HCFormerCheckpointer(small_model()).load(str(path))
+    assert not witness.exists()
+
+
+def test_backbone_weights_pkl_is_gated_too(tmp_path):
+    from hcformer.modeling.backbone.resnet import load_imagenet_weights
+
+    path = tmp_path / "r18.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"conv1.weight": 0}, f)
+    with pytest.raises(PickleNotAllowedError, match="MODEL.ALLOW_PICKLE"):
+        load_imagenet_weights(nn.Module(), str(path))
+
+
+def test_truncated_and_foreign_files_are_named(tmp_path):
+    good = tmp_path / "good.pth"
+    torch.save({"model": small_model().state_dict()}, good)
+    data = good.read_bytes()
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(data[: len(data) // 2])
+    text = tmp_path / "notes.pth"
+    text.write_text("<html>404 Not Found</html>")
+    not_a_dict = tmp_path / "list.pth"
+    torch.save([1, 2, 3], not_a_dict)
+    for path, reason in ((truncated, "truncated"), (text, "not a PyTorch checkpoint"), (not_a_dict, "not a checkpoint")):
+        with pytest.raises(CheckpointFileError, match=reason) as error:
+            HCFormerCheckpointer(small_model()).load(str(path))
+        assert str(path) in str(error.value)
+
+
+def test_wrong_architecture_lists_every_mismatch_in_one_message(tmp_path):
+    path = tmp_path / "wide.pth"
+    torch.save({"model": small_model(width=8).state_dict()}, path)
+    model = small_model(width=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointMismatchError) as error:
+        HCFormerCheckpointer(model).load(str(path))
+    message = str(error.value)
+    for line in (
+        "0.weight: checkpoint (8, 3), model (4, 3)",
+        "0.bias: checkpoint (8,), model (4,)",
+        "2.weight: checkpoint (2, 8), model (2, 4)",
+    ):
+        assert line in message
+    for key, value in model.state_dict().items():  # refused before anything was loaded
+        assert torch.equal(value, before[key]), key
+
+    unrelated = tmp_path / "unrelated.pth"
+    torch.save({"model": {"encoder.w": torch.zeros(2)}}, unrelated)
+    with pytest.raises(CheckpointMismatchError, match="0 tensors match") as error:
+        HCFormerCheckpointer(small_model()).load(str(unrelated))
+    assert "encoder.w" in str(error.value) and "0.weight" in str(error.value)
+
+
+def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    model = small_model()
+    checkpointer = HCFormerCheckpointer(model, str(tmp_path))
+    checkpointer.save("model_0000001", iteration=1)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+
+    real_save = torch.save
+
+    def crash_midway(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        f.truncate(10)  # half-written...
+        raise OSError("disk full")  # ...and the process dies
+
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    monkeypatch.setattr(torch, "save", crash_midway)
+    with pytest.raises(OSError, match="disk full"):
+        checkpointer.save("model_0000002", iteration=2)
+    monkeypatch.setattr(torch, "save", real_save)
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000001.pth"]
+    assert checkpointer.get_checkpoint_file() == str(tmp_path / "model_0000001.pth")
+    fresh = small_model(4)
+    extra = HCFormerCheckpointer(fresh, str(tmp_path)).resume_or_load("", resume=True)
+    assert extra["iteration"] == 1
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+
+
+def test_crash_while_tagging_keeps_the_previous_tag(tmp_path, monkeypatch):
+    checkpointer = HCFormerCheckpointer(small_model(), str(tmp_path))
+    checkpointer.save("model_0000001")
+    import os
+
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError("killed")))
+    with pytest.raises(OSError):
+        checkpointer.tag_last_checkpoint("model_0000002.pth")
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000001.pth"]
