@@ -1,7 +1,7 @@
 """The config of a command-line run: file + overrides, adjusted to the machine, logged."""
 import argparse
 import logging
-from typing import List
+from typing import Callable, List, Sequence
 
 import torch
 from detectron2.config import CfgNode, get_cfg
@@ -31,9 +31,12 @@ def adapt_to_machine(cfg: CfgNode) -> List[str]:
     return notes
 
 
-def setup(args: argparse.Namespace) -> CfgNode:
+def setup(args: argparse.Namespace, extra_config: Sequence[Callable[[CfgNode], None]] = ()) -> CfgNode:
     """The frozen config of ``args`` (from detectron2's ``default_argument_parser``); sets up
     the output directory and the "detectron2" and "hcformer" loggers.
+
+    ``extra_config``: functions adding a project's keys (e.g. ``add_svit_config``) before the
+    file is merged.
 
     Raises:
         UnknownConfigKeyError: a key of the file or the overrides does not exist (the
@@ -42,6 +45,8 @@ def setup(args: argparse.Namespace) -> CfgNode:
     """
     cfg = get_cfg()
     add_hcformer_config(cfg)
+    for add_config in extra_config:
+        add_config(cfg)
     merge_config_file(cfg, args.config_file)
     merge_config_list(cfg, args.opts)
     validate_config(cfg)

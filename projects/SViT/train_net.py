@@ -14,17 +14,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the svit package
 
-from detectron2.config import CfgNode, get_cfg  # noqa: E402
-from detectron2.engine import default_argument_parser, default_setup, hooks, launch  # noqa: E402
+from detectron2.config import CfgNode  # noqa: E402
+from detectron2.engine import default_argument_parser, hooks, launch  # noqa: E402
 from detectron2.evaluation import verify_results  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import hcformer  # noqa: E402,F401  registers the models, datasets and mappers
 import svit  # noqa: E402  registers D2SViT and D2HCSViT
 from hcformer.checkpoint import HCFormerCheckpointer  # noqa: E402
-from hcformer.config import add_hcformer_config  # noqa: E402
-from hcformer.engine.setup import adapt_to_machine  # noqa: E402
+from hcformer.engine.setup import setup as hcformer_setup  # noqa: E402
 from hcformer.engine.trainer import Trainer  # noqa: E402
 
 logger = logging.getLogger("hcformer.svit")
@@ -32,18 +30,7 @@ logger = logging.getLogger("hcformer.svit")
 
 def setup(args: argparse.Namespace) -> CfgNode:
     """``hcformer.engine.setup`` with the MODEL.SVIT.* keys added before the file is merged."""
-    cfg = get_cfg()
-    add_hcformer_config(cfg)
-    svit.add_svit_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    notes = adapt_to_machine(cfg)
-    cfg.freeze()
-    default_setup(cfg, args)
-    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="hcformer")
-    for note in notes:
-        logger.warning(note)
-    return cfg
+    return hcformer_setup(args, extra_config=[svit.add_svit_config])
 
 
 def main(args: argparse.Namespace):

@@ -6,13 +6,13 @@ from typing import List
 
 import torch
 from detectron2.config import CfgNode, get_cfg
-from detectron2.engine import DefaultTrainer, HookBase, default_setup
+from detectron2.engine import DefaultTrainer, HookBase
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch import nn
 
 from hcformer.config import add_hcformer_config
-from hcformer.engine.setup import adapt_to_machine
+from hcformer.engine.setup import setup as hcformer_setup
 from hcformer.engine.trainer import Trainer
 
 from .checkpoint import PaCaCheckpointer
@@ -30,18 +30,9 @@ def get_paca_cfg() -> CfgNode:
 
 
 def setup(args: argparse.Namespace) -> CfgNode:
-    """``hcformer.engine.setup.setup`` with the PaCa keys: the frozen config of ``args``,
-    adapted to the machine, with the output directory and loggers set up."""
-    cfg = get_paca_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    notes = adapt_to_machine(cfg)
-    cfg.freeze()
-    default_setup(cfg, args)
-    for name in ("hcformer", "paca"):
-        setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name=name)
-    for note in notes:
-        logger.warning(note)
+    """``hcformer.engine.setup.setup`` with the PaCa keys (MODEL.PACA.*)."""
+    cfg = hcformer_setup(args, extra_config=[add_paca_config])
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="paca")
     return cfg
 
 
