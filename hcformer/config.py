@@ -3,11 +3,25 @@
 Keys and defaults follow the original HCFormer / Mask2Former so that their config files run
 unchanged; keys that only this project has are marked "(hcformer)".
 """
+from typing import Callable, List
+
 from detectron2.config import CfgNode as CN
+
+# Functions adding a project's keys (projects/*): registered when the project's package is
+# imported, so that every entry point building a config (train_net, tools, demo) knows them.
+_CONFIG_EXTENSIONS: List[Callable[[CN], None]] = []
+
+
+def register_config_extension(add_config: Callable[[CN], None]) -> Callable[[CN], None]:
+    """Make ``add_hcformer_config`` also call ``add_config`` (usable as a decorator)."""
+    if add_config not in _CONFIG_EXTENSIONS:
+        _CONFIG_EXTENSIONS.append(add_config)
+    return add_config
 
 
 def add_hcformer_config(cfg: CN) -> None:
-    """Add every hcformer key, with its default, to a detectron2 config (in place)."""
+    """Add every hcformer key, with its default, to a detectron2 config (in place), then the
+    keys of the imported projects (``register_config_extension``)."""
     # ---------------------------------------------------------------- data
     cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"
     cfg.INPUT.COLOR_AUG_SSD = False  # photometric distortion as in SSD (semantic mappers)
@@ -109,3 +123,6 @@ def add_hcformer_config(cfg: CN) -> None:
 
     # ---------------------------------------------------------------- evaluation
     cfg.TEST.HIERARCHY_EVAL = False  # (hcformer) undersegmentation error of every level
+
+    for add_config in _CONFIG_EXTENSIONS:
+        add_config(cfg)

@@ -13,6 +13,11 @@ from .model import CAST, CAST_VARIANTS, CASTClassifier, CASTOutput, cast_classif
 from .segment_tokens import ConvStem, SegmentEmbedding, scatter_mean
 from .superpixels import compute_superpixels, rgb_to_lab, seeds_available, slic
 
+from hcformer.config import register_config_extension
+
+# every config built after importing the project (train_net, tools, demo) knows its keys
+register_config_extension(add_cast_config)
+
 __all__ = [
     "CAST", "CAST_VARIANTS", "CASTClassifier", "CASTFormerHead", "CASTHierarchy", "CASTOutput",
     "CASTTransformerDecoder", "ConvStem", "D2HCCAST", "GraphPool", "SegmentEmbedding", "add_cast_config",

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from visualize_cast_hierarchy import cast_inference_cfg  # noqa: E402  (also registers CAST)
+import cast  # noqa: E402,F401  registers D2HCCAST and MODEL.CAST.*
+from hcformer.engine.inference_model import inference_cfg  # noqa: E402
 
 import hcformer.data  # noqa: E402,F401  registers the datasets
 from hcformer.engine.inference_model import build_inference_model  # noqa: E402
@@ -36,7 +37,7 @@ def main() -> Dict[str, float]:
     parser.add_argument("--num-images", type=int, default=0, help="first K images only (0: all)")
     parser.add_argument("opts", nargs=argparse.REMAINDER)
     args = parser.parse_args()
-    cfg = cast_inference_cfg(args.config_file, args.opts)
+    cfg = inference_cfg(args.config_file, args.opts)
     model = build_inference_model(cfg)
     mapper = DatasetMapper(cfg, is_train=False)
     records = DatasetCatalog.get(args.dataset)

@@ -20,9 +20,7 @@ REPO_DIR = PROJECT_DIR.parents[1]
 sys.path.insert(0, str(PROJECT_DIR))
 
 import cast  # noqa: E402  registers D2HCCAST, CASTFormerHead, CASTTransformerDecoder
-from detectron2.config import CfgNode  # noqa: E402
 
-from hcformer.engine import inference_model  # noqa: E402
 
 
 def load_tool() -> ModuleType:
@@ -33,25 +31,8 @@ def load_tool() -> ModuleType:
     return tool
 
 
-def cast_inference_cfg(config_file: str, opts: Optional[List[str]] = None, freeze: bool = True) -> CfgNode:
-    """``inference_cfg`` with MODEL.CAST.* known before the file is merged."""
-    add_hcformer_config = inference_model.add_hcformer_config
-
-    def add_both(cfg: CfgNode) -> None:
-        add_hcformer_config(cfg)
-        cast.add_cast_config(cfg)
-
-    inference_model.add_hcformer_config = add_both  # the one hook inference_cfg offers
-    try:
-        return inference_model.inference_cfg(config_file, opts, freeze)
-    finally:
-        inference_model.add_hcformer_config = add_hcformer_config
-
-
 def main(argv: Optional[List[str]] = None) -> Dict:
-    tool = load_tool()
-    tool.inference_cfg = cast_inference_cfg
-    return tool.main(argv)
+    return load_tool().main(argv)  # importing cast registered MODEL.CAST.*
 
 
 if __name__ == "__main__":

@@ -10,6 +10,11 @@ from .hierarchy import SuperTokenHierarchy, stage_super_tokens, super_token_hier
 from .model import SVIT_VARIANTS, SViT
 from .super_token_attention import SuperTokenAttention, sample_super_tokens
 
+from hcformer.config import register_config_extension
+
+# every config built after importing the project (train_net, tools, demo) knows its keys
+register_config_extension(add_svit_config)
+
 __all__ = [
     "D2HCSViT",
     "D2SViT",
