@@ -117,3 +117,17 @@ def test_analyze_model_tool_json():
         assert counts["backbone"] > 0 and counts["sem_seg_head"] > 0
         assert counts["backbone"] + counts["sem_seg_head"] <= counts["total"]
         assert counts["other"] >= 0
+
+
+def test_local_clustering_is_counted_as_multiply_adds():
+    from hcformer.layers.local_clustering import affinity, gather, scatter
+
+    class Clustering(torch.nn.Module):
+        def forward(self, fine, coarse, weights):
+            return affinity(fine, coarse), gather(coarse, weights), scatter(fine, weights, (4, 5))[0]
+
+    B, C, H, W, K = 2, 3, 8, 10, 9
+    fine, coarse, weights = torch.randn(B, C, H, W), torch.randn(B, C, 4, 5), torch.rand(B, K, H, W)
+    flops = flop_count_analysis(Clustering(), (fine, coarse, weights))
+    assert flops.total() == 3 * B * C * H * W * K
+    assert not any("PythonOp" in op for op in flops.unsupported_ops())

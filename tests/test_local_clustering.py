@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from hcformer.layers import local_clustering
 from hcformer.layers.local_clustering import affinity, candidate_offsets, gather, hard_assignment, scatter
 
 
@@ -34,6 +35,25 @@ def dense_matrix(weights, index, hw):
     return torch.stack(mats)
 
 
+@pytest.fixture(params=[1, 2**13, 2**30], ids=["one-row-blocks", "few-row-blocks", "whole-batch"])
+def chunk_bytes(request, monkeypatch):
+    """Work in blocks of one coarse row, of a few rows, or all images at once."""
+    monkeypatch.setitem(local_clustering.CHUNK_BYTES, "cpu", request.param)
+    return request.param
+
+
+def with_layout(x, layout):
+    """The same values in another memory layout (what the primitive must not care about)."""
+    if layout == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":  # a non-contiguous view: every other column of a wider map
+        wide = x.new_zeros(*x.shape[:-1], 2 * x.shape[-1]).copy_(x.repeat_interleave(2, dim=-1))
+        return wide[..., ::2]
+    return x.contiguous()
+
+
+LAYOUTS = ["contiguous", "channels_last", "strided"]
+
 CASES = [  # (B, C, H, W, grid, kernel)
     (2, 5, 8, 8, 2, 3),
     (2, 3, 7, 9, 2, 3),  # odd sizes: coarse 4x5, last row/column half windows
@@ -47,13 +67,14 @@ def _coarse_hw(H, W, grid):
     return -(-H // gy), -(-W // gx)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("B,C,H,W,grid,kernel", CASES)
-def test_affinity_matches_dense(B, C, H, W, grid, kernel):
+def test_affinity_matches_dense(B, C, H, W, grid, kernel, layout, chunk_bytes):
     torch.manual_seed(0)
     h, w = _coarse_hw(H, W, grid)
     fine = torch.randn(B, C, H, W, dtype=torch.float64, requires_grad=True)
     coarse = torch.randn(B, C, h, w, dtype=torch.float64, requires_grad=True)
-    out = affinity(fine, coarse, grid, kernel)
+    out = affinity(with_layout(fine, layout), with_layout(coarse, layout), grid, kernel)
     index = dense_candidates(H, W, h, w, grid, kernel)
     sims = torch.einsum("bcp,bcq->bpq", fine.flatten(2), coarse.flatten(2))  # (B, HW, hw)
     ref = torch.gather(sims, 2, index.clamp(min=0)[None].expand(B, -1, -1))
@@ -78,8 +99,9 @@ def test_affinity_masks_padding_cells_but_keeps_parent():
     assert torch.isfinite(out.softmax(1)).all()  # pixels inside the padding keep their parent
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("B,C,H,W,grid,kernel", CASES)
-def test_gather_and_scatter_match_dense(B, C, H, W, grid, kernel):
+def test_gather_and_scatter_match_dense(B, C, H, W, grid, kernel, layout, chunk_bytes):
     torch.manual_seed(1)
     h, w = _coarse_hw(H, W, grid)
     index = dense_candidates(H, W, h, w, grid, kernel)
@@ -90,7 +112,7 @@ def test_gather_and_scatter_match_dense(B, C, H, W, grid, kernel):
     values = torch.randn(B, C, h, w, dtype=torch.float64, requires_grad=True)
     A = dense_matrix(weights, index, h * w)  # (B, HW, hw)
 
-    out = gather(values, weights, grid, kernel)
+    out = gather(with_layout(values, layout), with_layout(weights, layout), grid, kernel)
     ref = (A @ values.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(B, C, H, W)
     torch.testing.assert_close(out, ref)
     go = torch.randn_like(out)
@@ -100,7 +122,7 @@ def test_gather_and_scatter_match_dense(B, C, H, W, grid, kernel):
         torch.testing.assert_close(a, b)
 
     fine_values = torch.randn(B, C, H, W, dtype=torch.float64, requires_grad=True)
-    sums, norm = scatter(fine_values, weights, (h, w), grid, kernel)
+    sums, norm = scatter(with_layout(fine_values, layout), with_layout(weights, layout), (h, w), grid, kernel)
     A = dense_matrix(weights, index, h * w)
     ref_sums = (A.transpose(1, 2) @ fine_values.flatten(2).transpose(1, 2)).transpose(1, 2)
     torch.testing.assert_close(sums, ref_sums.reshape(B, C, h, w))
@@ -109,6 +131,36 @@ def test_gather_and_scatter_match_dense(B, C, H, W, grid, kernel):
     g2 = torch.autograd.grad(ref_sums.pow(2).sum(), (fine_values, weights))
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b)
+
+
+def test_gather_keeps_channels_last():
+    values = torch.randn(2, 6, 5, 4).contiguous(memory_format=torch.channels_last)
+    weights = torch.randn(2, 9, 10, 8).softmax(1)
+    out = gather(values, weights)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, gather(values.contiguous(), weights))
+
+
+@pytest.mark.parametrize("grid,kernel", [(2, 3), ((3, 2), 5)])
+def test_gradients_and_double_backward(grid, kernel, chunk_bytes):
+    """gradcheck / gradgradcheck: the fused backward passes, and the composed ones that
+    double backward goes through, against finite differences."""
+    torch.manual_seed(5)
+    B, C, H, W = 2, 2, 5, 4
+    h, w = _coarse_hw(H, W, grid)
+    K = kernel * kernel
+    opts = dict(dtype=torch.float64, requires_grad=True)
+    fine, coarse = torch.randn(B, C, H, W, **opts), torch.randn(B, C, h, w, **opts)
+    weights = torch.rand(B, K, H, W, **opts)
+    checks = {
+        "affinity": (lambda f, c: affinity(f, c, grid, kernel).softmax(1), (fine, coarse)),
+        "gather": (lambda v, a: gather(v, a, grid, kernel), (coarse, weights)),
+        "scatter": (lambda f, a: scatter(f, a, (h, w), grid, kernel), (fine, weights)),
+    }
+    for name, (fn, inputs) in checks.items():
+        # fast mode checks random projections of the Jacobians: seconds instead of minutes
+        assert torch.autograd.gradcheck(fn, inputs, fast_mode=True), name
+        assert torch.autograd.gradgradcheck(fn, inputs, fast_mode=True), name
 
 
 def test_scatter_is_transpose_of_gather():

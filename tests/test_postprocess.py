@@ -176,3 +176,27 @@ def test_masks_to_boxes_equals_detectron2_bitmasks():
     assert (expected[0] == 0).all() and (expected.sum(1) > 0).sum() > 10
     torch.testing.assert_close(masks_to_boxes(masks), expected)
     assert masks_to_boxes(torch.zeros(0, 4, 4, dtype=torch.bool)).shape == (0, 4)
+
+
+def test_shared_mask_probabilities_give_the_same_results():
+    """HCFormer.inference passes one sigmoid to all three; each computes its own otherwise."""
+    torch.manual_seed(1)
+    mask_cls, mask_pred = torch.randn(6, NO_OBJECT + 1) * 4, torch.randn(6, 7, 9) * 5
+    probs = mask_pred.sigmoid()
+    torch.testing.assert_close(semantic_inference(mask_cls, mask_pred, probs), semantic_inference(mask_cls, mask_pred))
+    pan_a = panoptic_inference(mask_cls, mask_pred, NO_OBJECT, 0.3, 0.5, THING_IDS, probs)
+    pan_b = panoptic_inference(mask_cls, mask_pred, NO_OBJECT, 0.3, 0.5, THING_IDS)
+    assert torch.equal(pan_a[0], pan_b[0]) and pan_a[1] == pan_b[1]
+    a = instance_inference(mask_cls, mask_pred, NO_OBJECT, 6, 10, THING_IDS, False, probs)
+    b = instance_inference(mask_cls, mask_pred, NO_OBJECT, 6, 10, THING_IDS, False)
+    for field in ("pred_masks", "scores", "pred_classes"):
+        assert torch.equal(a.get(field), b.get(field)), field
+    assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
+
+
+def test_resize_to_output_skips_only_the_identity_resize():
+    from hcformer.modeling.meta_arch import resize_to_output
+
+    masks = torch.randn(3, 12, 16)
+    torch.testing.assert_close(resize_to_output(masks, (10, 14), 10, 14), postprocess.sem_seg_postprocess(masks, (10, 14), 10, 14))
+    torch.testing.assert_close(resize_to_output(masks, (10, 14), 20, 28), postprocess.sem_seg_postprocess(masks, (10, 14), 20, 28))

@@ -2,10 +2,11 @@
 
 fvcore counts one multiply-add as one FLOP and skips operators it has no handle for; the
 handles below cover the ones HCFormer-like models spend real compute in: torchvision's
-deformable convolution, ``baddbmm`` (``nn.MultiheadAttention`` with an attention mask) and
-PyTorch's fused attention. Element-wise ops stay uncounted, as everywhere in fvcore; in HCFormer
-that includes the local clustering, whose affinities and decoding are broadcast multiply-adds:
-(EMB_DIM + queries) x 9 per fine pixel, about 0.16 G for R50 at 800x1216 (of ~100 G in all).
+deformable convolution, ``baddbmm`` (``nn.MultiheadAttention`` with an attention mask),
+PyTorch's fused attention, and the local clustering (affinities and decoding, autograd
+functions that tracing sees as single ``prim::PythonOp`` nodes): K = 9 multiply-adds per fine
+pixel and channel, (EMB_DIM + queries) x 9 per pixel, about 0.15 G for R50 at 800x1067.
+Element-wise ops stay uncounted, as everywhere in fvcore.
 """
 from math import prod
 from typing import Any, Dict, List, Tuple
@@ -41,10 +42,29 @@ def scaled_dot_product_attention_flop_jit(inputs: List[Any], outputs: List[Any])
     return prod(batch) * length * source * (embed + value_embed)
 
 
+# The local clustering: one multiply-add per fine pixel, channel and candidate.
+def affinity_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
+    """fine (B, C, H, W) · candidates → logits (B, K, H, W)."""
+    return prod(get_shape(inputs[0])) * get_shape(outputs[0])[1]
+
+
+def gather_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
+    """weights (B, K, H, W) · values (B, C, h, w) → (B, C, H, W)."""
+    return prod(get_shape(inputs[1])) * get_shape(inputs[0])[1]
+
+
+def scatter_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
+    """weightsᵀ (B, K, H, W) · fine (B, C, H, W) → (B, C, h, w)."""
+    return prod(get_shape(inputs[0])) * get_shape(inputs[1])[1]
+
+
 EXTRA_FLOP_HANDLES: Dict[str, Handle] = {
     "torchvision::deform_conv2d": deform_conv2d_flop_jit,
     "aten::baddbmm": baddbmm_flop_jit,
     "aten::scaled_dot_product_attention": scaled_dot_product_attention_flop_jit,
+    "prim::PythonOp._Affinity": affinity_flop_jit,
+    "prim::PythonOp._Gather": gather_flop_jit,
+    "prim::PythonOp._Scatter": scatter_flop_jit,
 }
 
 # fvcore counts the outputs of its conv / matmul-like ops as activations; same for ours.
@@ -52,6 +72,9 @@ EXTRA_ACTIVATION_HANDLES: Dict[str, Handle] = {
     "torchvision::deform_conv2d": generic_activation_jit("conv"),
     "aten::baddbmm": generic_activation_jit(),
     "aten::scaled_dot_product_attention": generic_activation_jit(),
+    "prim::PythonOp._Affinity": generic_activation_jit(),
+    "prim::PythonOp._Gather": generic_activation_jit(),
+    "prim::PythonOp._Scatter": generic_activation_jit(),
 }
 
 

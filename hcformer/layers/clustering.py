@@ -4,6 +4,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .local_clustering import affinity
 
@@ -23,11 +24,25 @@ class ClusteringLayer(nn.Module):
     L2-normalised, so the similarity is a cosine. ``temp`` is the learnable scale s of the
     paper, initialised to ``init_scale``; |s| → 0 makes the assignment hard (eq. (2)).
 
+    With ``recompute`` (the default), training keeps only the assignment for backward and
+    recomputes the embeddings and similarities from the backbone features, which backward
+    keeps anyway: the normalised and projected copies of the stride-4 features would
+    otherwise be the largest activations of the backbone (≈ 200 MiB of a 512² batch of 2
+    for R50), for a recomputation of a few 1×1 convolutions.
+
     Parameter names match the original implementation's checkpoints.
     """
 
-    def __init__(self, fine_channels: int, coarse_channels: int, emb_dim: int = 128, init_scale: float = 0.1):
+    def __init__(
+        self,
+        fine_channels: int,
+        coarse_channels: int,
+        emb_dim: int = 128,
+        init_scale: float = 0.1,
+        recompute: bool = True,
+    ):
         super().__init__()
+        self.recompute = recompute
         self.fine_norm = LayerNorm2d(fine_channels)
         self.coarse_norm = LayerNorm2d(coarse_channels)
         self.fine_emb = nn.Conv2d(fine_channels, emb_dim, 1, bias=False)
@@ -46,12 +61,20 @@ class ClusteringLayer(nn.Module):
         Returns:
             (B, 9, H, W) soft assignment of each fine pixel to its 9 candidate cells.
         """
+        if self.recompute and torch.is_grad_enabled():
+            logits = checkpoint(self.logits, fine, coarse, coarse_valid, use_reentrant=False)
+        else:
+            logits = self.logits(fine, coarse, coarse_valid)
+        # The softmax of sim/|s| with |s| ~ 0.1 and below is sensitive: keep it in fp32.
+        with torch.autocast(device_type=fine.device.type, enabled=False):
+            return logits.softmax(dim=1)
+
+    def logits(self, fine: Tensor, coarse: Tensor, coarse_valid: Optional[Tensor] = None) -> Tensor:
+        """(B, 9, H, W) fp32 similarities cos(F, F_d) / |s| of the candidates, -inf for excluded ones."""
         f = F.normalize(self.fine_emb(self.fine_norm(fine)), dim=1)
         c = F.normalize(self.coarse_emb(self.coarse_norm(coarse)), dim=1)
-        # The softmax of sim/|s| with |s| ~ 0.1 and below is sensitive: keep it in fp32.
         with torch.autocast(device_type=fine.device.type, enabled=False):
             # Scale before the affinity: excluded candidates are -inf, and -inf / |s| would
             # give the scale a NaN gradient.
             f = f.float() / self.temp.abs()
-            logits = affinity(f, c.float(), grid=2, kernel=3, coarse_valid=coarse_valid)
-            return logits.softmax(dim=1)
+            return affinity(f, c.float(), grid=2, kernel=3, coarse_valid=coarse_valid)

@@ -1,6 +1,6 @@
 """Set-prediction loss of Mask2Former: class + point-sampled mask losses on matched pairs."""
 
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from detectron2.utils import comm
 from torch import Tensor, nn
 
+from .hierarchy import Hierarchy
 from .matcher import HungarianMatcher
 from .point_sampling import get_uncertain_point_coords_with_randomness, point_sample
 
@@ -111,7 +112,10 @@ class SetCriterion(nn.Module):
         self.register_buffer("empty_weight", empty_weight)
 
     def forward(
-        self, outputs: Dict[str, object], targets: List[Dict[str, Tensor]]
+        self,
+        outputs: Dict[str, object],
+        targets: List[Dict[str, Tensor]],
+        hierarchy: Optional[Hierarchy] = None,
     ) -> Dict[str, Tensor]:
         """
         Args:
@@ -121,6 +125,11 @@ class SetCriterion(nn.Module):
                 binary (bool or float) masks, normally padded to the batched image size;
                 smaller ones are zero-padded at the bottom/right to the largest. H', W' may
                 differ from H, W: predictions and targets are compared at normalised points.
+            hierarchy: if given, every "pred_masks" is on the coarsest grid of this hierarchy
+                and only what the losses sample is decoded: all queries without autograd
+                to match them, the matched ones with autograd for the mask losses. The
+                losses are those of decoding every prediction first, for a fraction of the
+                memory (``MODEL.HC.POINT_DECODING``).
 
         Returns:
             "loss_ce", "loss_mask", "loss_dice" (scalars) for the final prediction, plus
@@ -129,20 +138,25 @@ class SetCriterion(nn.Module):
         targets = pad_target_masks(targets)
         num_masks = self._num_masks(targets, device=outputs["pred_logits"].device)
         final = {k: v for k, v in outputs.items() if k != "aux_outputs"}
-        losses = self._losses(final, targets, num_masks)
+        losses = self._losses(final, targets, num_masks, hierarchy)
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
-            losses.update({f"{k}_{i}": v for k, v in self._losses(aux, targets, num_masks).items()})
+            aux_losses = self._losses(aux, targets, num_masks, hierarchy)
+            losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})
         return losses
 
     def _losses(
-        self, outputs: Dict[str, Tensor], targets: List[Dict[str, Tensor]], num_masks: float
+        self,
+        outputs: Dict[str, Tensor],
+        targets: List[Dict[str, Tensor]],
+        num_masks: float,
+        hierarchy: Optional[Hierarchy],
     ) -> Dict[str, Tensor]:
-        indices = self.matcher(outputs, targets)
+        indices = self.matcher(outputs, targets, hierarchy)
         losses = {}
         if "labels" in self.losses:
             losses.update(self.loss_labels(outputs, targets, indices))
         if "masks" in self.losses:
-            losses.update(self.loss_masks(outputs, targets, indices, num_masks))
+            losses.update(self.loss_masks(outputs, targets, indices, num_masks, hierarchy))
         return losses
 
     @staticmethod
@@ -175,17 +189,24 @@ class SetCriterion(nn.Module):
         targets: List[Dict[str, Tensor]],
         indices: Indices,
         num_masks: float,
+        hierarchy: Optional[Hierarchy] = None,
     ) -> Dict[str, Tensor]:
         """Point-sampled BCE and dice between matched predicted and target masks."""
-        pred_masks = outputs["pred_masks"]  # (B, Q, H, W)
+        pred_masks = outputs["pred_masks"]  # (B, Q, H, W), or the coarsest grid of ``hierarchy``
         batch_idx, query_idx = _prediction_index(indices)
         if len(batch_idx) == 0:
             # No target in the batch: zero losses that still depend on the masks, so every
             # parameter gets a (zero) gradient, as distributed data parallel expects.
             zero = pred_masks.sum() * 0.0
+            if hierarchy is not None:  # ... the assignments included
+                zero = zero + hierarchy.decode(pred_masks[:, :1]).sum() * 0.0
             return {"loss_mask": zero, "loss_dice": zero.clone()}
 
-        src = pred_masks[batch_idx.to(pred_masks.device), query_idx.to(pred_masks.device)]
+        batch_idx, query_idx = batch_idx.to(pred_masks.device), query_idx.to(pred_masks.device)
+        if hierarchy is None:
+            src = pred_masks[batch_idx, query_idx]
+        else:
+            src = hierarchy.decode_selected(pred_masks, batch_idx, query_idx)
         src = src.float()[:, None]  # (M, 1, H, W)
         matched_targets = [
             t["masks"][j.to(t["masks"].device)] for t, (_, j) in zip(targets, indices)

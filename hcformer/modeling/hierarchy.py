@@ -4,6 +4,8 @@ The head, the visualiser and the evaluators only talk to the ``Hierarchy`` inter
 
 - ``decode(x, levels)``: carry per-cell values (e.g. mask logits) from the coarsest grid to a
   finer one through the assignments (eq. (5) of the paper);
+- ``decode_selected(x, batch_index, channel_index)``: the same for a few (image, channel)
+  pairs, e.g. the queries matched to a target (what the training losses need);
 - ``hard_labels(level)``: the hard clustering (argmax assignment) composed from the finest
   grid up, as an id per pixel, for pictures and undersegmentation error.
 """
@@ -28,6 +30,25 @@ class Hierarchy(ABC):
     @abstractmethod
     def decode(self, x: Tensor, levels: Optional[int] = None) -> Tensor:
         """(B, C, coarsest grid) → (B, C, grid after ``levels`` assignments; all by default)."""
+
+    def decode_selected(self, x: Tensor, batch_index: Tensor, channel_index: Tensor) -> Tensor:
+        """(B, C, coarsest grid) → (M, finest grid): the decoded maps of the M pairs
+        ``x[batch_index[m], channel_index[m]]`` only.
+
+        Every image's channels are decoded by its own assignments, so the maps are those of
+        ``decode(x)[batch_index, channel_index]``, at the cost of decoding M channels instead
+        of B·C. The selected maps are packed per image, padded with zero maps up to the
+        largest count, and decoded in one call.
+        """
+        B = x.shape[0]
+        slot = torch.empty_like(batch_index)
+        for b in range(B):  # the rank of every pair among those of its image
+            mine = batch_index == b
+            slot[mine] = torch.arange(int(mine.sum()), device=batch_index.device)
+        slots = int(slot.max()) + 1 if len(slot) else 0
+        packed = x.new_zeros((B, slots) + x.shape[2:])
+        packed[batch_index, slot] = x[batch_index, channel_index]
+        return self.decode(packed)[batch_index, slot]
 
     @abstractmethod
     def hard_labels(self, level: int, output_size: Optional[Tuple[int, int]] = None) -> Tensor:

@@ -1,6 +1,6 @@
 """Bipartite matching between predicted masks and ground-truth segments (Mask2Former cost)."""
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+from .hierarchy import Hierarchy
 from .point_sampling import point_sample
 
 
@@ -73,7 +74,10 @@ class HungarianMatcher(nn.Module):
 
     @torch.no_grad()
     def forward(
-        self, outputs: Dict[str, Tensor], targets: List[Dict[str, Tensor]]
+        self,
+        outputs: Dict[str, Tensor],
+        targets: List[Dict[str, Tensor]],
+        hierarchy: Optional[Hierarchy] = None,
     ) -> List[Tuple[Tensor, Tensor]]:
         """
         Args:
@@ -81,6 +85,8 @@ class HungarianMatcher(nn.Module):
                 logits; other keys are ignored.
             targets: B dicts with "labels" (T_b,) int64 and "masks" (T_b, H', W') binary masks;
                 H', W' may differ from H, W (points are in normalised coordinates).
+            hierarchy: if given, "pred_masks" are on its coarsest grid and are decoded here,
+                without autograd: the full maps live only while this prediction is matched.
 
         Returns:
             B pairs (query_indices, target_indices) of equal length min(Q, T_b), int64 on the
@@ -88,6 +94,8 @@ class HungarianMatcher(nn.Module):
         """
         pred_logits = outputs["pred_logits"]
         pred_masks = outputs["pred_masks"]
+        if hierarchy is not None:
+            pred_masks = hierarchy.decode(pred_masks)
         # Under AMP the matrix products below would run in half precision even on fp32 inputs.
         with torch.autocast(device_type=pred_masks.device.type, enabled=False):
             return [

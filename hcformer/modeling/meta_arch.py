@@ -45,6 +45,7 @@ class HCFormer(nn.Module):
         instance_on: bool,
         test_topk_per_image: int,
         scale_reg_weight: float,
+        point_decoding: bool = True,
     ):
         super().__init__()
         self.backbone = backbone
@@ -61,6 +62,7 @@ class HCFormer(nn.Module):
         self.semantic_on, self.panoptic_on, self.instance_on = semantic_on, panoptic_on, instance_on
         self.test_topk_per_image = test_topk_per_image
         self.scale_reg_weight = scale_reg_weight
+        self.point_decoding = point_decoding
         if not (semantic_on or panoptic_on or instance_on):
             raise ValueError("MODEL.MASK_FORMER.TEST: at least one of SEMANTIC_ON / PANOPTIC_ON / INSTANCE_ON must be True")
 
@@ -107,6 +109,7 @@ class HCFormer(nn.Module):
             "instance_on": test.INSTANCE_ON,
             "test_topk_per_image": test.DETECTIONS_PER_IMAGE,
             "scale_reg_weight": cfg.MODEL.HC.L1_WEIGHT,
+            "point_decoding": cfg.MODEL.HC.POINT_DECODING,
         }
 
     @property
@@ -121,11 +124,16 @@ class HCFormer(nn.Module):
     def run(self, images: ImageList):
         """Backbone + head + decoding of every prediction to the finest level.
 
-        Returns (outputs, hierarchy): outputs as the decoder's, masks at the finest stride.
+        Returns (outputs, hierarchy): outputs as the decoder's, masks at the finest stride;
+        in training with ``point_decoding``, masks stay on the coarsest grid and the criterion
+        decodes only what its losses sample (9 predictions × Q queries at stride 4 would be
+        the largest tensors of the step otherwise).
         """
         features = self.backbone(images.tensor, image_sizes=images.image_sizes)
         hierarchy: Hierarchy = features["assign"]
         outputs = self.sem_seg_head(features)
+        if self.training and self.point_decoding:
+            return outputs, hierarchy
         predictions = [outputs] + list(outputs.get("aux_outputs", [])) if self.training else [outputs]
         # One decode for all layers' masks: the assignments are read once.
         stacked = torch.cat([p["pred_masks"] for p in predictions], dim=1)
@@ -139,7 +147,7 @@ class HCFormer(nn.Module):
         outputs, hierarchy = self.run(images)
         if self.training:
             targets = self.prepare_targets(batched_inputs, images)
-            losses = self.criterion(outputs, targets)
+            losses = self.criterion(outputs, targets, hierarchy if self.point_decoding else None)
             for k in list(losses):
                 if k in self.criterion.weight_dict:
                     losses[k] = losses[k] * self.criterion.weight_dict[k]
@@ -185,21 +193,35 @@ class HCFormer(nn.Module):
             width = x.get("width", image_size[1])
             r = {}
             if self.sem_seg_postprocess_before_inference:
-                mask_pred = sem_seg_postprocess(mask_pred, image_size, height, width)
+                mask_pred = resize_to_output(mask_pred, image_size, height, width)
                 mask_cls = mask_cls.to(mask_pred)
+            # The semantic output needs the sigmoid of every mask: share it with the others,
+            # which otherwise compute it for the queries they keep only.
+            mask_probs = mask_pred.sigmoid() if self.semantic_on else None
             if self.semantic_on:
-                sem = semantic_inference(mask_cls, mask_pred)
+                sem = semantic_inference(mask_cls, mask_pred, mask_probs)
                 if not self.sem_seg_postprocess_before_inference:
                     sem = sem_seg_postprocess(sem, image_size, height, width)
                 r["sem_seg"] = sem
             if self.panoptic_on:
                 r["panoptic_seg"] = panoptic_inference(
-                    mask_cls, mask_pred, num_classes, self.object_mask_threshold, self.overlap_threshold, thing_ids
+                    mask_cls, mask_pred, num_classes, self.object_mask_threshold, self.overlap_threshold,
+                    thing_ids, mask_probs,
                 )
             if self.instance_on:
                 r["instances"] = instance_inference(
                     mask_cls, mask_pred, num_classes, self.num_queries, self.test_topk_per_image,
-                    thing_ids, self.panoptic_on,
+                    thing_ids, self.panoptic_on, mask_probs,
                 )
             results.append(r)
         return results
+
+
+def resize_to_output(masks: Tensor, image_size, height: int, width: int) -> Tensor:
+    """detectron2's ``sem_seg_postprocess`` (crop the padding, resize to the original size),
+    without the resize when the sizes already agree: a same-size bilinear resize is the
+    identity, and a pass over (Q, H, W) masks at full resolution."""
+    masks = masks[:, : image_size[0], : image_size[1]]
+    if masks.shape[-2:] == (height, width):
+        return masks
+    return sem_seg_postprocess(masks, image_size, height, width)

@@ -2,12 +2,13 @@
 
 All functions take the Q query predictions of a single image: ``mask_cls`` (Q, K+1) class
 logits, the last class being "no object", and ``mask_pred`` (Q, H, W) mask logits already
-resized to the output resolution. ``sem_seg_postprocess`` (crop the padding, resize to the
+resized to the output resolution; optionally ``mask_probs``, their sigmoid, when the caller
+runs several of them on one image (a (Q, H, W) sigmoid at full resolution is worth sharing). ``sem_seg_postprocess`` (crop the padding, resize to the
 original image) is detectron2's and is re-exported here so that callers find all post-processing
 in one place.
 """
 
-from typing import Dict, List, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import torch
 from detectron2.modeling.postprocessing import sem_seg_postprocess
@@ -23,14 +24,15 @@ __all__ = [
 ]
 
 
-def semantic_inference(mask_cls: Tensor, mask_pred: Tensor) -> Tensor:
+def semantic_inference(mask_cls: Tensor, mask_pred: Tensor, mask_probs: Optional[Tensor] = None) -> Tensor:
     """Per-pixel class scores: sum over queries of p(class | query) · p(pixel in mask | query).
 
     Returns:
         (K, H, W) scores, not normalised over classes.
     """
     probs = mask_cls.softmax(-1)[:, :-1]
-    return torch.einsum("qk,qhw->khw", probs, mask_pred.sigmoid())
+    mask_probs = mask_pred.sigmoid() if mask_probs is None else mask_probs
+    return torch.einsum("qk,qhw->khw", probs, mask_probs)
 
 
 def panoptic_inference(
@@ -40,6 +42,7 @@ def panoptic_inference(
     object_mask_threshold: float,
     overlap_threshold: float,
     thing_ids: Set[int],
+    mask_probs: Optional[Tensor] = None,
 ) -> Tuple[Tensor, List[Dict[str, object]]]:
     """Non-overlapping segments from confident queries.
 
@@ -59,9 +62,10 @@ def panoptic_inference(
             (contiguous id), ids 1, 2, ... in order of creation.
     """
     scores, labels = mask_cls.softmax(-1).max(-1)
-    mask_probs = mask_pred.sigmoid()
     keep = labels.ne(num_classes) & (scores > object_mask_threshold)
-    scores, labels, mask_probs = scores[keep], labels[keep], mask_probs[keep]
+    # sigmoid of the kept queries only, unless the caller has it for all
+    mask_probs = mask_pred[keep].sigmoid() if mask_probs is None else mask_probs[keep]
+    scores, labels = scores[keep], labels[keep]
 
     height, width = mask_pred.shape[-2:]
     panoptic_seg = torch.zeros((height, width), dtype=torch.int32, device=mask_pred.device)
@@ -101,6 +105,7 @@ def instance_inference(
     top_k: int,
     thing_ids: Set[int],
     panoptic_on: bool,
+    mask_probs: Optional[Tensor] = None,
 ) -> Instances:
     """The ``top_k`` most confident (query, class) pairs as instances.
 
@@ -129,7 +134,6 @@ def instance_inference(
     top_scores, top_idx = scores.flatten().topk(min(top_k, scores.numel()), sorted=False)
     labels = top_idx % num_classes
     query_idx = top_idx // num_classes
-    masks = mask_pred[query_idx]
 
     if panoptic_on:
         is_thing = torch.tensor(
@@ -137,15 +141,20 @@ def instance_inference(
             dtype=torch.bool,
             device=labels.device,
         )
-        top_scores, labels, masks = top_scores[is_thing], labels[is_thing], masks[is_thing]
+        top_scores, labels, query_idx = top_scores[is_thing], labels[is_thing], query_idx[is_thing]
 
-    binary = (masks > 0).float()
-    mask_scores = (masks.sigmoid() * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+    # per query: binary mask, its box and the mean probability inside it
+    queries, pair_query = query_idx.unique(return_inverse=True)
+    selected = mask_pred[queries]
+    binary = selected > 0
+    probs = selected.sigmoid() if mask_probs is None else mask_probs[queries]
+    mask_scores = (probs * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+    boxes = masks_to_boxes(binary)
 
     result = Instances(tuple(mask_pred.shape[-2:]))
-    result.pred_masks = binary
-    result.pred_boxes = Boxes(masks_to_boxes(binary > 0))
-    result.scores = top_scores * mask_scores
+    result.pred_masks = binary[pair_query].float()
+    result.pred_boxes = Boxes(boxes[pair_query])
+    result.scores = top_scores * mask_scores[pair_query]
     result.pred_classes = labels
     return result
 

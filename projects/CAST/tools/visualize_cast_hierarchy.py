@@ -22,7 +22,6 @@ sys.path.insert(0, str(PROJECT_DIR))
 import cast  # noqa: E402  registers D2HCCAST, CASTFormerHead, CASTTransformerDecoder
 
 
-
 def load_tool() -> ModuleType:
     """The repository's tools/visualize_hierarchy.py as a module."""
     spec = importlib.util.spec_from_file_location("visualize_hierarchy", REPO_DIR / "tools" / "visualize_hierarchy.py")

@@ -1,0 +1,279 @@
+#!/usr/bin/env python
+"""Inference latency and training-step cost of HCFormer, with random weights.
+
+- eval: latency per image (batch 1, all of the config's outputs: semantic, instance and
+  panoptic for the COCO panoptic configs) and peak memory, for HCFormer R50 at hierarchical
+  levels 0–3 and HCFormer+ R50, at 800×1216;
+- train: one forward + backward (no optimiser step, no AMP) of a batch of 2 images of
+  512×512 with synthetic segments, time and peak memory, with MODEL.HC.POINT_DECODING on
+  (decode only what the losses sample) and off (decode every prediction), and off with the
+  previous clustering primitive (benchmarks/legacy_local_clustering.py): the state before.
+
+Times are medians of interleaved repetitions (every model / mode once per round). Peak
+memory is measured in one child process per model or mode, as in bench_local_clustering.py:
+the peak resident set size (VmHWM, reset just before the measured call) above the resident
+size before it, with glibc returning allocations over 64 KiB to the system on free; on CUDA
+``torch.cuda.max_memory_allocated``. Model weights are allocated before the measurement and
+not counted; gradients (training) are.
+
+    python benchmarks/bench_model.py                     # everything, ~10 min on 2 cores
+    python benchmarks/bench_model.py --skip-eval --repeats 2 --json train.json
+    python benchmarks/bench_model.py --smoke             # a tiny model, seconds, for tests
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Dict, List
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import legacy_local_clustering  # noqa: E402
+from bench_local_clustering import PeakMemory, machine_info, synchronize  # noqa: E402
+
+PANOPTIC = os.path.join(ROOT, "configs/coco/panoptic-segmentation")
+EVAL_MODELS = {
+    "HCFormer R50 level 0": "hcformer_R50_bs16_50ep_level0.yaml",
+    "HCFormer R50 level 1": "hcformer_R50_bs16_50ep_level1.yaml",
+    "HCFormer R50 level 2": "hcformer_R50_bs16_50ep_level2.yaml",
+    "HCFormer R50 level 3": "hcformer_R50_bs16_50ep.yaml",
+    "HCFormer+ R50": "hcformer+_R50_bs16_100ep.yaml",
+}
+TRAIN_CONFIG = "hcformer_R50_bs16_50ep.yaml"
+# training modes: name → (MODEL.HC.POINT_DECODING, previous primitive)
+TRAIN_MODES = {
+    "point decoding": (True, False),
+    "full decoding": (False, False),
+    "full decoding, previous primitive": (False, True),
+}
+# a small network for --smoke: what tests/conftest.py builds
+SMOKE_OVERRIDES = [
+    "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 6,
+    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", 8, "MODEL.MASK_FORMER.DEC_LAYERS", 3,
+    "MODEL.MASK_FORMER.HIDDEN_DIM", 64, "MODEL.MASK_FORMER.DIM_FEEDFORWARD", 128,
+    "MODEL.SEM_SEG_HEAD.MASK_DIM", 64, "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", 256,
+]
+
+
+def build(config: str, device: str, overrides=(), smoke: bool = False):
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    import hcformer  # noqa: F401  registers the model
+    from hcformer.config import add_hcformer_config
+
+    cfg = get_cfg()
+    add_hcformer_config(cfg)
+    cfg.merge_from_file(os.path.join(PANOPTIC, config))
+    opts = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", device, "DATASETS.TRAIN", "()"] + list(overrides)
+    if smoke:
+        opts += SMOKE_OVERRIDES
+    cfg.merge_from_list([str(o) for o in opts])
+    return build_model(cfg)
+
+
+def synthetic_batch(size: int, batch: int, segments: int, num_classes: int, device: str) -> List[Dict]:
+    """Images with ``segments`` random rectangles each (overlaps allowed), as mappers give them."""
+    from detectron2.structures import Instances
+
+    g = torch.Generator().manual_seed(0)
+    samples = []
+    for _ in range(batch):
+        masks = torch.zeros(segments, size, size, dtype=torch.bool)
+        for m in masks:
+            y0, x0 = torch.randint(0, size * 3 // 4, (2,), generator=g).tolist()
+            h, w = torch.randint(size // 16, size // 2, (2,), generator=g).tolist()
+            m[y0 : y0 + h, x0 : x0 + w] = True
+        inst = Instances((size, size))
+        inst.gt_masks = masks.to(device)
+        inst.gt_classes = torch.randint(0, num_classes, (segments,), generator=g).to(device)
+        samples.append({"image": (torch.rand(3, size, size, generator=g) * 255).to(device), "instances": inst})
+    return samples
+
+
+def eval_input(height: int, width: int, device: str) -> List[Dict]:
+    g = torch.Generator().manual_seed(0)
+    return [{"image": (torch.rand(3, height, width, generator=g) * 255).to(device), "height": height, "width": width}]
+
+
+def train_step(model, batch) -> None:
+    model.zero_grad(set_to_none=True)
+    losses = model(batch)
+    sum(losses.values()).backward()
+
+
+def timed(fn, device) -> float:
+    synchronize(torch.device(device))
+    start = time.perf_counter()
+    fn()
+    synchronize(torch.device(device))
+    return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------- workloads
+def eval_workload(args, name: str):
+    """(model, function running one inference) for model ``name``."""
+    model = build(EVAL_MODELS[name], args.device, smoke=args.smoke).eval()
+    inputs = eval_input(*args.eval_size, args.device)
+
+    def run():
+        with torch.no_grad():
+            model(inputs)
+
+    return model, run
+
+
+def train_workload(args, mode: str):
+    point_decoding, previous_primitive = TRAIN_MODES[mode]
+    model = build(TRAIN_CONFIG, args.device, ["MODEL.HC.POINT_DECODING", point_decoding], smoke=args.smoke).train()
+    num_classes = model.sem_seg_head.predictor.class_embed.out_features - 1
+    batch = synthetic_batch(args.train_size, args.batch, args.segments, num_classes, args.device)
+
+    def run():
+        if previous_primitive:
+            with legacy_local_clustering.used_by_the_model():
+                train_step(model, batch)
+        else:
+            train_step(model, batch)
+
+    return model, run
+
+
+def measure_memory_worker(args) -> None:
+    """Child process: peak memory of each workload, one after the other, as JSON on the last
+    line of stdout. Each workload is built, warmed up and freed before the next."""
+    kind, *keys = args.worker
+    device = torch.device(args.device)
+    peaks = {}
+    for key in keys:
+        model, run = eval_workload(args, key) if kind == "eval" else train_workload(args, key)
+        run()  # warm-up: lazily built state, first-call allocations
+        with PeakMemory(device) as peak:
+            run()
+        peaks[key] = peak.peak
+        del model, run
+    print(json.dumps(peaks))
+
+
+def memory_in_child(args, kind: str, keys: List[str]) -> Dict[str, int]:
+    """Peak bytes of each workload, measured in a child process (see the module docstring)."""
+    argv = [
+        "--device", args.device, "--threads", str(args.threads), "--batch", str(args.batch),
+        "--eval-size", "x".join(map(str, args.eval_size)), "--train-size", str(args.train_size),
+        "--segments", str(args.segments), "--worker", kind, *keys,
+    ] + ["--smoke"] * args.smoke
+    command = [sys.executable, os.path.abspath(__file__), *argv]
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory worker {kind} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def interleaved(workloads: Dict[str, object], repeats: int, device: str) -> Dict[str, List[float]]:
+    for run in workloads.values():
+        run()  # warm-up
+    times = {name: [] for name in workloads}
+    for _ in range(repeats):
+        for name, run in workloads.items():
+            times[name].append(timed(run, device))
+    return times
+
+
+# ---------------------------------------------------------------------------- main
+def parse_size(text: str):
+    h, _, w = text.lower().partition("x")
+    return int(h), int(w or h)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads")
+    parser.add_argument("--eval-size", type=parse_size, default=(800, 1216), metavar="HxW")
+    parser.add_argument("--train-size", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=2, help="training batch")
+    parser.add_argument("--segments", type=int, default=12, help="ground-truth segments per training image")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds of inference")
+    parser.add_argument("--train-repeats", type=int, default=2, help="timed rounds of training steps")
+    parser.add_argument("--no-previous", action="store_true", help="skip the previous-primitive training mode")
+    parser.add_argument("--models", nargs="+", default=list(EVAL_MODELS), choices=list(EVAL_MODELS))
+    parser.add_argument("--skip-eval", action="store_true")
+    parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--smoke", action="store_true", help="a tiny model and inputs: seconds")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.smoke:
+        args.eval_size, args.train_size, args.segments, args.repeats, args.train_repeats = (64, 96), 64, 3, 1, 1
+        args.models = ["HCFormer R50 level 3"]
+    if args.worker:
+        measure_memory_worker(args)
+        return
+    info = machine_info(torch.device(args.device), args.threads)
+    print(f"# {info['cpu']} ({info['cores']} cores), torch {info['torch']}, {args.threads} thread(s), "
+          f"{args.device}, {info['date']}, random weights{' (smoke model)' if args.smoke else ''}")
+    results = {"machine": info, "args": {k: v for k, v in vars(args).items() if k != "worker"}}
+
+    if not args.skip_eval:
+        workloads = {name: eval_workload(args, name)[1] for name in args.models}
+        times = interleaved(workloads, args.repeats, args.device)
+        rows = []
+        print(f"\n## inference, {args.eval_size[0]}x{args.eval_size[1]}, batch 1\n")
+        print("| model | latency ms | × level 3 | peak MiB |")
+        print("|---|---|---|---|")
+        ref = "HCFormer R50 level 3" if "HCFormer R50 level 3" in times else args.models[0]
+        peaks = {} if args.no_memory else memory_in_child(args, "eval", args.models)
+        for name in args.models:
+            row = {"model": name, "config": EVAL_MODELS[name], "latency_ms": 1e3 * statistics.median(times[name])}
+            row["times_ms"] = [1e3 * t for t in times[name]]
+            row["relative"] = statistics.median(times[name]) / statistics.median(times[ref])
+            if peaks:
+                row["peak_bytes"] = peaks[name]
+            rows.append(row)
+            peak = f"{row['peak_bytes'] / 2**20:.0f}" if "peak_bytes" in row else "-"
+            print(f"| {name} | {row['latency_ms']:.0f} | {row['relative']:.2f} | {peak} |", flush=True)
+        results["eval"] = rows
+
+    if not args.skip_train:
+        modes = [m for m in TRAIN_MODES if not (args.no_previous and TRAIN_MODES[m][1])]
+        workloads = {name: train_workload(args, name)[1] for name in modes}
+        times = interleaved(workloads, args.train_repeats, args.device)
+        rows = []
+        print(f"\n## training step, batch {args.batch}, {args.train_size}x{args.train_size}, "
+              f"{args.segments} segments per image\n")
+        print("| decoding | step ms | × full | peak MiB | × full |")
+        print("|---|---|---|---|---|")
+        peaks = {} if args.no_memory else memory_in_child(args, "train", modes)
+        for name in modes:
+            row = {"mode": name, "step_ms": 1e3 * statistics.median(times[name]), "times_ms": [1e3 * t for t in times[name]]}
+            row["relative_time"] = statistics.median(times[name]) / statistics.median(times["full decoding"])
+            if peaks:
+                row["peak_bytes"] = peaks[name]
+                row["relative_peak"] = peaks[name] / peaks["full decoding"]
+            rows.append(row)
+            mem = f"{row['peak_bytes'] / 2**20:.0f} | {row['relative_peak']:.2f}" if peaks else "- | -"
+            print(f"| {name} | {row['step_ms']:.0f} | {row['relative_time']:.2f} | {mem} |", flush=True)
+        results["train"] = rows
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()
