@@ -137,13 +137,15 @@ def test_train_net_setup_knows_the_svit_keys(tmp_path: Path):
 
     from detectron2.engine import default_argument_parser
 
+    from hcformer.engine.setup import setup
+
+    # loading the script imports svit, which registers MODEL.SVIT.* with every setup
     spec = importlib.util.spec_from_file_location("svit_train_net", CONFIG_DIR.parent / "train_net.py")
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
     args = default_argument_parser().parse_args(
         ["--config-file", str(CONFIG_DIR / "shapes/hcformer_svit_tiny_shapes.yaml"), "OUTPUT_DIR", str(tmp_path),
          "MODEL.SVIT.N_ITER", "2"]
     )
-    cfg = train_net.setup(args)
+    cfg = setup(args)
     assert cfg.is_frozen() and cfg.MODEL.SVIT.N_ITER == 2 and cfg.MODEL.BACKBONE.NAME == "D2HCSViT"
     assert (tmp_path / "config.yaml").is_file()

@@ -1,0 +1,60 @@
+"""What every ``train_net.py`` (the repository's and the projects') runs: train or evaluate."""
+import argparse
+from typing import Optional, Sequence, Type
+
+from detectron2.engine import default_argument_parser, hooks
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+
+from hcformer.checkpoint import HCFormerCheckpointer
+
+from .launch import launch
+from .setup import setup
+from .trainer import Trainer
+
+
+def main(
+    args: argparse.Namespace,
+    trainer_class: Type[Trainer] = Trainer,
+    checkpointer_class: Type[HCFormerCheckpointer] = HCFormerCheckpointer,
+):
+    """Train (``--resume`` continues from OUTPUT_DIR/last_checkpoint) or, with ``--eval-only``,
+    evaluate MODEL.WEIGHTS; semantic test-time augmentation when TEST.AUG.ENABLED."""
+    cfg = setup(args)
+
+    if args.eval_only:
+        model = trainer_class.build_model(cfg)
+        # refuses a URL for MODEL.WEIGHTS: weights are never downloaded
+        checkpointer = checkpointer_class(model, save_dir=cfg.OUTPUT_DIR, allow_pickle=cfg.MODEL.ALLOW_PICKLE)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = trainer_class.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            results.update(trainer_class.test_with_TTA(cfg, model))
+        if comm.is_main_process():
+            verify_results(cfg, results)
+        return results
+
+    trainer = trainer_class(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    if cfg.TEST.AUG.ENABLED:
+        # evaluated once, after training (period 0)
+        trainer.register_hooks([hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))])
+    return trainer.train()
+
+
+def run(
+    argv: Optional[Sequence[str]] = None,
+    trainer_class: Type[Trainer] = Trainer,
+    checkpointer_class: Type[HCFormerCheckpointer] = HCFormerCheckpointer,
+):
+    """Parse detectron2's command line and launch ``main`` on every process."""
+    args = default_argument_parser().parse_args(argv)
+    print("Command Line Args:", args)
+    return launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args, trainer_class, checkpointer_class),
+    )
