@@ -9,7 +9,7 @@
   (decode only what the losses sample) and off (decode every prediction), and off with the
   previous clustering primitive (benchmarks/legacy_local_clustering.py): the state before.
 
-Times are medians of interleaved repetitions (every model / mode once per round). Peak
+Times are medians of interleaved repetitions (every model / mode once per round, in alternating order). Peak
 memory is measured in one child process per model or mode, as in bench_local_clustering.py:
 the peak resident set size (VmHWM, reset just before the measured call) above the resident
 size before it, with glibc returning allocations over 64 KiB to the system on free; on CUDA
@@ -27,7 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 
@@ -109,12 +109,14 @@ def train_step(model, batch) -> None:
     sum(losses.values()).backward()
 
 
-def timed(fn, device) -> float:
+def timed(fn, device) -> Tuple[float, float]:
+    """(wall-clock seconds, CPU seconds of this process) of ``fn()``. On a shared machine the
+    CPU time is the steadier of the two: it does not count time spent descheduled."""
     synchronize(torch.device(device))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     fn()
     synchronize(torch.device(device))
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 # ---------------------------------------------------------------------------- workloads
@@ -177,14 +179,23 @@ def memory_in_child(args, kind: str, keys: List[str]) -> Dict[str, int]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def interleaved(workloads: Dict[str, object], repeats: int, device: str) -> Dict[str, List[float]]:
+def interleaved(workloads: Dict[str, object], repeats: int, device: str) -> Dict[str, Dict[str, List[float]]]:
+    """{name: {"wall": [s, ...], "cpu": [s, ...]}} of each workload per round; every round runs
+    them all, in alternating order (a workload's place in the round should not favour it)."""
     for run in workloads.values():
         run()  # warm-up
-    times = {name: [] for name in workloads}
-    for _ in range(repeats):
-        for name, run in workloads.items():
-            times[name].append(timed(run, device))
+    times = {name: {"wall": [], "cpu": []} for name in workloads}
+    names = list(workloads)
+    for i in range(repeats):
+        for name in names if i % 2 == 0 else names[::-1]:
+            wall, cpu = timed(workloads[name], device)
+            times[name]["wall"].append(wall)
+            times[name]["cpu"].append(cpu)
     return times
+
+
+def median_ratio(times, name: str, ref: str, key: str) -> float:
+    return statistics.median(times[name][key]) / statistics.median(times[ref][key])
 
 
 # ---------------------------------------------------------------------------- main
@@ -202,7 +213,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch", type=int, default=2, help="training batch")
     parser.add_argument("--segments", type=int, default=12, help="ground-truth segments per training image")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds of inference")
-    parser.add_argument("--train-repeats", type=int, default=2, help="timed rounds of training steps")
+    parser.add_argument("--train-repeats", type=int, default=3, help="timed rounds of training steps")
     parser.add_argument("--no-previous", action="store_true", help="skip the previous-primitive training mode")
     parser.add_argument("--models", nargs="+", default=list(EVAL_MODELS), choices=list(EVAL_MODELS))
     parser.add_argument("--skip-eval", action="store_true")
@@ -233,19 +244,22 @@ def main(argv=None):
         times = interleaved(workloads, args.repeats, args.device)
         rows = []
         print(f"\n## inference, {args.eval_size[0]}x{args.eval_size[1]}, batch 1\n")
-        print("| model | latency ms | × level 3 | peak MiB |")
-        print("|---|---|---|---|")
+        print("| model | latency ms | × level 3 | CPU s | × level 3 | peak MiB |")
+        print("|---|---|---|---|---|---|")
         ref = "HCFormer R50 level 3" if "HCFormer R50 level 3" in times else args.models[0]
         peaks = {} if args.no_memory else memory_in_child(args, "eval", args.models)
         for name in args.models:
-            row = {"model": name, "config": EVAL_MODELS[name], "latency_ms": 1e3 * statistics.median(times[name])}
-            row["times_ms"] = [1e3 * t for t in times[name]]
-            row["relative"] = statistics.median(times[name]) / statistics.median(times[ref])
+            row = {"model": name, "config": EVAL_MODELS[name], "latency_ms": 1e3 * statistics.median(times[name]["wall"])}
+            row["cpu_s"] = statistics.median(times[name]["cpu"])
+            row["times"] = times[name]
+            row["relative"] = median_ratio(times, name, ref, "wall")
+            row["relative_cpu"] = median_ratio(times, name, ref, "cpu")
             if peaks:
                 row["peak_bytes"] = peaks[name]
             rows.append(row)
             peak = f"{row['peak_bytes'] / 2**20:.0f}" if "peak_bytes" in row else "-"
-            print(f"| {name} | {row['latency_ms']:.0f} | {row['relative']:.2f} | {peak} |", flush=True)
+            print(f"| {name} | {row['latency_ms']:.0f} | {row['relative']:.2f} | {row['cpu_s']:.2f} | "
+                  f"{row['relative_cpu']:.2f} | {peak} |", flush=True)
         results["eval"] = rows
 
     if not args.skip_train:
@@ -255,18 +269,21 @@ def main(argv=None):
         rows = []
         print(f"\n## training step, batch {args.batch}, {args.train_size}x{args.train_size}, "
               f"{args.segments} segments per image\n")
-        print("| decoding | step ms | × full | peak MiB | × full |")
-        print("|---|---|---|---|---|")
+        print("| decoding | step ms | × full | CPU s | × full | peak MiB | × full |")
+        print("|---|---|---|---|---|---|---|")
         peaks = {} if args.no_memory else memory_in_child(args, "train", modes)
         for name in modes:
-            row = {"mode": name, "step_ms": 1e3 * statistics.median(times[name]), "times_ms": [1e3 * t for t in times[name]]}
-            row["relative_time"] = statistics.median(times[name]) / statistics.median(times["full decoding"])
+            row = {"mode": name, "step_ms": 1e3 * statistics.median(times[name]["wall"]), "times": times[name]}
+            row["cpu_s"] = statistics.median(times[name]["cpu"])
+            row["relative_time"] = median_ratio(times, name, "full decoding", "wall")
+            row["relative_cpu"] = median_ratio(times, name, "full decoding", "cpu")
             if peaks:
                 row["peak_bytes"] = peaks[name]
                 row["relative_peak"] = peaks[name] / peaks["full decoding"]
             rows.append(row)
             mem = f"{row['peak_bytes'] / 2**20:.0f} | {row['relative_peak']:.2f}" if peaks else "- | -"
-            print(f"| {name} | {row['step_ms']:.0f} | {row['relative_time']:.2f} | {mem} |", flush=True)
+            print(f"| {name} | {row['step_ms']:.0f} | {row['relative_time']:.2f} | {row['cpu_s']:.1f} | "
+                  f"{row['relative_cpu']:.2f} | {mem} |", flush=True)
         results["train"] = rows
 
     if args.json:
