@@ -154,3 +154,14 @@ def test_crash_while_tagging_keeps_the_previous_tag(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", real_replace)
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000001.pth"]
+
+
+def test_resume_removes_the_temporary_file_of_a_killed_save(tmp_path):
+    checkpointer = HCFormerCheckpointer(small_model(), str(tmp_path))
+    checkpointer.save("model_0000001", iteration=1)
+    (tmp_path / ".model_0000002.x1y2z3.tmp").write_bytes(b"half a checkpoint")  # SIGKILL here
+    (tmp_path / "notes.tmp").write_text("not ours")
+    extra = HCFormerCheckpointer(small_model(), str(tmp_path)).resume_or_load("", resume=True)
+    assert extra["iteration"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "last_checkpoint", "model_0000001.pth", "notes.tmp"]

@@ -46,7 +46,9 @@ class HCFormerCheckpointer(DetectionCheckpointer):
       the model has, is refused with one ``CheckpointMismatchError`` listing every mismatch;
       missing or unexpected keys alone are logged (an ImageNet backbone lacks the head).
     - ``save`` writes to a temporary file and renames it, and so does the ``last_checkpoint``
-      tag, so a crash while saving leaves the previous checkpoint intact and tagged.
+      tag, so a crash while saving leaves the previous checkpoint intact and tagged. A
+      process killed in the middle of a save leaves its temporary file behind; the next
+      ``resume_or_load`` of a process that saves deletes such leftovers.
     """
 
     def __init__(self, model, save_dir: str = "", *, allow_pickle: bool = False, **kwargs):
@@ -63,6 +65,20 @@ class HCFormerCheckpointer(DetectionCheckpointer):
         if path and not os.path.isfile(path):
             raise FileNotFoundError(f"MODEL.WEIGHTS: no such file: {path}")
         return super().load(path, *args, **kwargs)
+
+    def resume_or_load(self, path: str, *, resume: bool = True):
+        self.remove_interrupted_saves()
+        return super().resume_or_load(path, resume=resume)
+
+    def remove_interrupted_saves(self) -> None:
+        """Delete the temporary files of saves that a killed process never finished."""
+        if not self.save_dir or not self.save_to_disk or not os.path.isdir(self.save_dir):
+            return
+        for name in os.listdir(self.save_dir):
+            # the names ``save`` and ``tag_last_checkpoint`` give their temporary files
+            if (name.startswith(".") and name.endswith(".tmp")) or name.startswith("last_checkpoint.tmp-"):
+                self.logger.info(f"Removing {name}, left by a save that was interrupted.")
+                os.unlink(os.path.join(self.save_dir, name))
 
     def _load_file(self, filename: str) -> Dict:
         if filename.endswith(".pkl"):
