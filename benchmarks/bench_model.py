@@ -47,11 +47,13 @@ EVAL_MODELS = {
     "HCFormer+ R50": "hcformer+_R50_bs16_100ep.yaml",
 }
 TRAIN_CONFIG = "hcformer_R50_bs16_50ep.yaml"
-# training modes: name → (MODEL.HC.POINT_DECODING, previous primitive)
+# training modes: name → (MODEL.HC.POINT_DECODING, MODEL.RESNETS.USE_CHECKPOINT, previous primitive)
 TRAIN_MODES = {
-    "point decoding": (True, False),
-    "full decoding": (False, False),
-    "full decoding, previous primitive": (False, True),
+    "point decoding": (True, False, False),
+    "full decoding": (False, False, False),
+    "full decoding, previous primitive": (False, False, True),
+    "point decoding, backbone checkpointing": (True, True, False),
+    "full decoding, backbone checkpointing": (False, True, False),
 }
 # a small network for --smoke: what tests/conftest.py builds
 SMOKE_OVERRIDES = [
@@ -72,9 +74,8 @@ def build(config: str, device: str, overrides=(), smoke: bool = False):
     cfg = get_cfg()
     add_hcformer_config(cfg)
     cfg.merge_from_file(os.path.join(PANOPTIC, config))
-    opts = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", device, "DATASETS.TRAIN", "()"] + list(overrides)
-    if smoke:
-        opts += SMOKE_OVERRIDES
+    opts = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", device, "DATASETS.TRAIN", "()"]
+    opts += (SMOKE_OVERRIDES if smoke else []) + list(overrides)
     cfg.merge_from_list([str(o) for o in opts])
     return build_model(cfg)
 
@@ -133,8 +134,11 @@ def eval_workload(args, name: str):
 
 
 def train_workload(args, mode: str):
-    point_decoding, previous_primitive = TRAIN_MODES[mode]
-    model = build(TRAIN_CONFIG, args.device, ["MODEL.HC.POINT_DECODING", point_decoding], smoke=args.smoke).train()
+    point_decoding, checkpointing, previous_primitive = TRAIN_MODES[mode]
+    overrides = ["MODEL.HC.POINT_DECODING", point_decoding, "MODEL.RESNETS.USE_CHECKPOINT", checkpointing]
+    if checkpointing and args.smoke:
+        overrides += ["MODEL.RESNETS.NORM", "FrozenBN"]  # the smoke model's BN cannot be recomputed
+    model = build(TRAIN_CONFIG, args.device, overrides, smoke=args.smoke).train()
     num_classes = model.sem_seg_head.predictor.class_embed.out_features - 1
     batch = synthetic_batch(args.train_size, args.batch, args.segments, num_classes, args.device)
 
@@ -263,23 +267,26 @@ def main(argv=None):
         results["eval"] = rows
 
     if not args.skip_train:
-        modes = [m for m in TRAIN_MODES if not (args.no_previous and TRAIN_MODES[m][1])]
+        modes = [m for m in TRAIN_MODES if not (args.no_previous and TRAIN_MODES[m][2])]
         workloads = {name: train_workload(args, name)[1] for name in modes}
         times = interleaved(workloads, args.train_repeats, args.device)
         rows = []
         print(f"\n## training step, batch {args.batch}, {args.train_size}x{args.train_size}, "
               f"{args.segments} segments per image\n")
+        # "× full": against full decoding with the same backbone checkpointing setting
         print("| decoding | step ms | × full | CPU s | × full | peak MiB | × full |")
         print("|---|---|---|---|---|---|---|")
         peaks = {} if args.no_memory else memory_in_child(args, "train", modes)
         for name in modes:
-            row = {"mode": name, "step_ms": 1e3 * statistics.median(times[name]["wall"]), "times": times[name]}
+            ref = "full decoding, backbone checkpointing" if TRAIN_MODES[name][1] else "full decoding"
+            row = {"mode": name, "reference": ref, "step_ms": 1e3 * statistics.median(times[name]["wall"]),
+                   "times": times[name]}
             row["cpu_s"] = statistics.median(times[name]["cpu"])
-            row["relative_time"] = median_ratio(times, name, "full decoding", "wall")
-            row["relative_cpu"] = median_ratio(times, name, "full decoding", "cpu")
+            row["relative_time"] = median_ratio(times, name, ref, "wall")
+            row["relative_cpu"] = median_ratio(times, name, ref, "cpu")
             if peaks:
                 row["peak_bytes"] = peaks[name]
-                row["relative_peak"] = peaks[name] / peaks["full decoding"]
+                row["relative_peak"] = peaks[name] / peaks[ref]
             rows.append(row)
             mem = f"{row['peak_bytes'] / 2**20:.0f} | {row['relative_peak']:.2f}" if peaks else "- | -"
             print(f"| {name} | {row['step_ms']:.0f} | {row['relative_time']:.2f} | {row['cpu_s']:.1f} | "

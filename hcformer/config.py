@@ -64,6 +64,9 @@ def add_hcformer_config(cfg: CN) -> None:
     cfg.MODEL.RESNETS.WEIGHTS = ""  # (hcformer) local ImageNet weights (.pth / .pkl), optional
     cfg.MODEL.RESNETS.STEM_TYPE = "basic"  # accepted for Mask2Former config files; always "basic"
     cfg.MODEL.RESNETS.RES5_MULTI_GRID = [1, 1, 1]  # accepted for the original config files; unused
+    # (hcformer) recompute every residual block in backward instead of keeping its activations;
+    # needs a norm without running statistics (FrozenBN, GN)
+    cfg.MODEL.RESNETS.USE_CHECKPOINT = False
 
     # ---------------------------------------------------------------- Swin backbone
     cfg.MODEL.SWIN = CN()

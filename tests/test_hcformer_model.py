@@ -200,3 +200,23 @@ def test_torchvision_imagenet_weights_load_into_hc_resnet(tmp_path, downsampling
     else:
         weight = backbone.layer4[0].conv1.deform.weight
         torch.testing.assert_close(weight, tv.layer4[0].conv1.weight)
+
+
+@pytest.mark.parametrize("downsampling", ["conv", "deform"])
+def test_resnet_gradient_checkpointing_gives_the_same_gradients(downsampling):
+    torch.manual_seed(0)
+    kwargs = dict(depth=18, level=3, downsampling=downsampling, norm="FrozenBN", emb_dim=16)
+    plain = HCResNet(**kwargs).train()
+    checkpointed = HCResNet(**kwargs, use_checkpoint=True).train()
+    checkpointed.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 96)
+    for model in (plain, checkpointed):
+        out = model(x)
+        (out["res5"].square().mean() + out["assign"].assignments[-1].square().mean()).backward()
+    for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+def test_resnet_gradient_checkpointing_refuses_batch_norm():
+    with pytest.raises(ValueError, match="MODEL.RESNETS.USE_CHECKPOINT.*'BN'"):
+        HCResNet(depth=18, norm="BN", use_checkpoint=True)

@@ -10,6 +10,7 @@ the clusters. Module names follow torchvision / the original HCFormer checkpoint
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
+import torch.utils.checkpoint
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import Tensor, nn
@@ -122,6 +123,7 @@ class HCResNet(Backbone):
         out_features: Sequence[str] = ("res2", "res3", "res4", "res5"),
         freeze_at: int = 0,
         aux: Optional[nn.Module] = None,
+        use_checkpoint: bool = False,
     ):
         super().__init__()
         if depth not in RESNET_SPECS:
@@ -130,6 +132,13 @@ class HCResNet(Backbone):
             raise ValueError(f"MODEL.HC.LEVEL must be in 0..3, got {level}")
         if downsampling not in ("deform", "conv"):
             raise ValueError(f'MODEL.RESNETS.DOWNSAMPLING must be "deform" or "conv", got {downsampling!r}')
+        if use_checkpoint and norm in ("BN", "SyncBN", "naiveSyncBN"):
+            # the recomputation in backward would update the running statistics a second time
+            raise ValueError(
+                f"MODEL.RESNETS.USE_CHECKPOINT needs a norm without running statistics updated in "
+                f'training (e.g. "FrozenBN", "GN"), got MODEL.RESNETS.NORM {norm!r}'
+            )
+        self.use_checkpoint = use_checkpoint
         block_type, blocks = RESNET_SPECS[depth]
         block_cls = Bottleneck if block_type == "bottleneck" else BasicBlock
         self.level = level
@@ -179,25 +188,37 @@ class HCResNet(Backbone):
                 cluster candidates.
         """
         feats = {}
-        x = self.stem(x)
-        x = self.layer1(x)
+        x = self._run(self.stem, x)
+        x = self._run_blocks(self.layer1, x)
         feats["res2"] = x
         assignments = []
         for stage in (2, 3, 4):
             layer = getattr(self, f"layer{stage}")
             fine = x
-            x = layer[0](fine)
+            x = self._run(layer[0], fine)
             index = 4 - stage  # clustering index of this transition, 0 = coarsest
             if index < self.level:
                 valid = valid_cells(image_sizes, 2 ** (stage + 1), x.shape[-2:], x.device)
                 assignments.insert(0, self.clustering_layers[index](fine, x, valid))
-            x = layer[1:](x)
+            x = self._run_blocks(layer[1:], x)
             feats[f"res{stage + 1}"] = x
         if self.aux is not None:
             feats["res5"] = self.aux(feats["res5"])
         out = {k: v for k, v in feats.items() if k in self._out_features}
         out["assign"] = LocalGridHierarchy(assignments, feats["res5"].shape[-2:], coarsest_stride=32)
         return out
+
+    def _run(self, module: nn.Module, x: Tensor) -> Tensor:
+        """``module(x)``; with ``use_checkpoint`` in training, its activations are recomputed in
+        backward instead of kept (only the block inputs stay in memory)."""
+        if self.use_checkpoint and self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(module, x, use_reentrant=False)
+        return module(x)
+
+    def _run_blocks(self, blocks: nn.Sequential, x: Tensor) -> Tensor:
+        for block in blocks:
+            x = self._run(block, x)
+        return x
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return {
@@ -229,6 +250,7 @@ class D2HCResNet(HCResNet):
             out_features=r.OUT_FEATURES,
             freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
             aux=aux,
+            use_checkpoint=r.USE_CHECKPOINT,
         )
         if r.WEIGHTS:
             load_imagenet_weights(self, r.WEIGHTS, allow_pickle=cfg.MODEL.ALLOW_PICKLE)
