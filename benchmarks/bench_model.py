@@ -3,7 +3,8 @@
 
 - eval: latency per image (batch 1, all of the config's outputs: semantic, instance and
   panoptic for the COCO panoptic configs) and peak memory, for HCFormer R50 at hierarchical
-  levels 0–3 and HCFormer+ R50, at 800×1216;
+  levels 0–3 and HCFormer+ R50 (by default), HCFormer Swin-S and HCFormer HC-SViT-S
+  (``--models``), at 800×1216;
 - train: one forward + backward (no optimiser step, no AMP) of a batch of 2 images of
   512×512 with synthetic segments, time and peak memory, with MODEL.HC.POINT_DECODING on
   (decode only what the losses sample) and off (decode every prediction), and off with the
@@ -38,15 +39,19 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import legacy_local_clustering  # noqa: E402
 from bench_local_clustering import PeakMemory, machine_info, synchronize  # noqa: E402
 
-PANOPTIC = os.path.join(ROOT, "configs/coco/panoptic-segmentation")
+PANOPTIC = "configs/coco/panoptic-segmentation"
+# inference models: name → (config relative to the repository, project package to import)
 EVAL_MODELS = {
-    "HCFormer R50 level 0": "hcformer_R50_bs16_50ep_level0.yaml",
-    "HCFormer R50 level 1": "hcformer_R50_bs16_50ep_level1.yaml",
-    "HCFormer R50 level 2": "hcformer_R50_bs16_50ep_level2.yaml",
-    "HCFormer R50 level 3": "hcformer_R50_bs16_50ep.yaml",
-    "HCFormer+ R50": "hcformer+_R50_bs16_100ep.yaml",
+    "HCFormer R50 level 0": (f"{PANOPTIC}/hcformer_R50_bs16_50ep_level0.yaml", None),
+    "HCFormer R50 level 1": (f"{PANOPTIC}/hcformer_R50_bs16_50ep_level1.yaml", None),
+    "HCFormer R50 level 2": (f"{PANOPTIC}/hcformer_R50_bs16_50ep_level2.yaml", None),
+    "HCFormer R50 level 3": (f"{PANOPTIC}/hcformer_R50_bs16_50ep.yaml", None),
+    "HCFormer+ R50": (f"{PANOPTIC}/hcformer+_R50_bs16_100ep.yaml", None),
+    "HCFormer Swin-S": (f"{PANOPTIC}/swin/hcformer_swin_small_bs16_50ep.yaml", None),
+    "HCFormer HC-SViT-S": (f"projects/SViT/configs/{PANOPTIC}/hcformer_svit_small_bs16_50ep.yaml", "SViT"),
 }
-TRAIN_CONFIG = "hcformer_R50_bs16_50ep.yaml"
+DEFAULT_EVAL_MODELS = [name for name in EVAL_MODELS if "R50" in name]
+TRAIN_CONFIG = f"{PANOPTIC}/hcformer_R50_bs16_50ep.yaml"
 # training modes: name → (MODEL.HC.POINT_DECODING, MODEL.RESNETS.USE_CHECKPOINT, previous primitive)
 TRAIN_MODES = {
     "point decoding": (True, False, False),
@@ -64,16 +69,22 @@ SMOKE_OVERRIDES = [
 ]
 
 
-def build(config: str, device: str, overrides=(), smoke: bool = False):
+def build(config: str, device: str, overrides=(), smoke: bool = False, project: str = None):
+    import importlib
+
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
     import hcformer  # noqa: F401  registers the model
     from hcformer.config import add_hcformer_config
 
+    if project:  # its package registers its backbone and config keys
+        sys.path.insert(0, os.path.join(ROOT, "projects", project))
+        importlib.import_module(project.lower())
+
     cfg = get_cfg()
     add_hcformer_config(cfg)
-    cfg.merge_from_file(os.path.join(PANOPTIC, config))
+    cfg.merge_from_file(os.path.join(ROOT, config))
     opts = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", device, "DATASETS.TRAIN", "()"]
     opts += (SMOKE_OVERRIDES if smoke else []) + list(overrides)
     cfg.merge_from_list([str(o) for o in opts])
@@ -123,7 +134,8 @@ def timed(fn, device) -> Tuple[float, float]:
 # ---------------------------------------------------------------------------- workloads
 def eval_workload(args, name: str):
     """(model, function running one inference) for model ``name``."""
-    model = build(EVAL_MODELS[name], args.device, smoke=args.smoke).eval()
+    config, project = EVAL_MODELS[name]
+    model = build(config, args.device, smoke=args.smoke, project=project).eval()
     inputs = eval_input(*args.eval_size, args.device)
 
     def run():
@@ -219,7 +231,7 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds of inference")
     parser.add_argument("--train-repeats", type=int, default=3, help="timed rounds of training steps")
     parser.add_argument("--no-previous", action="store_true", help="skip the previous-primitive training mode")
-    parser.add_argument("--models", nargs="+", default=list(EVAL_MODELS), choices=list(EVAL_MODELS))
+    parser.add_argument("--models", nargs="+", default=DEFAULT_EVAL_MODELS, choices=list(EVAL_MODELS))
     parser.add_argument("--skip-eval", action="store_true")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--no-memory", action="store_true")
@@ -253,7 +265,7 @@ def main(argv=None):
         ref = "HCFormer R50 level 3" if "HCFormer R50 level 3" in times else args.models[0]
         peaks = {} if args.no_memory else memory_in_child(args, "eval", args.models)
         for name in args.models:
-            row = {"model": name, "config": EVAL_MODELS[name], "latency_ms": 1e3 * statistics.median(times[name]["wall"])}
+            row = {"model": name, "config": EVAL_MODELS[name][0], "latency_ms": 1e3 * statistics.median(times[name]["wall"])}
             row["cpu_s"] = statistics.median(times[name]["cpu"])
             row["times"] = times[name]
             row["relative"] = median_ratio(times, name, ref, "wall")
