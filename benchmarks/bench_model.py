@@ -48,17 +48,20 @@ EVAL_MODELS = {
     "HCFormer R50 level 3": (f"{PANOPTIC}/hcformer_R50_bs16_50ep.yaml", None),
     "HCFormer+ R50": (f"{PANOPTIC}/hcformer+_R50_bs16_100ep.yaml", None),
     "HCFormer Swin-S": (f"{PANOPTIC}/swin/hcformer_swin_small_bs16_50ep.yaml", None),
-    "HCFormer HC-SViT-S": (f"projects/SViT/configs/{PANOPTIC}/hcformer_svit_small_bs16_50ep.yaml", "SViT"),
+    "HCFormer HC-SViT-S": ("projects/SViT/configs/coco/panoptic-segmentation/hcformer_svit_small_bs16_50ep.yaml", "SViT"),
 }
 DEFAULT_EVAL_MODELS = [name for name in EVAL_MODELS if "R50" in name]
 TRAIN_CONFIG = f"{PANOPTIC}/hcformer_R50_bs16_50ep.yaml"
-# training modes: name → (MODEL.HC.POINT_DECODING, MODEL.RESNETS.USE_CHECKPOINT, previous primitive)
+# training modes: name → (MODEL.HC.POINT_DECODING, MODEL.RESNETS.USE_CHECKPOINT, previous
+# primitive, backbone alone). "backbone alone" is the floor that decoding cannot go below: the
+# backbone's forward + backward (its gradients included) on the same images, no head.
 TRAIN_MODES = {
-    "point decoding": (True, False, False),
-    "full decoding": (False, False, False),
-    "full decoding, previous primitive": (False, False, True),
-    "point decoding, backbone checkpointing": (True, True, False),
-    "full decoding, backbone checkpointing": (False, True, False),
+    "point decoding": (True, False, False, False),
+    "full decoding": (False, False, False, False),
+    "full decoding, previous primitive": (False, False, True, False),
+    "backbone alone": (True, False, False, True),
+    "point decoding, backbone checkpointing": (True, True, False, False),
+    "full decoding, backbone checkpointing": (False, True, False, False),
 }
 # a small network for --smoke: what tests/conftest.py builds
 SMOKE_OVERRIDES = [
@@ -146,7 +149,7 @@ def eval_workload(args, name: str):
 
 
 def train_workload(args, mode: str):
-    point_decoding, checkpointing, previous_primitive = TRAIN_MODES[mode]
+    point_decoding, checkpointing, previous_primitive, backbone_alone = TRAIN_MODES[mode]
     overrides = ["MODEL.HC.POINT_DECODING", point_decoding, "MODEL.RESNETS.USE_CHECKPOINT", checkpointing]
     if checkpointing and args.smoke:
         overrides += ["MODEL.RESNETS.NORM", "FrozenBN"]  # the smoke model's BN cannot be recomputed
@@ -154,8 +157,14 @@ def train_workload(args, mode: str):
     num_classes = model.sem_seg_head.predictor.class_embed.out_features - 1
     batch = synthetic_batch(args.train_size, args.batch, args.segments, num_classes, args.device)
 
+    images = torch.stack([(s["image"] - model.pixel_mean) / model.pixel_std for s in batch])
+
     def run():
-        if previous_primitive:
+        if backbone_alone:
+            model.zero_grad(set_to_none=True)
+            features = model.backbone(images)
+            sum(v.sum() for k, v in features.items() if k.startswith("res")).backward()
+        elif previous_primitive:
             with legacy_local_clustering.used_by_the_model():
                 train_step(model, batch)
         else:

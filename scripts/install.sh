@@ -62,6 +62,11 @@ else
 fi
 
 step 4/5 "hcformer and its dependencies (pyproject.toml)"
+# opencv-python-headless and the contrib build both install cv2/: keep only the contrib one
+if "$PY" -m pip show -q opencv-python-headless >/dev/null 2>&1 \
+    && ! "$PY" -m pip show -q opencv-contrib-python-headless >/dev/null 2>&1; then
+  "$PY" -m pip uninstall -y -q opencv-python-headless
+fi
 "${PIP[@]}" "${CONSTRAINTS[@]}" -e "$ROOT[test]"
 # panopticapi-lite's metadata asks for a newer Pillow than its code needs (and than
 # detectron2 v0.6 accepts), so it is installed without its dependencies.

@@ -39,7 +39,7 @@ def test_bench_model_smoke(tmp_path):
     assert "## inference" in stdout and "## training step" in stdout
     assert [r["model"] for r in results["eval"]] == ["HCFormer R50 level 3"]
     assert [r["mode"] for r in results["train"]] == [
-        "point decoding", "full decoding", "full decoding, previous primitive",
+        "point decoding", "full decoding", "full decoding, previous primitive", "backbone alone",
         "point decoding, backbone checkpointing", "full decoding, backbone checkpointing",
     ]
     for r in results["eval"] + results["train"]:

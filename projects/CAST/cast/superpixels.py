@@ -1,9 +1,9 @@
 """Superpixels for CAST's segment tokens: SLIC (batched torch, deterministic) and SEEDS.
 
 CAST starts from an oversegmentation of the image; its authors use SEEDS (OpenCV contrib
-``ximgproc``) on the LAB image. The ``opencv-python-headless`` this project depends on has no
-``ximgproc``, so SLIC, written here as a batched tensor program, is the default; SEEDS is used
-when ``cv2.ximgproc`` exists (``opencv-contrib-python-headless`` installed instead).
+``ximgproc``) on the LAB image. This project installs ``opencv-contrib-python-headless``, so
+SEEDS is available (``MODEL.CAST.SUPERPIXEL.METHOD "SEEDS"``, image by image on the CPU); SLIC,
+written here as a batched tensor program that also runs on a GPU, is the default.
 
 Both return a label map (B, H, W) int64 whose ids lie in [0, K), K the same for the batch (the
 batch of segment tokens is padded to K; an id without pixels becomes an empty token).
@@ -136,7 +136,7 @@ def seeds(
         raise RuntimeError(
             "SEEDS superpixels need OpenCV's contrib module cv2.ximgproc, which opencv-python-headless "
             "lacks; install opencv-contrib-python-headless in place of opencv-python-headless (they "
-            "conflict), or use MODEL.CAST.SUPERPIXEL.METHOD 'SLIC'"
+            "conflict; scripts/install.sh does), or use MODEL.CAST.SUPERPIXEL.METHOD 'SLIC'"
         )
     import cv2
 

@@ -1,5 +1,5 @@
-"""Superpixels: SLIC is deterministic, covers any image size, follows colour edges; SEEDS is
-there only with cv2.ximgproc and says so otherwise."""
+"""Superpixels: SLIC and SEEDS are deterministic, cover any image size, follow colour edges;
+without cv2.ximgproc, SEEDS says what to install."""
 import pytest
 import torch
 
@@ -40,13 +40,31 @@ def test_slic_follows_a_colour_edge():
     assert not left & right  # no superpixel straddles the edge
 
 
-def test_seeds_needs_ximgproc():
-    if seeds_available():
-        labels, K = compute_superpixels(torch.rand(1, 3, 64, 64), "SEEDS", num_segments=16)
-        assert labels.shape == (1, 64, 64) and int(labels.max()) < K
-    else:
-        with pytest.raises(RuntimeError, match="ximgproc"):
-            compute_superpixels(torch.rand(1, 3, 32, 32), "SEEDS", num_segments=16)
+@pytest.mark.parametrize("size", [(37, 53), (64, 64)])
+def test_seeds_covers_any_size_and_is_deterministic(size):
+    assert seeds_available()  # the project installs opencv-contrib-python-headless
+    images = torch.rand(2, 3, *size)
+    labels, K = compute_superpixels(images, "SEEDS", num_segments=16)
+    again, _ = compute_superpixels(images, "SEEDS", num_segments=16)
+    assert labels.shape == (2, *size) and labels.dtype == torch.int64
+    assert 0 <= int(labels.min()) and int(labels.max()) < K
+    assert torch.equal(labels, again)
+
+
+def test_seeds_follows_a_colour_edge():
+    image = torch.zeros(1, 3, 48, 48)
+    image[:, 0, :, 21:] = 1.0  # black | red
+    labels, _ = compute_superpixels(image, "SEEDS", num_segments=16)
+    left, right = set(labels[0, :, :21].unique().tolist()), set(labels[0, :, 21:].unique().tolist())
+    assert not left & right
+
+
+def test_seeds_without_ximgproc_says_what_to_install(monkeypatch):
+    import cast.superpixels
+
+    monkeypatch.setattr(cast.superpixels, "seeds_available", lambda: False)
+    with pytest.raises(RuntimeError, match="opencv-contrib-python-headless"):
+        compute_superpixels(torch.rand(1, 3, 32, 32), "SEEDS", num_segments=16)
 
 
 def test_unknown_method():

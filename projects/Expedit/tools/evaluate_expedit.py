@@ -14,15 +14,9 @@ import json
 import sys
 from pathlib import Path
 
-from detectron2.config import get_cfg
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the expedit package
 
-import hcformer  # noqa: E402,F401  registers models and datasets
-from expedit import add_expedit_config, apply_expedit  # noqa: E402
-from hcformer.checkpoint import HCFormerCheckpointer  # noqa: E402
-from hcformer.config import add_hcformer_config  # noqa: E402
-from hcformer.engine.trainer import Trainer  # noqa: E402
+from expedit.analysis import build_trained, evaluate, expedited_copy, load_cfg  # noqa: E402
 
 
 def main() -> None:
@@ -30,24 +24,10 @@ def main() -> None:
     parser.add_argument("--config-file", required=True)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
     args = parser.parse_args()
-    cfg = get_cfg()
-    add_hcformer_config(cfg)
-    add_expedit_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    cfg = load_cfg(args.config_file, args.opts)
 
-    results = {}
-    for name, enabled in (("original", False), ("expedit", True)):
-        model = Trainer.build_model(cfg)
-        if enabled:
-            cfg.defrost()
-            cfg.MODEL.EXPEDIT.ENABLED = True
-            apply_expedit(model, cfg)
-            cfg.freeze()
-        HCFormerCheckpointer(model, allow_pickle=cfg.MODEL.ALLOW_PICKLE).load(cfg.MODEL.WEIGHTS)
-        model.eval()
-        results[name] = Trainer.test(cfg, model)
+    original = build_trained(cfg)  # MODEL.WEIGHTS loaded once, the expedited model is a copy
+    results = {"original": evaluate(cfg, original), "expedit": evaluate(cfg, expedited_copy(original, cfg))}
     print(json.dumps(results, indent=1, default=float))
 
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the expedit package
 
 from expedit import expedite_swin  # noqa: E402
+from expedit.analysis import mean_cosine_similarity, per_image  # noqa: E402
 from hcformer.data.datasets.shapes_generator import render_sample  # noqa: E402
 from hcformer.modeling.backbone.swin import HCSwin  # noqa: E402
 
@@ -46,15 +46,15 @@ def main() -> None:
         [(torch.from_numpy(render_sample(rng, args.size).image).float() - mean) / std for _ in range(args.images)]
     ).permute(0, 3, 1, 2)
     with torch.no_grad():
-        reference = model(images)
+        reference = per_image(model(images))
 
     rows = []
     for k in args.windows:
         for alpha in args.alphas:
             fast = expedite_swin(copy.deepcopy(model), stage=2, alpha=alpha, cluster_window=k, kernel=7, iterations=5, temperature=0.05, topk=10)
             with torch.no_grad():
-                out = fast(images)
-            sims = [F.cosine_similarity(out[n], reference[n], dim=1).mean().item() for n in ("res4", "res5")]
+                similarity = mean_cosine_similarity(reference, per_image(fast(images)))
+            sims = [similarity["res4"], similarity["res5"]]
             rows.append((k, alpha, *sims))
             print(f"k={k:2d} alpha={alpha}: res4 {sims[0]:.4f} res5 {sims[1]:.4f}", flush=True)
 

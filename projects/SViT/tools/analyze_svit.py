@@ -2,18 +2,11 @@
 """Parameters and FLOPs of the SViT classifiers and of HCFormer models with an SViT backbone.
 
 FLOPs are fvcore's (one multiply-add = one FLOP) with the operator handles of
-``hcformer.engine.analysis``, as tools/analyze_model.py counts them. fvcore does not see inside
-the local clustering primitive (``affinity`` / ``scatter`` / ``gather`` are autograd functions,
-traced as opaque ``prim::PythonOp`` nodes), so their multiply-adds are counted analytically from
-the shapes seen in the forward pass and reported on their own line:
-
-- a super-token attention with grid > 1 on a map of N tokens (padded to grid multiples) of C
-  channels: 9·N·C per association, 9·N·C per super-token update, 9·N·C for the upsampling,
-  i.e. (2·N_ITER + 1)·9·N·C (27·N·C with one iteration, eq. (8) + the upsampling of the paper);
-- an HCFormer clustering layer on a fine map of N pixels: 9·N·EMB_DIM for its affinities.
-
-(The decoding of the masks through the hierarchy, also local-clustering products, belongs to
-the meta-architecture and is left out, as in tools/analyze_model.py's numbers.)
+``hcformer.engine.analysis``, as tools/analyze_model.py counts them: the local clustering
+primitive (``affinity`` / ``scatter`` / ``gather``, traced as ``prim::PythonOp`` nodes) is
+counted at 9 multiply-adds per fine position and channel, so a super-token attention with one
+iteration costs 27·N·C (eq. (8) of the paper + the upsampling) and an HCFormer clustering
+layer 9·N·EMB_DIM for its affinities.
 
     # the released sizes (params / FLOPs at 224²) of SViT-S, B, L
     python projects/SViT/tools/analyze_svit.py --classifier small base large
@@ -36,8 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the svit package
 
 import svit  # noqa: E402  registers the backbones
 from hcformer.engine.analysis import InferenceWrapper, flop_count_analysis  # noqa: E402
-from hcformer.layers.clustering import ClusteringLayer  # noqa: E402
-from svit.super_token_attention import SuperTokenAttention  # noqa: E402
 
 
 def parse_size(text: str) -> Tuple[int, int]:
@@ -45,40 +36,8 @@ def parse_size(text: str) -> Tuple[int, int]:
     return int(height), int(width)
 
 
-def local_clustering_flops(model: nn.Module, run) -> int:
-    """Multiply-adds of the local clustering products in ``run()`` (a forward pass of ``model``)."""
-    total = 0
-
-    def on_attention(module: SuperTokenAttention, args, output) -> None:
-        nonlocal total
-        if module.samples_super_tokens:
-            B, C, H, W = args[0].shape
-            gy, gx = module.grid
-            padded = (H + -H % gy) * (W + -W % gx)
-            total += (2 * module.n_iter + 1) * 9 * B * padded * C
-
-    def on_clustering(module: ClusteringLayer, args, output) -> None:
-        nonlocal total
-        B, _, H, W = args[0].shape
-        total += 9 * B * H * W * module.fine_emb.out_channels
-
-    handles = []
-    for m in model.modules():
-        if isinstance(m, SuperTokenAttention):
-            handles.append(m.register_forward_hook(on_attention))
-        elif isinstance(m, ClusteringLayer):
-            handles.append(m.register_forward_hook(on_clustering))
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        for h in handles:
-            h.remove()
-    return total
-
-
 def analyze(model: nn.Module, wrapper: nn.Module, inputs: Tuple[torch.Tensor, ...]) -> Dict[str, object]:
-    """{"params", "fvcore_flops" (by top-level module), "clustering_flops", "unsupported_ops"}."""
+    """{"params", "fvcore_flops" (by top-level module), "unsupported_ops"}."""
     model.eval()
     with torch.no_grad():
         analysis = flop_count_analysis(wrapper, inputs)
@@ -89,7 +48,6 @@ def analyze(model: nn.Module, wrapper: nn.Module, inputs: Tuple[torch.Tensor, ..
     return {
         "params": parameter_count(model)[""],
         "fvcore_flops": {"total": total, **children},
-        "clustering_flops": local_clustering_flops(model, lambda: wrapper(*inputs)),
         "unsupported_ops": dict(analysis.unsupported_ops()),
     }
 
@@ -141,11 +99,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         return
     for r in results:
         flops = r["fvcore_flops"]
-        extra = r["clustering_flops"]
         parts = ", ".join(f"{k} {v / 1e9:.3f}G" for k, v in flops.items() if k != "total")
         print(f"{r['model']}\n  params {r['params']:,} ({r['params'] / 1e6:.2f}M)"
               f"\n  FLOPs fvcore {flops['total'] / 1e9:.3f}G ({parts})"
-              f"\n  + local clustering (analytic) {extra / 1e9:.3f}G = {(flops['total'] + extra) / 1e9:.3f}G"
               f"\n  not counted by fvcore: {sorted(r['unsupported_ops'])}")
 
 

@@ -1,0 +1,309 @@
+"""Measuring Expedit on an HCFormer: configs, the original / expedited pair, evaluation, backbone
+FLOPs, CPU latency and the similarity of the stage features. Shared by ``tools/*.py`` and the
+tests; not imported by ``import expedit`` (it pulls in the trainer and fvcore).
+
+FLOPs are fvcore's (one multiply-add = one FLOP, ``hcformer.engine.analysis``'s op handles).
+fvcore does not see inside the local clustering primitive (autograd functions, traced as opaque
+nodes), and at the time of writing ``torch.jit`` tracing of them fails ("RuntimeError:
+unordered_map::at"), so :func:`backbone_flops` swaps ``affinity`` / ``scatter`` / ``gather``
+for shape-only stand-ins (zeros of the right shapes; FLOPs depend on shapes only) and counts
+their products analytically: Expedit's with ``clustering_macs`` ((κ+1) distance maps of C+1
+channels, κ centre updates and one reconstruction of C channels, per slot and candidate),
+HCFormer's clustering layers as 9·EMB_DIM per fine pixel (their affinity). Element-wise work
+(softmax, top-k, norms) is counted nowhere, as fvcore counts no element-wise op.
+"""
+import copy
+import importlib
+import statistics
+import time
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import CfgNode, get_cfg
+from torch import Tensor, nn
+
+import hcformer  # noqa: F401  registers models and datasets
+import hcformer.layers.clustering
+from hcformer.checkpoint import HCFormerCheckpointer
+from hcformer.config import add_hcformer_config
+from hcformer.engine.analysis import flop_count_analysis
+
+from .config import add_expedit_config, apply_expedit
+from .swin import ExpeditSwinStage
+
+__all__ = [
+    "load_cfg",
+    "expedit_cfg",
+    "valid_alphas",
+    "build_trained",
+    "expedited_copy",
+    "evaluate",
+    "headline_metrics",
+    "Features",
+    "hc_clustering_macs",
+    "backbone_flops",
+    "median_latency",
+    "interleaved_latency",
+    "FeatureRecorder",
+    "per_image",
+    "mean_cosine_similarity",
+]
+
+
+# ---------------------------------------------------------------------------------- configs
+def load_cfg(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
+    """HCFormer + MODEL.EXPEDIT config of ``config_file`` with ``opts`` (KEY VALUE ...) merged,
+    on the CPU when CUDA is not available (as the project's command-line setup does)."""
+    from hcformer.engine.setup import adapt_to_machine
+
+    cfg = get_cfg()
+    add_hcformer_config(cfg)
+    add_expedit_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    adapt_to_machine(cfg)
+    return cfg
+
+
+def expedit_cfg(cfg: CfgNode, enabled: bool = True, **settings) -> CfgNode:
+    """A copy of ``cfg`` with MODEL.EXPEDIT.ENABLED = ``enabled`` and the given MODEL.EXPEDIT
+    keys, e.g. ``expedit_cfg(cfg, ALPHA=5, CLUSTER_WINDOW=6)``."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.EXPEDIT.ENABLED = enabled
+    for key, value in settings.items():
+        if key not in cfg.MODEL.EXPEDIT:
+            raise KeyError(f"MODEL.EXPEDIT has no key {key!r}")
+        cfg.MODEL.EXPEDIT[key] = value
+    return cfg
+
+
+def valid_alphas(cfg: CfgNode) -> List[int]:
+    """Every α inside MODEL.EXPEDIT.STAGE of the config's Swin (blocks of the whole backbone
+    before the clustering): depths [2, 2, 2, 2], stage 2 → [4, 5]."""
+    depths = list(cfg.MODEL.SWIN.DEPTHS)
+    stage = cfg.MODEL.EXPEDIT.STAGE
+    first = sum(depths[:stage])
+    return list(range(first, first + depths[stage]))
+
+
+# ----------------------------------------------------------------------------------- models
+def build_trained(cfg: CfgNode, seed: int = 0) -> nn.Module:
+    """The *original* model of ``cfg`` (MODEL.EXPEDIT.ENABLED ignored) with MODEL.WEIGHTS loaded
+    by HCFormer's checkpointer (no download; an empty MODEL.WEIGHTS keeps the random init drawn
+    with ``seed``), in eval mode."""
+    from hcformer.engine.trainer import Trainer
+
+    cfg = expedit_cfg(cfg, enabled=False)
+    torch.manual_seed(seed)
+    model = Trainer.build_model(cfg)
+    HCFormerCheckpointer(model, allow_pickle=cfg.MODEL.ALLOW_PICKLE).load(cfg.MODEL.WEIGHTS)
+    return model.eval()
+
+
+def expedited_copy(model: nn.Module, cfg: CfgNode) -> nn.Module:
+    """A deep copy of the (loaded) original ``model`` with MODEL.EXPEDIT of ``cfg`` applied (the
+    weights are shared by value: nothing is reloaded)."""
+    return apply_expedit(copy.deepcopy(model), expedit_cfg(cfg, enabled=True)).eval()
+
+
+# ------------------------------------------------------------------------------- evaluation
+def evaluate(cfg: CfgNode, model: nn.Module) -> Dict:
+    """The project's test loop (``Trainer.test``) on DATASETS.TEST: the evaluators' result dict
+    (per dataset when there are several)."""
+    from hcformer.engine.trainer import Trainer
+
+    return Trainer.test(cfg, model)
+
+
+def headline_metrics(results: Dict) -> Dict[str, float]:
+    """PQ, PQ_th, PQ_st (panoptic), mIoU (semantic) and AP (mask) of one dataset's results;
+    the metrics an evaluator did not report are left out."""
+    picks = {"panoptic_seg": ("PQ", "PQ_th", "PQ_st"), "sem_seg": ("mIoU",), "segm": ("AP",)}
+    out = {}
+    for task, keys in picks.items():
+        for key in keys:
+            if key in results.get(task, {}):
+                out[key] = float(results[task][key])
+    return out
+
+
+# ------------------------------------------------------------------------------------ FLOPs
+class Features(nn.Module):
+    """The backbone as a function of the image returning only tensors (for tracing)."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, image: Tensor) -> Tuple[Tensor, ...]:
+        out = self.backbone(image)
+        return tuple(out[k] for k in ("res2", "res3", "res4", "res5") if k in out)
+
+
+def _affinity_shape(fine: Tensor, coarse: Tensor, grid=2, kernel: int = 3, coarse_valid=None) -> Tensor:
+    return fine.new_zeros(fine.shape[0], kernel * kernel, *fine.shape[-2:])
+
+
+def _gather_shape(values: Tensor, weights: Tensor, grid=2, kernel: int = 3) -> Tensor:
+    return values.new_zeros(values.shape[:2] + weights.shape[-2:])
+
+
+def _scatter_shape(values: Tensor, weights: Tensor, coarse_size, grid=2, kernel: int = 3):
+    return values.new_zeros(values.shape[:2] + tuple(coarse_size)), values.new_ones(values.shape[0], 1, *coarse_size)
+
+
+def hc_clustering_macs(backbone: nn.Module, image: Tensor) -> int:
+    """9 · EMB_DIM per fine pixel of each HCFormer clustering layer (its affinity)."""
+    total = 0
+
+    def hook(module, args, output) -> None:
+        nonlocal total
+        B, _, H, W = args[0].shape
+        total += 9 * B * H * W * module.fine_emb.out_channels
+
+    layers = [m for m in backbone.modules() if isinstance(m, hcformer.layers.clustering.ClusteringLayer)]
+    handles = [m.register_forward_hook(hook) for m in layers]
+    try:
+        with torch.no_grad():
+            backbone(image)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+def backbone_flops(backbone: nn.Module, image: Tensor) -> Dict[str, object]:
+    """GFLOPs of an (expedited or original) HC-Swin backbone on ``image`` (1, 3, H, W).
+
+    Keys: ``fvcore + HC clustering (analytic)`` (the traced backbone, ``aux`` included),
+    ``HC clustering (analytic)``, ``swin`` (without ``aux``), ``aux``, ``clustering (analytic)``
+    (Expedit's), ``swin + clustering``, ``backbone total`` (everything: traced + both analytic
+    terms), ``stage 3 (layers.2)`` and fvcore's ``unsupported ops``.
+    """
+    hc = hc_clustering_macs(backbone, image)
+    tc = importlib.import_module(__package__ + ".token_clustering")  # the package exports a function of that name
+    with torch.no_grad(), mock.patch.object(tc, "affinity", _affinity_shape), \
+            mock.patch.object(tc, "gather", _gather_shape), \
+            mock.patch.object(tc, "scatter", _scatter_shape), \
+            mock.patch.object(hcformer.layers.clustering, "affinity", _affinity_shape):
+        analysis = flop_count_analysis(Features(backbone), (image,))
+        by_module = analysis.by_module()
+        traced = analysis.total()
+    total = traced + hc
+    aux = by_module.get("backbone.aux", 0)
+    clustering = sum(m.last_clustering_macs for m in backbone.modules() if isinstance(m, ExpeditSwinStage))
+    return {
+        "fvcore + HC clustering (analytic)": total / 1e9,
+        "HC clustering (analytic)": hc / 1e9,
+        "swin": (total - aux) / 1e9,
+        "aux": aux / 1e9,
+        "clustering (analytic)": clustering / 1e9,
+        "swin + clustering": (total - aux + clustering) / 1e9,
+        "backbone total": (total + clustering) / 1e9,
+        "stage 3 (layers.2)": by_module.get("backbone.layers.2", 0) / 1e9,
+        "unsupported ops": dict(analysis.unsupported_ops()),
+    }
+
+
+# ---------------------------------------------------------------------------------- latency
+def median_latency(fn: Callable[[], object], runs: int, warmup: int = 1) -> float:
+    """Median wall-clock seconds of ``runs`` calls of ``fn`` (under ``no_grad``) after
+    ``warmup`` untimed ones."""
+    times = []
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn()
+        for _ in range(runs):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def interleaved_latency(fns: Sequence[Callable[[], object]], runs: int, warmup: int = 1) -> List[float]:
+    """Median seconds of each of ``fns``, timed in turns (f0, f1, f0, f1, ...), so that the load
+    of a shared machine weighs on all of them alike."""
+    times: List[List[float]] = [[] for _ in fns]
+    with torch.no_grad():
+        for _ in range(warmup):
+            for fn in fns:
+                fn()
+        for _ in range(runs):
+            for fn, bucket in zip(fns, times):
+                start = time.perf_counter()
+                fn()
+                bucket.append(time.perf_counter() - start)
+    return [statistics.median(bucket) for bucket in times]
+
+
+# ----------------------------------------------------------------------- feature similarity
+class FeatureRecorder:
+    """Records backbone features of every image a detectron2-style model sees, keyed by image.
+
+    A forward pre-hook on ``model`` reads the inputs' ``image_id`` (or ``file_name``) and image
+    sizes; a forward hook on ``model.backbone`` keeps, per image, ``names`` cropped to the
+    image (the cells that the batch padding did not add), as float32 CPU tensors. Use as a
+    context manager around ``evaluate`` (or any inference loop).
+    """
+
+    def __init__(self, model: nn.Module, names: Iterable[str] = ("res4", "res5")):
+        self.model = model
+        self.names = tuple(names)
+        shapes = model.backbone.output_shape()
+        self.strides = {n: shapes[n].stride for n in self.names}
+        self.features: Dict[object, Dict[str, Tensor]] = {}
+        self._batch: List[Tuple[object, Tuple[int, int]]] = []
+        self._handles = []
+
+    def _inputs(self, module, args) -> None:
+        (batched_inputs,) = args[:1]
+        self._batch = [
+            (x.get("image_id", x.get("file_name", i)), tuple(x["image"].shape[-2:])) for i, x in enumerate(batched_inputs)
+        ]
+
+    def _outputs(self, module, args, output) -> None:
+        for i, (key, (h, w)) in enumerate(self._batch):
+            self.features[key] = {
+                n: output[n][i, :, : -(-h // self.strides[n]), : -(-w // self.strides[n])].detach().float().cpu()
+                for n in self.names
+            }
+
+    def __enter__(self) -> "FeatureRecorder":
+        self._handles = [
+            self.model.register_forward_pre_hook(self._inputs),
+            self.model.backbone.register_forward_hook(self._outputs),
+        ]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def per_image(outputs: Dict[str, object], names: Iterable[str] = ("res4", "res5")) -> Dict[int, Dict[str, Tensor]]:
+    """A backbone's batch outputs {name: (B, C, H, W)} as {image index: {name: (C, H, W)}}."""
+    names = tuple(names)
+    return {i: {n: outputs[n][i].float() for n in names} for i in range(len(outputs[names[0]]))}
+
+
+def mean_cosine_similarity(
+    reference: Dict[object, Dict[str, Tensor]], features: Dict[object, Dict[str, Tensor]]
+) -> Dict[str, float]:
+    """Per-token cosine similarity (over channels) of ``features`` to ``reference``, averaged
+    over every token of every image, per feature name.
+
+    Both map image keys to {name: (C, H, W)} (``FeatureRecorder.features``, ``per_image``) and
+    must cover the same images.
+    """
+    if not reference or reference.keys() != features.keys():
+        raise ValueError(f"the feature sets cover different images ({len(reference)} vs {len(features)})")
+    names = list(next(iter(reference.values())))
+    out = {}
+    for n in names:
+        sims = [F.cosine_similarity(features[k][n], reference[k][n], dim=0).flatten() for k in reference]
+        out[n] = torch.cat(sims).mean().item()
+    return out
