@@ -257,3 +257,11 @@ def test_photometric_distortion():
     assert np.array_equal(sampled.apply_segmentation(labels), labels)
     with pytest.raises(ValueError, match="'YUV'"):
         PhotometricDistortion("YUV", None, None, None, None, True)
+
+
+def test_image_to_tensor_of_a_flipped_one_pixel_wide_image():
+    from hcformer.data.dataset_mappers.mapper_utils import image_to_tensor
+
+    image = np.arange(6, dtype=np.uint8).reshape(2, 1, 3)[:, ::-1]  # what a horizontal flip gives
+    tensor = image_to_tensor(image)
+    assert tensor.shape == (3, 2, 1) and torch.equal(tensor, torch.from_numpy(image.copy()).permute(2, 0, 1))

@@ -9,14 +9,13 @@ over a silently smaller set is not comparable.
 import copy
 from typing import Dict
 
-import numpy as np
-import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
 from ..image_reading import read_image_file
+from .mapper_utils import image_to_tensor
 
 __all__ = ["EvaluationDatasetMapper"]
 
@@ -44,7 +43,7 @@ class EvaluationDatasetMapper(DatasetMapper):
         utils.check_image_size(dataset_dict, image)  # also fills in "height" / "width"
         aug_input = T.AugInput(image)
         self.augmentations(aug_input)
-        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
+        dataset_dict["image"] = image_to_tensor(aug_input.image)
         dataset_dict.pop("annotations", None)
         dataset_dict.pop("sem_seg_file_name", None)
         return dataset_dict

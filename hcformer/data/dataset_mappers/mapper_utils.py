@@ -82,7 +82,9 @@ def train_ignore_label(cfg: CfgNode) -> int:
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """H x W x C array -> C x H x W tensor, keeping the dtype (uint8 for images we read)."""
-    return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    # an explicit copy, not np.ascontiguousarray: that returns a flipped 1-pixel-wide image
+    # unchanged (numpy calls it contiguous) with a negative stride, which torch refuses
+    return torch.from_numpy(image.transpose(2, 0, 1).copy())
 
 
 def pad_to_multiple(
