@@ -79,7 +79,16 @@ def test_clusterings_and_undersegmentation_on_a_cast_hierarchy():
 
 
 @pytest.mark.slow
-def test_trainer_runs_on_shapes_and_the_visualiser_draws_the_hierarchy(tmp_path: Path):
+def _load_tool(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, PROJECT_DIR / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_trainer_runs_on_shapes_and_the_visualiser_and_level_scores_work(tmp_path: Path):
     pytest.importorskip("hcformer.data.build")
     from hcformer.data import ShapesSpec, register_shapes_datasets
     from hcformer.engine.trainer import Trainer
@@ -99,12 +108,7 @@ def test_trainer_runs_on_shapes_and_the_visualiser_draws_the_hierarchy(tmp_path:
     assert (tmp_path / "model_final.pth").is_file()
     assert {"panoptic_seg", "sem_seg"} <= set(trainer._last_eval_results)
 
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("vis", PROJECT_DIR / "tools/visualize_cast_hierarchy.py")
-    vis = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(vis)
-    summary = vis.main([
+    summary = _load_tool("visualize_cast_hierarchy").main([
         "--config-file", str(CONFIG), "--dataset", "cast_shapes_val_panoptic_with_sem_seg", "--num-images", "1",
         "--output", str(tmp_path / "vis"), "--json", str(tmp_path / "vis.json"),
         "MODEL.WEIGHTS", str(tmp_path / "model_final.pth"), "MODEL.DEVICE", "cpu",
@@ -113,6 +117,15 @@ def test_trainer_runs_on_shapes_and_the_visualiser_draws_the_hierarchy(tmp_path:
     assert len(list((tmp_path / "vis").glob("*.png"))) == 2
     assert "level4" in json.loads((tmp_path / "vis.json").read_text())["mean"]
     assert summary["mean"]
+
+    levels = _load_tool("evaluate_cast_levels").main([
+        "--config-file", str(CONFIG), "--dataset", "cast_shapes_val_panoptic_with_sem_seg",
+        "MODEL.WEIGHTS", str(tmp_path / "model_final.pth"), "MODEL.DEVICE", "cpu",
+        "INPUT.MIN_SIZE_TEST", "64", "MODEL.MASK_FORMER.DEC_LAYERS", "2",
+    ])
+    ue = [levels[f"UE_level{k}"] for k in range(1, 5)]  # superpixels, then 3 graph poolings
+    assert all(0 <= u <= 1 for u in ue) and ue == sorted(ue)  # nested: coarser leaks more
+    assert all(1 - levels[f"UE_level{k}"] <= levels[f"ASA_level{k}"] + 1e-9 <= 1 + 1e-9 for k in range(1, 5))
 
 
 def test_ade20k_config_builds_and_runs_one_forward():

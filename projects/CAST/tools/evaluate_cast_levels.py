@@ -14,29 +14,28 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the cast package
 import cast  # noqa: E402,F401  registers D2HCCAST and MODEL.CAST.*
-from hcformer.engine.inference_model import inference_cfg  # noqa: E402
 
 import hcformer.data  # noqa: E402,F401  registers the datasets
-from hcformer.engine.inference_model import build_inference_model  # noqa: E402
+from hcformer.engine.inference_model import build_inference_model, inference_cfg  # noqa: E402
 from hcformer.evaluation.segment_ground_truth import load_segment_ground_truth  # noqa: E402
 from hcformer.evaluation.undersegmentation import undersegmentation_counts  # noqa: E402
 
 
-def main() -> Dict[str, float]:
+def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--num-images", type=int, default=0, help="first K images only (0: all)")
     parser.add_argument("opts", nargs=argparse.REMAINDER)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     cfg = inference_cfg(args.config_file, args.opts)
     model = build_inference_model(cfg)
     mapper = DatasetMapper(cfg, is_train=False)
