@@ -19,6 +19,7 @@ from hcformer.layers.clustering import ClusteringLayer
 from hcformer.layers.deform_conv import ModulatedDeformConv
 from hcformer.modeling.hierarchy import LocalGridHierarchy
 
+from .pyramid import check_rgb_input, describe_outputs
 from .res5_encoder import build_res5_aux
 
 # depth → (block type, blocks per stage)
@@ -165,11 +166,8 @@ class HCResNet(Backbone):
                 make_deformable(getattr(self, f"layer{4 - i}")[0])
 
         self.aux = aux
-        self._out_features = list(out_features)
         res5_channels = aux.out_channels if aux is not None else channels[3]
-        all_channels = dict(zip(("res2", "res3", "res4", "res5"), channels[:3] + [res5_channels]))
-        self._out_feature_channels = {k: all_channels[k] for k in self._out_features}
-        self._out_feature_strides = {k: {"res2": 4, "res3": 8, "res4": 16, "res5": 32}[k] for k in self._out_features}
+        describe_outputs(self, out_features, channels[:3] + [res5_channels])
         self.freeze(freeze_at)
 
     def freeze(self, freeze_at: int) -> None:
@@ -220,12 +218,6 @@ class HCResNet(Backbone):
             x = self._run(block, x)
         return x
 
-    def output_shape(self) -> Dict[str, ShapeSpec]:
-        return {
-            k: ShapeSpec(channels=self._out_feature_channels[k], stride=self._out_feature_strides[k])
-            for k in self._out_features
-        }
-
     @property
     def size_divisibility(self) -> int:
         return 32
@@ -237,8 +229,7 @@ class D2HCResNet(HCResNet):
 
     def __init__(self, cfg, input_shape: ShapeSpec):
         r = cfg.MODEL.RESNETS
-        if input_shape.channels != 3:
-            raise ValueError(f"D2HCResNet expects 3 input channels, got {input_shape.channels}")
+        check_rgb_input("D2HCResNet", input_shape)
         aux = build_res5_aux(cfg, in_channels=2048 if r.DEPTH >= 50 else 512)
         super().__init__(
             depth=r.DEPTH,

@@ -31,10 +31,9 @@ from torch import Tensor, nn
 from hcformer.layers.clustering import ClusteringLayer
 from hcformer.modeling.hierarchy import LocalGridHierarchy
 
+from .pyramid import FEATURE_NAMES, check_rgb_input, describe_outputs
 from .res5_encoder import build_res5_aux
 from .resnet import valid_cells
-
-_FEATURE_NAMES = ("res2", "res3", "res4", "res5")
 
 
 def shifted_window_mask(height: int, width: int, window: int, shift: int, device=None) -> Tensor:
@@ -251,7 +250,7 @@ class HCSwin(Backbone):
         level: int = 3,
         emb_dim: int = 128,
         init_scale: float = 0.1,
-        out_features: Sequence[str] = _FEATURE_NAMES,
+        out_features: Sequence[str] = FEATURE_NAMES,
         use_checkpoint: bool = False,
         aux: Optional[nn.Module] = None,
     ):
@@ -260,9 +259,9 @@ class HCSwin(Backbone):
             raise ValueError(f"HC-Swin has 4 stages: got DEPTHS {list(depths)}, NUM_HEADS {list(num_heads)}")
         if not 0 <= level <= 3:
             raise ValueError(f"MODEL.HC.LEVEL must be in 0..3, got {level}")
-        unknown = set(out_features) - set(_FEATURE_NAMES)
+        unknown = set(out_features) - set(FEATURE_NAMES)
         if unknown:
-            raise ValueError(f"MODEL.SWIN.OUT_FEATURES: unknown {sorted(unknown)}; choose from {_FEATURE_NAMES}")
+            raise ValueError(f"MODEL.SWIN.OUT_FEATURES: unknown {sorted(unknown)}; choose from {FEATURE_NAMES}")
         self.level = level
         self.patch_size = patch_size
         channels = [embed_dim * 2**i for i in range(4)]
@@ -315,11 +314,8 @@ class HCSwin(Backbone):
             module.apply(_init_swin_weights)
 
         self.aux = aux
-        self._out_features = list(out_features)
         res5_channels = aux.out_channels if aux is not None else channels[3]
-        all_channels = dict(zip(_FEATURE_NAMES, channels[:3] + [res5_channels]))
-        self._out_feature_channels = {k: all_channels[k] for k in self._out_features}
-        self._out_feature_strides = {k: patch_size * 2 ** _FEATURE_NAMES.index(k) for k in self._out_features}
+        describe_outputs(self, out_features, channels[:3] + [res5_channels], first_stride=patch_size)
 
     @property
     def clustering_layers(self) -> List[ClusteringLayer]:
@@ -349,7 +345,7 @@ class HCSwin(Backbone):
             out, down, assignment = stage(x, valid)
             if k == 3:
                 out = self.norm3(out)
-            feats[_FEATURE_NAMES[k]] = out.permute(0, 3, 1, 2).contiguous()
+            feats[FEATURE_NAMES[k]] = out.permute(0, 3, 1, 2).contiguous()
             if assignment is not None:
                 assignments.insert(0, assignment)  # coarsest first
             x = down
@@ -360,12 +356,6 @@ class HCSwin(Backbone):
             assignments, feats["res5"].shape[-2:], coarsest_stride=self.patch_size * 8
         )
         return result
-
-    def output_shape(self) -> Dict[str, ShapeSpec]:
-        return {
-            k: ShapeSpec(channels=self._out_feature_channels[k], stride=self._out_feature_strides[k])
-            for k in self._out_features
-        }
 
     @property
     def size_divisibility(self) -> int:
@@ -385,8 +375,7 @@ class HCSwinTransformer(HCSwin):
 
     def __init__(self, cfg, input_shape: ShapeSpec):
         s = cfg.MODEL.SWIN
-        if input_shape.channels != 3:
-            raise ValueError(f"HCSwinTransformer expects 3 input channels, got {input_shape.channels}")
+        check_rgb_input("HCSwinTransformer", input_shape)
         super().__init__(
             embed_dim=s.EMBED_DIM,
             depths=s.DEPTHS,

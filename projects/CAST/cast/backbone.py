@@ -12,6 +12,8 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import Tensor, nn
 
+from hcformer.modeling.backbone.pyramid import check_rgb_input
+
 from .model import CAST
 
 __all__ = ["D2HCCAST"]
@@ -23,8 +25,7 @@ class D2HCCAST(Backbone):
 
     def __init__(self, cfg, input_shape: ShapeSpec):
         super().__init__()
-        if input_shape.channels != 3:
-            raise ValueError(f"D2HCCAST expects 3 input channels, got {input_shape.channels}")
+        check_rgb_input("D2HCCAST", input_shape)
         c, sp = cfg.MODEL.CAST, cfg.MODEL.CAST.SUPERPIXEL
         self.encoder = CAST(
             dim=c.DIM, num_heads=c.NUM_HEADS, depths=c.DEPTHS, num_tokens=c.NUM_TOKENS, kappa=c.KAPPA,
@@ -52,7 +53,3 @@ class D2HCCAST(Backbone):
         out = self.encoder(x)
         tokens = self.norm(out.pooled[:, 1:])  # the class token has no pixels: left out
         return {"res5": tokens.transpose(1, 2)[..., None], "assign": out.hierarchy}
-
-    def output_shape(self) -> Dict[str, ShapeSpec]:
-        return {n: ShapeSpec(channels=self._out_feature_channels[n], stride=self._out_feature_strides[n])
-                for n in self._out_features}

@@ -15,6 +15,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 
 from hcformer.modeling.backbone import build_res5_aux
+from hcformer.modeling.backbone.pyramid import check_rgb_input
 
 from .model import SViT
 
@@ -38,17 +39,12 @@ def _svit_kwargs(cfg) -> Dict[str, Any]:
     )
 
 
-def _check_input(name: str, input_shape: ShapeSpec) -> None:
-    if input_shape.channels != 3:
-        raise ValueError(f"{name} expects 3 input channels, got {input_shape.channels}")
-
-
 @BACKBONE_REGISTRY.register()
 class D2SViT(SViT):
     """``MODEL.BACKBONE.NAME: "D2SViT"``: SViT's res2..res5 (strides 4..32), no clustering."""
 
     def __init__(self, cfg, input_shape: ShapeSpec):
-        _check_input("D2SViT", input_shape)
+        check_rgb_input("D2SViT", input_shape)
         super().__init__(level=0, return_hierarchy=False, **_svit_kwargs(cfg))
 
 
@@ -57,7 +53,7 @@ class D2HCSViT(SViT):
     """``MODEL.BACKBONE.NAME: "D2HCSViT"``: HC-SViT, configured by MODEL.SVIT.* and MODEL.HC.*."""
 
     def __init__(self, cfg, input_shape: ShapeSpec):
-        _check_input("D2HCSViT", input_shape)
+        check_rgb_input("D2HCSViT", input_shape)
         super().__init__(
             level=cfg.MODEL.HC.LEVEL,
             emb_dim=cfg.MODEL.HC.EMB_DIM,

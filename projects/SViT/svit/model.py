@@ -17,17 +17,17 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.utils.checkpoint
-from detectron2.layers import ShapeSpec, get_norm
+from detectron2.layers import get_norm
 from detectron2.modeling import Backbone
 from torch import Tensor, nn
 
 from hcformer.layers.clustering import ClusteringLayer
+from hcformer.modeling.backbone.pyramid import FEATURE_NAMES, describe_outputs
 from hcformer.modeling.backbone.resnet import valid_cells
 from hcformer.modeling.hierarchy import LocalGridHierarchy
 
 from .block import SuperTokenBlock
 
-FEATURE_NAMES = ("res2", "res3", "res4", "res5")
 STEM_STRIDE = 4
 
 
@@ -214,11 +214,8 @@ class SViT(Backbone):
             )
 
         self.aux = aux
-        self._out_features = list(out_features)
         res5_channels = aux.out_channels if aux is not None else embed_dims[3]
-        channels = dict(zip(FEATURE_NAMES, list(embed_dims[:3]) + [res5_channels]))
-        self._out_feature_channels = {k: channels[k] for k in self._out_features}
-        self._out_feature_strides = {k: STEM_STRIDE * 2 ** FEATURE_NAMES.index(k) for k in self._out_features}
+        describe_outputs(self, out_features, list(embed_dims[:3]) + [res5_channels], first_stride=STEM_STRIDE)
 
     @property
     def clustering_layers(self) -> List[ClusteringLayer]:
@@ -252,12 +249,6 @@ class SViT(Backbone):
                 assignments, feats["res5"].shape[-2:], coarsest_stride=STEM_STRIDE * 8
             )
         return result
-
-    def output_shape(self) -> Dict[str, ShapeSpec]:
-        return {
-            k: ShapeSpec(channels=self._out_feature_channels[k], stride=self._out_feature_strides[k])
-            for k in self._out_features
-        }
 
     @property
     def size_divisibility(self) -> int:

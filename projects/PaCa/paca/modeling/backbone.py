@@ -14,12 +14,12 @@ from timm.layers import LayerNorm2d
 from torch import Tensor, nn
 
 from hcformer.layers.clustering import ClusteringLayer
+from hcformer.modeling.backbone.pyramid import FEATURE_NAMES, check_rgb_input, describe_outputs
 from hcformer.modeling.backbone.resnet import valid_cells
 from hcformer.modeling.hierarchy import LocalGridHierarchy
 
 from .paca_vit import PaCaViT
 
-_FEATURE_NAMES = ("res2", "res3", "res4", "res5")
 
 
 class PaCaBackbone(Backbone):
@@ -34,18 +34,17 @@ class PaCaBackbone(Backbone):
         **vit_kwargs: ``PaCaViT`` arguments (dims, depths, num_clusters, ...).
     """
 
-    def __init__(self, out_features: Sequence[str] = _FEATURE_NAMES, **vit_kwargs):
+    def __init__(self, out_features: Sequence[str] = FEATURE_NAMES, **vit_kwargs):
         super().__init__()
-        unknown = set(out_features) - set(_FEATURE_NAMES)
+        unknown = set(out_features) - set(FEATURE_NAMES)
         if unknown:
-            raise ValueError(f"MODEL.PACA.OUT_FEATURES: unknown {sorted(unknown)}; choose from {_FEATURE_NAMES}")
+            raise ValueError(f"MODEL.PACA.OUT_FEATURES: unknown {sorted(unknown)}; choose from {FEATURE_NAMES}")
         self.vit = PaCaViT(**vit_kwargs)
-        self._out_features = [k for k in _FEATURE_NAMES if k in out_features]
-        dims = dict(zip(_FEATURE_NAMES, self.vit.dims))
+        self._out_features = [k for k in FEATURE_NAMES if k in out_features]
+        dims = dict(zip(FEATURE_NAMES, self.vit.dims))
         # each stage output has its own LayerNorm (the classifier's last norm is "res5")
         self.norms = nn.ModuleDict({k: LayerNorm2d(dims[k], eps=1e-6) for k in self._out_features})
-        self._out_feature_channels = {k: dims[k] for k in self._out_features}
-        self._out_feature_strides = {k: 4 * 2 ** _FEATURE_NAMES.index(k) for k in self._out_features}
+        describe_outputs(self, self._out_features, self.vit.dims)
 
     def forward(self, x: Tensor, image_sizes: Optional[Sequence[Tuple[int, int]]] = None) -> Dict[str, object]:
         """(B, 3, H, W) normalised images → {name: (B, C, ceil(H / stride), ceil(W / stride))}."""
@@ -53,14 +52,8 @@ class PaCaBackbone(Backbone):
         return self._named_outputs(stages)
 
     def _named_outputs(self, stages) -> Dict[str, object]:
-        outputs = dict(zip(_FEATURE_NAMES, (out for _, out in stages)))
+        outputs = dict(zip(FEATURE_NAMES, (out for _, out in stages)))
         return {k: self.norms[k](outputs[k]) for k in self._out_features}
-
-    def output_shape(self) -> Dict[str, ShapeSpec]:
-        return {
-            k: ShapeSpec(channels=self._out_feature_channels[k], stride=self._out_feature_strides[k])
-            for k in self._out_features
-        }
 
     @property
     def size_divisibility(self) -> int:
@@ -122,17 +115,12 @@ def paca_kwargs_from_cfg(cfg) -> Dict[str, object]:
     )
 
 
-def _check_input(name: str, input_shape: ShapeSpec) -> None:
-    if input_shape.channels != 3:
-        raise ValueError(f"{name} expects 3 input channels, got {input_shape.channels}")
-
-
 @BACKBONE_REGISTRY.register()
 class D2PaCa(PaCaBackbone):
     """``MODEL.BACKBONE.NAME: "D2PaCa"``, configured by MODEL.PACA.*."""
 
     def __init__(self, cfg, input_shape: ShapeSpec):
-        _check_input("D2PaCa", input_shape)
+        check_rgb_input("D2PaCa", input_shape)
         super().__init__(**paca_kwargs_from_cfg(cfg))
 
 
@@ -141,7 +129,7 @@ class D2HCPaCa(HCPaCaBackbone):
     """``MODEL.BACKBONE.NAME: "D2HCPaCa"``, configured by MODEL.PACA.* and MODEL.HC.*."""
 
     def __init__(self, cfg, input_shape: ShapeSpec):
-        _check_input("D2HCPaCa", input_shape)
+        check_rgb_input("D2HCPaCa", input_shape)
         super().__init__(
             level=cfg.MODEL.HC.LEVEL,
             emb_dim=cfg.MODEL.HC.EMB_DIM,
