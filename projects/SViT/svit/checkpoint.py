@@ -23,6 +23,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 import numpy as np
 import torch
 
+from hcformer.checkpoint.conversion import read_state_dict
+
 from .model import SVIT_VARIANTS
 
 _RENAMES: List[Tuple[re.Pattern, str]] = [
@@ -53,19 +55,8 @@ def read_released_checkpoint(path: Path) -> Mapping[str, object]:
     Training checkpoints of the release hold the model under "model" next to the optimizer
     state and the training arguments (an ``argparse.Namespace``, allowed here and nothing else).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
     with torch.serialization.safe_globals([argparse.Namespace]):
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(data, Mapping):
-        for key in ("model", "state_dict"):
-            if isinstance(data.get(key), Mapping):
-                data = data[key]
-                break
-    if not isinstance(data, Mapping) or not all(isinstance(k, str) for k in data):
-        raise ValueError(f"{path} holds no state dict (found {type(data).__name__})")
-    return data
+        return read_state_dict(Path(path), allow_pickle=False)
 
 
 def convert_released_state_dict(
