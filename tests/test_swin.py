@@ -1,6 +1,6 @@
 """HC-Swin backbone: equivalence with timm's Swin, any input size, padding, clustering levels,
-the original checkpoint layouts (HCFormer Swin-S, the released HCFormer+ Swin-L), converters,
-and a few training iterations of the Swin shapes config."""
+the original HCFormer Swin-S parameter count, converters, and a few training iterations of the
+Swin shapes config. The released HCFormer+ Swin-L checkpoint: tests/test_swin_released_checkpoint.py."""
 import importlib.util
 import pickle
 from pathlib import Path
@@ -155,6 +155,27 @@ def test_emb_dim_and_temperature_are_honoured():
         assert layer.temp.item() == pytest.approx(0.3)
 
 
+@pytest.mark.parametrize("level", [1, 2, 3])
+def test_hc_config_keys_reach_the_swin_clusterings(make_cfg, level):
+    """MODEL.HC.EMB_DIM / TEMPERATURE / LEVEL through the config and the backbone registry, as
+    train_net.py builds the model (the original's Swin ignored the first two)."""
+    from detectron2.modeling import build_backbone
+
+    cfg = make_cfg(**{"MODEL.BACKBONE.NAME": "HCSwinTransformer", "MODEL.SWIN.EMBED_DIM": 16,
+                      "MODEL.SWIN.DEPTHS": [2, 2, 2, 2], "MODEL.SWIN.NUM_HEADS": [1, 2, 2, 4],
+                      "MODEL.HC.EMB_DIM": 24, "MODEL.HC.TEMPERATURE": 0.3, "MODEL.HC.LEVEL": level})
+    backbone = build_backbone(cfg)
+    assert isinstance(backbone, HCSwin) and len(backbone.clustering_layers) == level
+    # the L coarsest pairs, coarsest first: stage k's output (16·2^k channels) with stage k+1's input
+    for layer, stage in zip(backbone.clustering_layers, range(2, 2 - level, -1)):
+        assert tuple(layer.fine_emb.weight.shape) == (24, 16 * 2**stage, 1, 1)
+        assert tuple(layer.coarse_emb.weight.shape) == (24, 32 * 2**stage, 1, 1)
+        assert layer.temp.item() == pytest.approx(0.3)
+    with torch.no_grad():
+        hierarchy = backbone(torch.randn(1, 3, 64, 64))["assign"]
+    assert hierarchy.num_levels == level
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
     plain = HCSwin(**TINY, drop_path_rate=0.0).train()
@@ -168,7 +189,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(p.grad, q.grad, msg=name)
 
 
-# ------------------------------------------------------------------ original checkpoint layouts
+# ------------------------------------------------------------------ original configs
 def test_hcformer_swin_small_has_the_original_parameter_count():
     path = CONFIGS / "coco/panoptic-segmentation/swin/hcformer_swin_small_bs16_50ep.yaml"
     model = build_model(_load_cfg(path))
@@ -177,77 +198,13 @@ def test_hcformer_swin_small_has_the_original_parameter_count():
     assert sum(p.numel() for p in model.parameters()) == 62_406_867
 
 
-def _released_hcformer_plus_swin_large_layout():
-    """{key: shape} of the released HCFormer+ Swin-L COCO panoptic checkpoint, from its
-    documented layout: Swin-L (192, [2, 2, 18, 2], [6, 12, 24, 48], window 12), clustering
-    at stages 0-2 with 128 embedding channels, the 6-layer encoder on res5, a decoder with
-    200 queries, 8 layers and 133 + 1 classes (no input_proj: res5 has 256 channels)."""
-    shapes = {"backbone.patch_embed.proj.weight": (192, 3, 4, 4), "backbone.patch_embed.proj.bias": (192,)}
-    norm = lambda p, c: {f"{p}.weight": (c,), f"{p}.bias": (c,)}  # noqa: E731
-    linear = lambda p, o, i: {f"{p}.weight": (o, i), f"{p}.bias": (o,)}  # noqa: E731
-    attention = lambda p, d: {f"{p}.in_proj_weight": (3 * d, d), f"{p}.in_proj_bias": (3 * d,),  # noqa: E731
-                              **linear(f"{p}.out_proj", d, d)}
-    shapes.update(norm("backbone.patch_embed.norm", 192))
-    for i, (depth, heads) in enumerate(zip((2, 2, 18, 2), (6, 12, 24, 48))):
-        c = 192 * 2**i
-        for j in range(depth):
-            p = f"backbone.layers.{i}.blocks.{j}"
-            shapes.update({**norm(f"{p}.norm1", c), **norm(f"{p}.norm2", c)})
-            shapes.update({**linear(f"{p}.attn.qkv", 3 * c, c), **linear(f"{p}.attn.proj", c, c)})
-            shapes[f"{p}.attn.relative_position_bias_table"] = (23 * 23, heads)
-            shapes[f"{p}.attn.relative_position_index"] = (144, 144)
-            shapes.update({**linear(f"{p}.mlp.fc1", 4 * c, c), **linear(f"{p}.mlp.fc2", c, 4 * c)})
-        if i < 3:
-            p = f"backbone.layers.{i}"
-            shapes[f"{p}.downsample.reduction.weight"] = (2 * c, 4 * c)
-            shapes.update(norm(f"{p}.downsample.norm", 4 * c))
-            shapes.update({f"{p}.clustering.fine_emb.weight": (128, c, 1, 1), f"{p}.clustering.temp": (1,),
-                           f"{p}.clustering.coarse_emb.weight": (128, 2 * c, 1, 1)})
-            shapes.update({**norm(f"{p}.clustering.fine_norm", c), **norm(f"{p}.clustering.coarse_norm", 2 * c)})
-    shapes.update(norm("backbone.norm3", 1536))
-    shapes.update({"backbone.aux.input_proj.0.weight": (256, 1536, 1, 1), "backbone.aux.input_proj.0.bias": (256,)})
-    shapes.update(norm("backbone.aux.input_proj.1", 256))
-    for i in range(6):
-        p = f"backbone.aux.encoder.layers.{i}"
-        shapes.update(attention(f"{p}.self_attn", 256))
-        shapes.update({**linear(f"{p}.linear1", 2048, 256), **linear(f"{p}.linear2", 256, 2048)})
-        shapes.update({**norm(f"{p}.norm1", 256), **norm(f"{p}.norm2", 256)})
-    d = "sem_seg_head.predictor"
-    shapes.update({f"{d}.query_feat.weight": (200, 256), f"{d}.query_embed.weight": (200, 256),
-                   f"{d}.level_embed.weight": (1, 256)})
-    shapes.update({f"{d}.mask_proj.weight": (256, 256, 1, 1), f"{d}.mask_proj.bias": (256,)})
-    shapes.update({**linear(f"{d}.class_embed", 134, 256), **norm(f"{d}.decoder_norm", 256)})
-    for i in range(3):
-        shapes.update(linear(f"{d}.mask_embed.layers.{i}", 256, 256))
-    for i in range(8):
-        shapes.update(attention(f"{d}.transformer_self_attention_layers.{i}.self_attn", 256))
-        shapes.update(norm(f"{d}.transformer_self_attention_layers.{i}.norm", 256))
-        shapes.update(attention(f"{d}.transformer_cross_attention_layers.{i}.multihead_attn", 256))
-        shapes.update(norm(f"{d}.transformer_cross_attention_layers.{i}.norm", 256))
-        p = f"{d}.transformer_ffn_layers.{i}"
-        shapes.update({**linear(f"{p}.linear1", 2048, 256), **linear(f"{p}.linear2", 256, 2048)})
-        shapes.update(norm(f"{p}.norm", 256))
-    shapes["criterion.empty_weight"] = (134,)
-    return shapes
-
-
-def test_released_hcformer_plus_swin_large_checkpoint_loads_without_missing_or_unexpected_keys(tmp_path):
+def test_released_config_keeps_the_original_evaluation_period():
+    """The original evaluates its 1.475M-iteration COCO panoptic Swin-L+ run every 200k
+    iterations, not every 5000 as the shorter R50 schedules (tests/test_swin_released_checkpoint.py
+    runs the released checkpoint with this config)."""
     path = CONFIGS / "coco/panoptic-segmentation/swin/hcformer+_swin_large_IN21k_384_bs16_200ep.yaml"
-    model = build_model(_load_cfg(path)).eval()
-    layout = _released_hcformer_plus_swin_large_layout()
-    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == layout
-
-    # The checkpoint: one distinct constant per tensor, stored as a broadcast scalar (a few kB
-    # on disk instead of 870 MB), loaded by the checkpointer as MODEL.WEIGHTS would be.
-    dtypes = {k: v.dtype for k, v in model.state_dict().items()}
-    original = {k: torch.tensor(i % 1000, dtype=dtypes[k]).expand(shape) for i, (k, shape) in enumerate(layout.items())}
-    torch.save({"model": original}, tmp_path / "hcformer+_swin_large.pth")
-    checkpointer = HCFormerCheckpointer(model)
-    incompatible = checkpointer._load_model(checkpointer._load_file(str(tmp_path / "hcformer+_swin_large.pth")))
-    assert incompatible.missing_keys == [] and incompatible.unexpected_keys == []
-    assert incompatible.incorrect_shapes == []
-    for i, (k, v) in enumerate(model.state_dict().items()):
-        assert torch.all(v == original[k][(0,) * v.dim()]), k
+    cfg = _load_cfg(path)
+    assert cfg.TEST.EVAL_PERIOD == 200000 and cfg.SOLVER.MAX_ITER == 1475000
 
 
 # ------------------------------------------------------------------ converters
@@ -288,6 +245,58 @@ def test_converters_refuse_files_of_the_wrong_kind(tmp_path, capsys):
         assert tool.main([str(tmp_path / source), str(tmp_path / "out.pkl")]) == 2, source
         assert "error:" in capsys.readouterr().err
     assert not (tmp_path / "out.pkl").exists()
+
+
+def test_converters_refuse_files_with_the_right_names_but_another_architecture(tmp_path, capsys):
+    """Files that pass the first key check (Swin or ResNet names) but are no usable Swin (v1) or
+    ResNet: one error line naming the file and what was expected, exit code 2, nothing written."""
+    import torchvision
+    from timm.models.swin_transformer_v2 import SwinTransformerV2
+
+    torch.manual_seed(0)
+    three_stages = SwinTransformer(img_size=64, embed_dim=16, depths=(2, 2, 2), num_heads=(1, 2, 2), window_size=4)
+    torch.save({"model": _as_official_release(three_stages.state_dict())}, tmp_path / "swin_3_stages.pth")
+    v2 = SwinTransformerV2(img_size=64, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=4)
+    torch.save(v2.state_dict(), tmp_path / "swinv2.pth")
+    no_table = _as_official_release(_tiny_timm_swin().state_dict())
+    del no_table["layers.0.blocks.0.attn.relative_position_bias_table"]
+    torch.save({"model": no_table}, tmp_path / "swin_no_bias_table.pth")
+    r18 = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save({k: v for k, v in r18.items() if not k.startswith("layer4.")}, tmp_path / "r18_3_stages.pth")
+
+    swin_tool, resnet_tool = _tool("convert-pretrained-swin-model-to-d2"), _tool("convert-torchvision-to-d2")
+    cases = [
+        (swin_tool, "swin_3_stages.pth", "expected blocks in 4 stages (layers.0-3.blocks.*), found stages [0, 1, 2]"),
+        (swin_tool, "swinv2.pth", "a Swin Transformer V2 state dict (layers.0.blocks.0.attn.logit_scale)"),
+        (swin_tool, "swin_no_bias_table.pth", "no layers.0.blocks.0.attn.relative_position_bias_table"),
+        (resnet_tool, "r18_3_stages.pth", "basic blocks [2, 2, 2, 0] per stage match no ResNet depth"),
+    ]
+    for tool, source, reason in cases:
+        for output in ("out.pkl", "out.pth"):
+            assert tool.main([str(tmp_path / source), str(tmp_path / output)]) == 2, source
+            captured = capsys.readouterr()
+            assert captured.out == ""  # no report of a half-converted file
+            lines = captured.err.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / source} is not a usable ImageNet ")
+            assert reason in lines[0] and "Expected " in lines[0] and f"{tmp_path / output} not written" in lines[0]
+    assert not (tmp_path / "out.pkl").exists() and not (tmp_path / "out.pth").exists()
+
+
+def test_converters_say_how_to_load_what_they_wrote(tmp_path, capsys):
+    """A .pkl output is refused by training unless pickles are allowed: the hint says so; a .pth
+    output needs no flag."""
+    import torchvision
+
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
+    torch.save(_tiny_timm_swin().state_dict(), tmp_path / "swin.pth")
+    for tool, source in ((_tool("convert-torchvision-to-d2"), "r18.pth"),
+                         (_tool("convert-pretrained-swin-model-to-d2"), "swin.pth")):
+        assert tool.main([str(tmp_path / source), str(tmp_path / "weights.pkl")]) == 0
+        hint = capsys.readouterr().out.strip().splitlines()[-1]
+        assert hint.startswith(f"use: MODEL.WEIGHTS {tmp_path / 'weights.pkl'} MODEL.ALLOW_PICKLE True")
+        assert "HCFORMER_ALLOW_PICKLE=1" in hint and ".pth" in hint
+        assert tool.main([str(tmp_path / source), str(tmp_path / "weights.pth")]) == 0
+        assert capsys.readouterr().out.strip().splitlines()[-1] == f"use: MODEL.WEIGHTS {tmp_path / 'weights.pth'}"
 
 
 def test_torchvision_converter_matches_every_resnet_key(tmp_path, capsys):

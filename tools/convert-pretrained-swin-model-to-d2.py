@@ -31,6 +31,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import torch
 
 from hcformer.checkpoint import (
+    ALLOW_PICKLE_ENV,
     LoadReport,
     convert_swin_state_dict,
     is_imagenet_swin,
@@ -66,6 +67,16 @@ def is_clustering_key(key: str) -> bool:
     return ".clustering." in key
 
 
+def weights_hint(output: Path) -> str:
+    """How to use the written file: a ``.pkl`` is read only when pickles are allowed."""
+    if output.suffix == ".pkl":
+        return (
+            f"use: MODEL.WEIGHTS {output} MODEL.ALLOW_PICKLE True (or {ALLOW_PICKLE_ENV}=1): .pkl files are "
+            "refused otherwise, since unpickling can run code; an output name ending in .pth needs no flag"
+        )
+    return f"use: MODEL.WEIGHTS {output}"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", type=Path, help="official or timm Swin checkpoint (.pth), or Mask2Former's .pkl")
@@ -74,7 +85,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         state = read_state_dict(args.input)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError) as e:  # the messages name the file
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not is_imagenet_swin(state.keys()):
@@ -84,14 +95,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             file=sys.stderr,
         )
         return 2
-    converted, arch, report = convert(state)
+    try:
+        converted, arch, report = convert(state)
+    except (KeyError, ValueError) as e:  # Swin-like names, but not a 4-stage Swin (v1) of the official design
+        detail = f"no tensor {e}" if isinstance(e, KeyError) else str(e)
+        print(
+            f"error: {args.input} is not a usable ImageNet Swin Transformer checkpoint: {detail}. Expected the "
+            "official Swin (v1) or timm's SwinTransformer: 4 stages (layers.0-3.blocks.*) with relative position "
+            f"bias tables; {args.output} not written",
+            file=sys.stderr,
+        )
+        return 2
     print(f"{args.input}: Swin with " + ", ".join(f"{k} {v}" for k, v in arch.items()))
     print(report.format(expected_missing=is_clustering_key))
     if not report.ok(expected_missing=is_clustering_key):
         print(f"error: the weights do not fit an HC-Swin; {args.output} not written", file=sys.stderr)
         return 1
     write_backbone_weights(converted, args.output, author=f"convert-pretrained-swin-model-to-d2.py ({args.input.name})")
-    print(f"wrote {len(converted)} tensors to {args.output}: use MODEL.WEIGHTS {args.output}")
+    print(f"wrote {len(converted)} tensors to {args.output}")
+    print(weights_hint(args.output))
     return 0
 
 

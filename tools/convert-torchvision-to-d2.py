@@ -30,6 +30,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import torch
 
 from hcformer.checkpoint import (
+    ALLOW_PICKLE_ENV,
     LoadReport,
     convert_resnet_state_dict,
     is_imagenet_resnet,
@@ -67,6 +68,16 @@ def is_clustering_key(key: str) -> bool:
     return key.startswith("backbone.clustering_layers.")
 
 
+def weights_hint(output: Path) -> str:
+    """How to use the written file: a ``.pkl`` is read only when pickles are allowed."""
+    if output.suffix == ".pkl":
+        return (
+            f"use: MODEL.WEIGHTS {output} MODEL.ALLOW_PICKLE True (or {ALLOW_PICKLE_ENV}=1): .pkl files are "
+            "refused otherwise, since unpickling can run code; an output name ending in .pth needs no flag"
+        )
+    return f"use: MODEL.WEIGHTS {output}"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", type=Path, help="torchvision ResNet (.pth) or detectron2 ImageNet ResNet (.pkl)")
@@ -80,9 +91,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 f"{args.input} is not an ImageNet ResNet checkpoint: expected torchvision (conv1.weight, "
                 f"layer1.0.conv1.weight) or detectron2 (stem.conv1.weight) keys, found {sorted(state)[:4]} ..."
             )
-        converted, depth, report = convert(state)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError) as e:  # the messages name the file
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        converted, depth, report = convert(state)
+    except (KeyError, ValueError) as e:  # ResNet-like names, but no ResNet of a known depth
+        detail = f"no tensor {e}" if isinstance(e, KeyError) else str(e)
+        print(
+            f"error: {args.input} is not a usable ImageNet ResNet checkpoint: {detail}. Expected a torchvision "
+            f"or detectron2 ResNet-{'/'.join(map(str, sorted(RESNET_SPECS)))}; {args.output} not written",
+            file=sys.stderr,
+        )
         return 2
     print(f"{args.input}: ResNet-{depth}")
     print(report.format(expected_missing=is_clustering_key))
@@ -90,7 +110,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: the weights do not fit an HC-ResNet-{depth}; {args.output} not written", file=sys.stderr)
         return 1
     write_backbone_weights(converted, args.output, author=f"convert-torchvision-to-d2.py ({args.input.name})")
-    print(f"wrote {len(converted)} tensors to {args.output}: use MODEL.WEIGHTS {args.output}")
+    print(f"wrote {len(converted)} tensors to {args.output}")
+    print(weights_hint(args.output))
     return 0
 
 

@@ -23,6 +23,8 @@ from timm.models.swin_transformer import get_relative_position_index
 
 _BLOCK_KEY = re.compile(r"^layers\.(\d+)\.blocks\.(\d+)\.")
 _DOWNSAMPLE_KEY = re.compile(r"^layers\.(\d+)\.downsample\.")
+# Swin V2's attention (cosine attention with a learnt scale, continuous position bias MLP)
+_SWIN_V2_KEY = re.compile(r"\.attn\.(logit_scale|cpb_mlp\.)")
 
 
 def is_imagenet_swin(keys: Iterable[str]) -> bool:
@@ -43,6 +45,12 @@ def convert_swin_state_dict(state: Mapping[str, object], prefix: str = "backbone
     """
     if not is_imagenet_swin(state.keys()):
         raise ValueError("not an ImageNet Swin Transformer state dict (no patch_embed.proj.weight / layers.*.blocks.*)")
+    v2_key = next((k for k in state if _SWIN_V2_KEY.search(k)), None)
+    if v2_key is not None:
+        raise ValueError(
+            f"a Swin Transformer V2 state dict ({v2_key}); HC-Swin is the original Swin Transformer "
+            "(relative position bias tables), whose V2 weights it cannot use"
+        )
     shift_downsample = _is_timm_layout(state.keys())
     out = {}
     for key, value in state.items():
@@ -68,16 +76,25 @@ def swin_architecture(state: Mapping[str, object]) -> Dict[str, object]:
     Returns:
         {"EMBED_DIM", "PATCH_SIZE", "DEPTHS", "NUM_HEADS", "WINDOW_SIZE", "MLP_RATIO",
         "QKV_BIAS", "APE", "PATCH_NORM"}.
+
+    Raises:
+        ValueError: the blocks are not in 4 stages, or a tensor the architecture is read from
+            is missing (the message names it).
     """
-    proj = state["patch_embed.proj.weight"]
-    embed_dim = proj.shape[0]
     blocks: Dict[int, int] = {}
     for key in state:
         m = _BLOCK_KEY.match(key)
         if m:
             blocks[int(m[1])] = max(blocks.get(int(m[1]), 0), int(m[2]) + 1)
     if sorted(blocks) != [0, 1, 2, 3]:
-        raise ValueError(f"expected blocks in 4 stages, found stages {sorted(blocks)}")
+        raise ValueError(f"expected blocks in 4 stages (layers.0-3.blocks.*), found stages {sorted(blocks)}")
+    needed = ["patch_embed.proj.weight", "layers.0.blocks.0.mlp.fc1.weight"]
+    needed += [f"layers.{i}.blocks.0.attn.relative_position_bias_table" for i in range(4)]
+    missing = [key for key in needed if key not in state]
+    if missing:
+        raise ValueError(f"the architecture cannot be read: no {', '.join(missing)}")
+    proj = state["patch_embed.proj.weight"]
+    embed_dim = proj.shape[0]
     heads: List[int] = [state[f"layers.{i}.blocks.0.attn.relative_position_bias_table"].shape[1] for i in range(4)]
     table_rows = state["layers.0.blocks.0.attn.relative_position_bias_table"].shape[0]
     return {
