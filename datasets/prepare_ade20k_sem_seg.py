@@ -7,7 +7,8 @@ with label - 1, so classes are 0..149 and "other" becomes 255 (ignored), which i
 ``ade20k_sem_seg_{train,val}`` datasets read.
 
 Every PNG is written to a temporary name and renamed, so an interrupted run leaves no truncated
-file; a rerun skips the PNGs that already exist.
+file; a rerun skips the PNGs that already exist and deletes the temporary files that a killed run
+(SIGKILL, power loss) left behind.
 
 Usage:
     python datasets/prepare_ade20k_sem_seg.py [--root $DETECTRON2_DATASETS]
@@ -17,6 +18,7 @@ import argparse
 import functools
 import multiprocessing
 import os
+import re
 from typing import Sequence
 
 import numpy as np
@@ -33,15 +35,52 @@ def shift_labels(labels: np.ndarray) -> np.ndarray:
     return labels - np.uint8(1)  # uint8 arithmetic wraps 0 around to 255
 
 
-def save_png_atomically(array: np.ndarray, path: str) -> None:
+# ".<name>.tmp-<process id>", hidden next to the final PNG (same file system: atomic rename)
+_TEMPORARY_NAME = re.compile(r"^\..+\.png\.tmp-(?P<pid>\d+)$")
+
+
+def _temporary_path(path: str) -> str:
     directory, name = os.path.split(path)
-    tmp_path = os.path.join(directory, f".{name}.tmp-{os.getpid()}")
+    return os.path.join(directory, f".{name}.tmp-{os.getpid()}")
+
+
+def save_png_atomically(array: np.ndarray, path: str) -> None:
+    tmp_path = _temporary_path(path)
     try:
         Image.fromarray(array).save(tmp_path, format="PNG")
         os.replace(tmp_path, path)
     finally:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
+
+
+def _is_running(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # called before this process writes anything
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, run by another user
+        return True
+    return True
+
+
+def remove_stale_temporary_files(directory: str) -> int:
+    """Delete the temporary PNGs of ``save_png_atomically`` in ``directory`` whose process is
+    gone (a killed run; ``finally`` cleans up after any other interruption). Files of a run still
+    writing here and any other file are kept. Returns how many were deleted."""
+    removed = 0
+    for name in os.listdir(directory):
+        match = _TEMPORARY_NAME.match(name)
+        if match is None or _is_running(int(match["pid"])):
+            continue
+        try:
+            os.remove(os.path.join(directory, name))
+        except FileNotFoundError:  # another rerun got there first
+            continue
+        removed += 1
+    return removed
 
 
 def _convert_one(name: str, input_dir: str, output_dir: str) -> bool:
@@ -59,6 +98,9 @@ def prepare_split(input_dir: str, output_dir: str, workers: int = 1) -> int:
         raise FileNotFoundError(f"ADE20K annotation folder {input_dir!r} does not exist")
     names = sorted(n for n in os.listdir(input_dir) if n.endswith(".png"))
     os.makedirs(output_dir, exist_ok=True)
+    removed = remove_stale_temporary_files(output_dir)
+    if removed:
+        print(f"{output_dir}: removed {removed} temporary files of an interrupted run")
     convert = functools.partial(_convert_one, input_dir=input_dir, output_dir=output_dir)
     progress = dict(total=len(names), desc=os.path.basename(output_dir))
     if workers <= 1:

@@ -9,7 +9,8 @@ segment's category (categories sorted by id, things and stuff together, crowd in
 metadata uses.
 
 Every PNG is written to a temporary name and renamed, so an interrupted run leaves no truncated
-file; a rerun skips the PNGs that already exist.
+file; a rerun skips the PNGs that already exist and deletes the temporary files that a killed run
+(SIGKILL, power loss) left behind.
 
 Usage:
     python datasets/prepare_coco_semantic_annos_from_panoptic_annos.py            # COCO 2017
@@ -21,6 +22,7 @@ import functools
 import json
 import multiprocessing
 import os
+import re
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -50,15 +52,52 @@ def panoptic_to_semantic(
     return semantic
 
 
-def save_png_atomically(array: np.ndarray, path: str) -> None:
+# ".<name>.tmp-<process id>", hidden next to the final PNG (same file system: atomic rename)
+_TEMPORARY_NAME = re.compile(r"^\..+\.png\.tmp-(?P<pid>\d+)$")
+
+
+def _temporary_path(path: str) -> str:
     directory, name = os.path.split(path)
-    tmp_path = os.path.join(directory, f".{name}.tmp-{os.getpid()}")
+    return os.path.join(directory, f".{name}.tmp-{os.getpid()}")
+
+
+def save_png_atomically(array: np.ndarray, path: str) -> None:
+    tmp_path = _temporary_path(path)
     try:
         Image.fromarray(array).save(tmp_path, format="PNG")
         os.replace(tmp_path, path)
     finally:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
+
+
+def _is_running(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # called before this process writes anything
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, run by another user
+        return True
+    return True
+
+
+def remove_stale_temporary_files(directory: str) -> int:
+    """Delete the temporary PNGs of ``save_png_atomically`` in ``directory`` whose process is
+    gone (a killed run; ``finally`` cleans up after any other interruption). Files of a run still
+    writing here and any other file are kept. Returns how many were deleted."""
+    removed = 0
+    for name in os.listdir(directory):
+        match = _TEMPORARY_NAME.match(name)
+        if match is None or _is_running(int(match["pid"])):
+            continue
+        try:
+            os.remove(os.path.join(directory, name))
+        except FileNotFoundError:  # another rerun got there first
+            continue
+        removed += 1
+    return removed
 
 
 def _convert_one(
@@ -86,6 +125,9 @@ def prepare_split(
         content = json.load(f)
     id_map = contiguous_ids(content["categories"])
     os.makedirs(output_root, exist_ok=True)
+    removed = remove_stale_temporary_files(output_root)
+    if removed:
+        print(f"{output_root}: removed {removed} temporary files of an interrupted run")
     convert = functools.partial(
         _convert_one, panoptic_root=panoptic_root, output_root=output_root, id_map=id_map
     )

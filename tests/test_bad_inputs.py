@@ -1,18 +1,23 @@
 """Bad dataset files and unusual images: a clear error naming the file, or a correct result.
 
-Covers image reading (missing, corrupt, truncated, grayscale, RGBA, 16-bit, EXIF-rotated,
-oversized), label PNGs (wrong mode, wrong size, unknown class ids), annotation JSON (does not
-parse, unknown category), skipping bad samples in training but never in evaluation, and tiny /
-odd-sized images through the mappers, the model and the demo.
+Covers image reading (missing, unreadable, corrupt, truncated, grayscale, RGBA, 16-bit,
+EXIF-rotated, oversized), label PNGs (wrong mode, wrong size, unknown class ids, panoptic segments
+missing from the JSON) in training and in evaluation, annotation JSON (does not parse, unknown
+category, names missing files), skipping bad samples in training but never in evaluation, and
+tiny / odd images through the mappers, the model, the evaluator and the demo.
 """
+import builtins
 import json
 import logging
+import os
+import re
 
 import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
-from detectron2.data.datasets import register_coco_instances
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import register_coco_instances, register_coco_panoptic
 from detectron2.modeling import build_model
 from PIL import Image
 
@@ -21,6 +26,7 @@ from hcformer.data.build import build_dataset_mapper
 from hcformer.data.dataset_loading import DatasetLoadError, load_dataset_dicts
 from hcformer.data.datasets.catalog_utils import unregister_dataset
 from hcformer.data.image_reading import BadSampleError, MissingSampleFileError, read_image_file, read_label_file
+from hcformer.evaluation import build_evaluator, load_segment_ground_truth
 from tiny_configs import load_script, task_cfg, write_task_config
 
 EXIF_ORIENTATION = 0x0112
@@ -50,6 +56,28 @@ def test_missing_corrupt_and_truncated_images_are_named(tmp_path):
     truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     with pytest.raises(BadSampleError, match="truncated.jpg is truncated or corrupt"):
         read_image_file(str(truncated))
+
+
+def test_unreadable_files_are_not_called_corrupt(tmp_path, monkeypatch):
+    folder = tmp_path / "folder.jpg"
+    folder.mkdir()
+    with pytest.raises(BadSampleError, match="image .*folder.jpg is a directory, not an image file"):
+        read_image_file(str(folder))
+
+    path = save(tmp_path / "locked.png", random_rgb(4, 4))
+    real_open = builtins.open
+
+    def refuse(file, *args, **kwargs):  # tests run as root, for whom chmod 000 changes nothing
+        if str(file) == path:
+            raise PermissionError(13, "Permission denied", file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refuse)
+    with pytest.raises(BadSampleError, match="locked.png cannot be opened: permission denied") as error:
+        read_image_file(path)
+    assert "corrupt" not in str(error.value)
+    with pytest.raises(BadSampleError, match="semantic label PNG .*locked.png cannot be opened: permission"):
+        read_label_file(path, "semantic")
 
 
 def test_grayscale_rgba_and_16_bit_images_become_8_bit_rgb(tmp_path):
@@ -161,17 +189,66 @@ def test_instance_annotations_with_unknown_categories(tmp_path):
         build_dataset_mapper(cfg)(record)
 
 
-@pytest.mark.parametrize("height, width", [(20, 24), (37, 53), (1, 40)])
-def test_small_and_odd_images_train_and_evaluate(tmp_path, height, width):
+@pytest.fixture
+def dataset_names():
+    """Names of the datasets a test registers, unregistered after it."""
+    names = []
+    yield names
+    for name in names:
+        unregister_dataset(name)
+
+
+@pytest.fixture
+def register(dataset_names):
+    """register(name, records, **metadata): a dataset of the given records for one test."""
+
+    def register(name, records, **metadata):
+        unregister_dataset(name)
+        DatasetCatalog.register(name, lambda: records)
+        MetadataCatalog.get(name).set(**metadata)
+        dataset_names.append(name)
+        return name
+
+    return register
+
+
+SEMANTIC_METADATA = dict(evaluator_type="sem_seg", stuff_classes=list("abcdef"), ignore_label=255)
+
+
+def odd_image(tmp_path, kind, height, width):
+    """An image file that displays as ``height`` x ``width`` but is stored unusually."""
+    rng = np.random.default_rng(2)
+    if kind == "gray":
+        return save(tmp_path / "gray.png", rng.integers(0, 256, (height, width), dtype=np.uint8))
+    if kind == "rgba":
+        alpha = rng.integers(0, 256, (height, width), dtype=np.uint8)
+        return save(tmp_path / "rgba.png", np.dstack([random_rgb(height, width), alpha]))
+    if kind == "16-bit":
+        return save(tmp_path / "sixteen.png", rng.integers(0, 65536, (height, width), dtype=np.uint16))
+    assert kind == "exif-rotated"
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6  # stored width x height, shown rotated by 90 degrees
+    return save(tmp_path / "rotated.jpg", random_rgb(width, height), exif=exif, quality=95)
+
+
+@pytest.mark.parametrize(
+    "kind, height, width",
+    [("gray", 20, 24), ("gray", 37, 53), ("gray", 1, 40), ("rgba", 23, 31), ("16-bit", 19, 27),
+     ("exif-rotated", 30, 18)],
+)
+def test_small_and_odd_images_train_and_evaluate(tmp_path, register, kind, height, width):
+    """Mapper -> model -> evaluator, for training and evaluation. Labels have the size the image
+    is *shown* at, so an EXIF rotation that one of the steps missed fails the size checks."""
     cfg = task_cfg("semantic")
     for key, value in semantic_cfg(size=64).INPUT.items():
         cfg.INPUT[key] = value
-    gray = np.random.default_rng(2).integers(0, 256, (height, width), dtype=np.uint8)
-    record = semantic_record(tmp_path, "small", height, width, image=gray)
+    record = semantic_record(tmp_path, "small", height, width)
+    record["file_name"] = odd_image(tmp_path, kind, height, width)
     train_input = build_dataset_mapper(cfg)(record)
     image, sem_seg = train_input["image"], train_input["sem_seg"]
-    assert image.shape[0] == 3 and image.shape[1:] == sem_seg.shape
+    assert image.dtype == torch.uint8 and image.shape[0] == 3 and image.shape[1:] == sem_seg.shape
     assert image.shape[1] % 32 == 0 and image.shape[2] % 32 == 0
+    assert (train_input["height"], train_input["width"]) == (height, width)
 
     torch.manual_seed(0)
     model = build_model(cfg)
@@ -184,17 +261,159 @@ def test_small_and_odd_images_train_and_evaluate(tmp_path, height, width):
         (output,) = model([eval_input])
     assert output["sem_seg"].shape[-2:] == (height, width)  # back at the original size
 
+    evaluator = build_evaluator(cfg, register(f"odd_{kind}", [record], **SEMANTIC_METADATA), str(tmp_path))
+    evaluator.reset()
+    evaluator.process([eval_input], [output])  # reads and checks the labels of the record
+    results = evaluator.evaluate()["sem_seg"]
+    assert 0 <= results["mIoU"] <= 100 and 0 <= results["pACC"] <= 100
+
+
+# ----------------------------------------------------------------------------- evaluation ground truth
+def one_hot_scores(labels, num_classes=6):
+    """C x H x W scores whose argmax is ``labels`` (ignored pixels predicted as class 0)."""
+    labels = torch.as_tensor(np.where(labels == 255, 0, labels).astype(np.int64))
+    return torch.nn.functional.one_hot(labels, num_classes).permute(2, 0, 1).float()
+
+
+def evaluation_cfg(tmp_path, panoptic=False):
+    cfg = semantic_cfg()
+    cfg.OUTPUT_DIR = str(tmp_path)
+    cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = panoptic
+    cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = not panoptic
+    cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = False
+    return cfg
+
+
+def test_semantic_evaluation_refuses_bad_ground_truth(tmp_path, register):
+    labels = np.random.default_rng(5).integers(0, 6, (12, 10), dtype=np.uint8)
+    labels[:2] = 255
+    unknown = labels.copy()
+    unknown[5, 5] = 7  # one pixel of a class the dataset does not have
+    ground_truth = {
+        "good": labels,
+        "unknown_ids": unknown,
+        "colour": np.dstack([labels] * 3),  # a visualisation saved instead of the labels
+        "wrong_size": labels[:11],
+    }
+    records = [
+        {"file_name": str(tmp_path / f"{k}.jpg"), "sem_seg_file_name": save(tmp_path / f"{k}.png", v)}
+        for k, v in ground_truth.items()
+    ]
+    evaluator = build_evaluator(evaluation_cfg(tmp_path), register("bad_sem_gt", records, **SEMANTIC_METADATA))
+    evaluator.reset()
+
+    def process(name, scores=None):
+        scores = one_hot_scores(labels) if scores is None else scores
+        evaluator.process([{"file_name": str(tmp_path / f"{name}.jpg")}], [{"sem_seg": scores}])
+
+    process("good")
+    with pytest.raises(
+        BadSampleError,
+        match=r"semantic ground truth .*unknown_ids.png: category ids \[7\] are not in 0..5 or 255 "
+        r"\(ignore\).*fewer than the 6 stuff_classes of dataset 'bad_sem_gt'",
+    ):
+        process("unknown_ids")
+    with pytest.raises(BadSampleError, match="colour.png has PIL mode RGB; expected one channel"):
+        process("colour")
+    with pytest.raises(BadSampleError, match="wrong_size.png is 10 x 11 but image .*wrong_size.jpg is 10 x 12"):
+        process("wrong_size")
+    with pytest.raises(ValueError, match="has 5 class scores but dataset 'bad_sem_gt' has 6 stuff_classes"):
+        process("good", one_hot_scores(labels, 6)[:5])
+    # nothing of the refused images was counted: the good one alone scores 100
+    results = evaluator.evaluate()["sem_seg"]
+    assert results["mIoU"] == pytest.approx(100.0) and results["pACC"] == pytest.approx(100.0)
+
+
+def panoptic_png(ids):
+    """H x W segment ids -> the COCO panoptic RGB encoding (R + 256 G + 256^2 B)."""
+    ids = np.asarray(ids)
+    return np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)
+
+
+SEGMENTS = [
+    {"id": 1, "category_id": 0, "iscrowd": 0, "isthing": True},
+    {"id": 300, "category_id": 1, "iscrowd": 0, "isthing": False},
+]
+PANOPTIC_METADATA = dict(
+    evaluator_type="coco_panoptic_seg",
+    thing_dataset_id_to_contiguous_id={1: 0},
+    stuff_dataset_id_to_contiguous_id={2: 1},
+    ignore_label=255,
+)
+
+
+def test_panoptic_ground_truth_is_checked_in_training_and_evaluation(tmp_path, register):
+    ids = np.zeros((6, 8), np.int64)
+    ids[:3] = 1
+    ids[3:, 2:] = 300
+    unlisted = ids.copy()
+    unlisted[0, 0] = 5  # a segment the JSON does not have
+    pngs = {
+        "good": panoptic_png(ids),
+        "unlisted": panoptic_png(unlisted),
+        "gray": ids.astype(np.uint8),  # a single-channel PNG: ids would be misread
+        "wrong_size": panoptic_png(ids[:5]),
+    }
+    records = [
+        {
+            "file_name": save(tmp_path / f"{k}.png", random_rgb(6, 8)),
+            "image_id": i,
+            "pan_seg_file_name": save(tmp_path / f"{k}_panoptic.png", v),
+            "segments_info": SEGMENTS,
+        }
+        for i, (k, v) in enumerate(pngs.items())
+    ]
+    expected = {
+        "unlisted": r"unlisted_panoptic.png: segment ids \[5\] are in the PNG but not in the record's segments_info",
+        "gray": "gray_panoptic.png has PIL mode L; expected RGB",
+        "wrong_size": "wrong_size_panoptic.png is 8 x 5 but image .*wrong_size.png is 8 x 6",
+    }
+    cfg = evaluation_cfg(tmp_path, panoptic=True)
+    evaluator = build_evaluator(cfg, register("bad_pan_gt", records, **PANOPTIC_METADATA))
+    evaluator.reset()
+    prediction = (torch.as_tensor(ids), [dict(s) for s in SEGMENTS])
+    for record, name in zip(records, pngs):
+        # as the test mapper gives it (ground truth looked up in the dataset), and with the record
+        for input in ({"file_name": record["file_name"], "image_id": record["image_id"]}, record):
+            if name == "good":
+                evaluator.process([input], [{"panoptic_seg": prediction}])
+                continue
+            with pytest.raises(BadSampleError, match=expected[name]):
+                evaluator.process([input], [{"panoptic_seg": prediction}])
+    assert len(evaluator._predictions) == 2  # the good image only, once per input form
+
+    # the same files in training and in the hierarchy evaluation's ground truth
+    for mapper_name in ("mask_former_panoptic", "coco_panoptic_lsj"):
+        cfg.INPUT.DATASET_MAPPER_NAME = mapper_name
+        cfg.INPUT.IMAGE_SIZE = 32
+        mapper = build_dataset_mapper(cfg)
+        assert len(mapper(records[0])["instances"]) == 2
+        for record, name in zip(records[1:], list(pngs)[1:]):
+            with pytest.raises(BadSampleError, match=expected[name]):
+                mapper(record)
+    gt, _ = load_segment_ground_truth(records[0], "panoptic")
+    assert np.array_equal(gt, ids)
+    for record, name in zip(records[1:], list(pngs)[1:-1]):  # (it reads no image: any size goes)
+        with pytest.raises(BadSampleError, match=expected[name]):
+            load_segment_ground_truth(record, "panoptic")
+
+
+def test_hierarchy_ground_truth_refuses_colour_semantic_pngs(tmp_path):
+    record = {"file_name": "x.jpg", "sem_seg_file_name": save(tmp_path / "colour.png", random_rgb(4, 4))}
+    with pytest.raises(BadSampleError, match="colour.png has PIL mode RGB; expected one channel"):
+        load_segment_ground_truth(record, "semantic")
+
 
 # ----------------------------------------------------------------------------- annotation JSON
 @pytest.fixture
 def coco_json(tmp_path):
     names = []
 
-    def register(content: str):
+    def register(content: str, image_root=tmp_path):
         name = f"bad_json_{len(names)}"
         path = tmp_path / f"{name}.json"
         path.write_text(content)
-        register_coco_instances(name, {}, str(path), str(tmp_path))
+        register_coco_instances(name, {}, str(path), str(image_root))
         names.append(name)
         return name, path
 
@@ -221,6 +440,85 @@ def test_annotation_with_a_category_missing_from_the_metadata(coco_json):
     with pytest.raises(DatasetLoadError, match="category_id") as error:
         load_dataset_dicts([name])
     assert name in str(error.value) and str(path) in str(error.value)
+
+
+def test_coco_instance_json_naming_a_missing_image(tmp_path, coco_json):
+    images = tmp_path / "images"
+    save(images / "there.png", random_rgb(8, 8))
+    content = {
+        "images": [{"id": i, "file_name": n, "height": 8, "width": 8} for i, n in ((1, "there.png"), (2, "gone.png"))],
+        "categories": [{"id": 3, "name": "a"}],
+        "annotations": [{"id": i, "image_id": i, "category_id": 3, "bbox": [0, 0, 4, 4], "area": 8, "iscrowd": 0,
+                         "segmentation": [[0, 0, 4, 0, 4, 4]]} for i in (1, 2)],
+    }
+    name, _ = coco_json(json.dumps(content), image_root=images)
+    there, gone = load_dataset_dicts([name])  # through DatasetCatalog and detectron2's loader
+    assert gone["file_name"] == str(images / "gone.png")
+
+    cfg = semantic_cfg()
+    mappers = []
+    for mapper_name in ("mask_former_instance", "coco_instance_lsj"):
+        cfg.INPUT.DATASET_MAPPER_NAME = mapper_name
+        cfg.INPUT.IMAGE_SIZE = 32
+        mappers.append(build_dataset_mapper(cfg))
+    mappers.append(build_dataset_mapper(cfg, is_train=False))
+    for mapper in mappers:
+        assert mapper(there)["image"].shape[0] == 3
+        with pytest.raises(MissingSampleFileError, match=f"image not found: {re.escape(gone['file_name'])}$"):
+            mapper(gone)
+
+
+def test_coco_panoptic_json_naming_missing_files(tmp_path, dataset_names):
+    """Image b.jpg and panoptic PNG c.png are missing: training, the test mapper and the
+    panoptic evaluator each name the file they need; a missing first image fails the loading."""
+    images, panoptic = tmp_path / "images", tmp_path / "panoptic"
+    ids = np.ones((6, 8), np.int64)
+    ids[3:] = 300
+    for stem in ("a", "b", "c"):
+        if stem != "b":
+            save(images / f"{stem}.jpg", random_rgb(6, 8))
+        if stem != "c":
+            save(panoptic / f"{stem}.png", panoptic_png(ids))
+    segments = [{"id": 1, "category_id": 1, "iscrowd": 0}, {"id": 300, "category_id": 2, "iscrowd": 0}]
+
+    def register_json(name, stems):
+        content = {
+            "categories": [{"id": 1, "name": "thing", "isthing": 1}, {"id": 2, "name": "stuff", "isthing": 0}],
+            "annotations": [{"image_id": i, "file_name": f"{s}.png", "segments_info": segments} for i, s in enumerate(stems)],
+        }
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(content))
+        unregister_dataset(name)
+        metadata = {k: v for k, v in PANOPTIC_METADATA.items() if k.endswith("contiguous_id")}
+        register_coco_panoptic(name, metadata, str(images), str(panoptic), str(path))
+        dataset_names.append(name)
+        return name
+
+    records = {os.path.basename(r["file_name"]): r for r in load_dataset_dicts([register_json("pan_missing", "abc")])}
+    missing_image, missing_png = str(images / "b.jpg"), str(panoptic / "c.png")
+    cfg = evaluation_cfg(tmp_path, panoptic=True)
+    for mapper_name in ("mask_former_panoptic", "coco_panoptic_lsj"):
+        cfg.INPUT.DATASET_MAPPER_NAME = mapper_name
+        cfg.INPUT.IMAGE_SIZE = 32
+        mapper = build_dataset_mapper(cfg)
+        assert len(mapper(records["a.jpg"])["instances"]) == 2
+        with pytest.raises(MissingSampleFileError, match=f"^image not found: {re.escape(missing_image)}$"):
+            mapper(records["b.jpg"])
+        with pytest.raises(MissingSampleFileError, match=f"^panoptic label PNG not found: {re.escape(missing_png)}$"):
+            mapper(records["c.jpg"])
+
+    test_mapper = build_dataset_mapper(cfg, is_train=False)
+    with pytest.raises(MissingSampleFileError, match=f"^image not found: {re.escape(missing_image)}$"):
+        test_mapper(records["b.jpg"])
+    evaluator = build_evaluator(cfg, "pan_missing")
+    evaluator.reset()
+    prediction = {"panoptic_seg": (torch.as_tensor(ids), [])}
+    with pytest.raises(MissingSampleFileError, match=f"^panoptic label PNG not found: {re.escape(missing_png)}$"):
+        evaluator.process([test_mapper(records["c.jpg"])], [prediction])
+
+    # detectron2's loader checks that the first image exists with a bare assert
+    with pytest.raises(DatasetLoadError, match=f"'pan_first_missing': .* names {re.escape(missing_image)}, which does"):
+        load_dataset_dicts([register_json("pan_first_missing", "ba")])
 
 
 # ----------------------------------------------------------------------------- demo

@@ -2,12 +2,15 @@
 targets that agree with the annotation files."""
 
 import copy
+import sys
 
 import numpy as np
+import pycocotools.mask as mask_util
 import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
+from detectron2.data import transforms as T
 from detectron2.structures import Boxes, Instances
 from PIL import Image
 from pycocotools.coco import COCO
@@ -16,6 +19,7 @@ from hcformer.config import add_hcformer_config
 from hcformer.data import DATASET_MAPPERS, build_dataset_mapper
 from hcformer.data.color_aug_ssd import ColorAugSSD, PhotometricDistortion
 from hcformer.data.datasets import ShapesSpec, register_shapes_datasets
+from hcformer.data.dataset_mappers.mask_former_instance_dataset_mapper import annotation_mask
 from hcformer.data.datasets.catalog_utils import unregister_dataset
 
 PREFIX = "shapes_mappertest"
@@ -195,6 +199,26 @@ def test_instance_mappers_decode_the_json_masks(datasets, mapper_name):
         assert np.array_equal(mask.numpy(), coco.annToMask(annotation).astype(bool))
         x, y, w, h = annotation["bbox"]
         assert box.tolist() == pytest.approx([x, y, x + w, y + h])
+
+
+def test_polygons_are_cropped_without_shapely_like_their_rle(monkeypatch):
+    """COCO's polygons through a crop (LSJ always crops), a flip and a resize: detectron2 would clip
+    them with shapely, not a dependency; they must give the masks their RLE gives."""
+    monkeypatch.setitem(sys.modules, "shapely", None)  # any import of it fails
+    rectangle = np.zeros((20, 30), np.uint8)
+    rectangle[4:15, 6:27] = 1  # pixels y 4..14, x 6..26: the polygon with corners (6, 4), (27, 15)
+    polygon = [[6, 4, 27, 4, 27, 15, 6, 15]]
+    rle = mask_util.encode(np.asfortranarray(rectangle))
+    transforms = T.TransformList([
+        T.CropTransform(10, 2, 20, 16),  # cuts the rectangle at the left
+        T.HFlipTransform(20),
+        T.ResizeTransform(16, 20, 32, 40, Image.NEAREST),
+    ])
+    from_polygon = annotation_mask(polygon, transforms, (32, 40))
+    from_rle = annotation_mask(rle, transforms, (32, 40))
+    assert from_polygon.shape == (32, 40) and from_polygon.dtype == bool
+    assert from_polygon.sum() == 2 * 11 * 2 * 17  # 11 rows x 17 columns left, each doubled
+    assert np.array_equal(from_polygon, from_rle)
 
 
 def test_lsj_pads_small_scales_with_grey_and_void(datasets):

@@ -4,6 +4,8 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -140,3 +142,53 @@ def test_a_crash_while_writing_leaves_no_partial_png_and_a_rerun_finishes(tmp_pa
     for name in ("b.png", "c.png"):  # the rerun writes what is missing
         script.save_png_atomically(labels, str(out / name))
     assert all(np.array_equal(np.asarray(Image.open(out / n)), labels) for n in ("a.png", "b.png", "c.png"))
+
+
+def hand_made_inputs(script, root):
+    """Two label PNGs for ``script``: (arguments of its prepare_split, its output folder)."""
+    labels = np.array([[1, 2], [3, 0]])
+    if script is ade_script:
+        for name in ("a.png", "b.png"):
+            write_png(root / "in" / name, labels)
+        return [str(root / "in"), str(root / "out")], root / "out"
+    rgb = np.stack([labels, np.zeros_like(labels), np.zeros_like(labels)], -1)  # segment id = R
+    segments = [{"id": i, "category_id": 10 * i, "iscrowd": 0} for i in (1, 2, 3)]
+    annotations = []
+    for name in ("a.png", "b.png"):
+        write_png(root / "panoptic" / name, rgb)
+        annotations.append({"image_id": name, "file_name": name, "segments_info": segments})
+    categories = [{"id": 10 * i, "name": str(i), "isthing": 1} for i in (1, 2, 3)]
+    (root / "panoptic.json").write_text(json.dumps({"categories": categories, "annotations": annotations}))
+    return [str(root / "panoptic.json"), str(root / "panoptic"), str(root / "out")], root / "out"
+
+
+@pytest.mark.parametrize("script", [ade_script, coco_script], ids=["ade20k", "coco"])
+def test_a_rerun_removes_the_temporary_files_of_a_killed_run(tmp_path, script):
+    """SIGKILL between writing a temporary PNG and renaming it: no ``finally`` runs, so the
+    temporary file stays; the next run deletes it, and only it."""
+    args, out = hand_made_inputs(script, tmp_path)
+    killed_run = (
+        "import os, signal, sys\n"
+        f"sys.path.insert(0, {str(SCRIPTS)!r})\n"
+        f"import {script.__name__} as script\n"
+        "os.replace = lambda src, dst: os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"script.prepare_split(*{args!r}, workers=1)\n"
+    )
+    run = subprocess.Popen([sys.executable, "-c", killed_run], stderr=subprocess.PIPE, text=True)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == -signal.SIGKILL, stderr
+    assert os.listdir(out) == [f".a.png.tmp-{run.pid}"]  # what the killed run left
+
+    # around it: a temporary file of a run still writing here, and files that are not ours
+    still_writing = subprocess.Popen(["sleep", "60"])
+    try:
+        kept = [f".b.png.tmp-{still_writing.pid}", ".notes.tmp-1", "c.png.tmp-1", ".a.png.tmp-x"]
+        for name in kept:
+            (out / name).write_bytes(b"")
+        assert script.prepare_split(*args, workers=1) == 2
+    finally:
+        still_writing.kill()
+        still_writing.wait()
+    assert sorted(os.listdir(out)) == sorted(kept + ["a.png", "b.png"])
+    for name in ("a.png", "b.png"):
+        assert Image.open(out / name).size == (2, 2)

@@ -2,11 +2,13 @@
 
 A registered dataset is read when training or evaluation starts. An annotation file that does
 not parse, or that uses a category id missing from the dataset's metadata, makes detectron2's
-loaders raise a bare ``JSONDecodeError`` / ``KeyError`` without saying which dataset or file;
+loaders raise a bare ``JSONDecodeError`` / ``KeyError`` without saying which dataset or file, and
+their check that the first image exists is an ``AssertionError`` whose message is only the path;
 ``load_dataset_dicts`` re-raises them as ``DatasetLoadError`` with both.
 """
 import itertools
 import json
+import os
 from typing import Dict, List, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -37,6 +39,15 @@ def _load_one(name: str) -> List[Dict]:
         records = DatasetCatalog.get(name)
     except json.JSONDecodeError as e:
         raise DatasetLoadError(f"dataset {name!r}: {files} is not valid JSON ({e})") from None
+    except AssertionError as e:
+        # detectron2's panoptic / semantic loaders assert that the first record's files exist,
+        # with the path as the whole message
+        path = str(e)
+        if path and not os.path.exists(path):
+            raise DatasetLoadError(f"dataset {name!r}: {files} names {path}, which does not exist") from None
+        raise DatasetLoadError(
+            f"dataset {name!r}: {files} failed a check of detectron2's loader ({path or 'no message'})"
+        ) from None
     except KeyError as e:
         if name not in DatasetCatalog:
             raise

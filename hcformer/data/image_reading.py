@@ -40,8 +40,10 @@ class MissingSampleFileError(BadSampleError, FileNotFoundError):
 
 def _open(path: str, role: str, max_pixels: int) -> Image.Image:
     """The decoded PIL image of ``path``; header checks (size) before decoding the pixels."""
-    if not os.path.isfile(path):
+    if not os.path.exists(path):  # also a dangling symbolic link
         raise MissingSampleFileError(f"{role} not found: {path}")
+    if os.path.isdir(path):
+        raise BadSampleError(f"{role} {path} is a directory, not an image file")
     try:
         with warnings.catch_warnings():
             # our own limit below is the one that matters, and it gives a better message
@@ -49,7 +51,20 @@ def _open(path: str, role: str, max_pixels: int) -> Image.Image:
             image = Image.open(path)
     except Image.DecompressionBombError as e:
         raise BadSampleError(f"{role} {path} is too large for PIL ({e})") from None
-    except (UnidentifiedImageError, OSError) as e:
+    except PermissionError:
+        raise BadSampleError(
+            f"{role} {path} cannot be opened: permission denied (check the file's permissions "
+            "and owner, and those of its folders)"
+        ) from None
+    except UnidentifiedImageError as e:
+        raise BadSampleError(
+            f"{role} {path} cannot be read as an image: it is corrupt or not an image file ({e})"
+        ) from None
+    except OSError as e:
+        # the operating system refused the file (I/O error, a socket, ...): its bytes were never
+        # seen, so do not call it corrupt
+        if e.errno is not None:
+            raise BadSampleError(f"{role} {path} cannot be opened: {e.strerror}") from None
         raise BadSampleError(
             f"{role} {path} cannot be read as an image: it is corrupt or not an image file ({e})"
         ) from None

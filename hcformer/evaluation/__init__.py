@@ -2,6 +2,7 @@
 clustering hierarchy by undersegmentation error (see ``undersegmentation``, ``HierarchyEvaluator``;
 ``clusterings`` and ``segment_ground_truth`` give the id maps it compares)."""
 from .build_evaluator import EVALUATOR_TYPES, ThingsCOCOEvaluator, build_evaluator
+from .checked_evaluators import CheckedCOCOPanopticEvaluator, CheckedSemSegEvaluator
 from .clusterings import HierarchyRecorder, forward_with_hierarchy, image_clusterings, query_clustering
 from .hierarchy_evaluator import HierarchyEvaluator
 from .segment_ground_truth import ground_truth_kind, load_segment_ground_truth
@@ -17,6 +18,8 @@ __all__ = [
     "EVALUATOR_TYPES",
     "ThingsCOCOEvaluator",
     "build_evaluator",
+    "CheckedCOCOPanopticEvaluator",
+    "CheckedSemSegEvaluator",
     "HierarchyEvaluator",
     "HierarchyRecorder",
     "forward_with_hierarchy",

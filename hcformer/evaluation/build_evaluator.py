@@ -3,14 +3,15 @@
 =========================  ===============================================================
 evaluator_type             evaluators
 =========================  ===============================================================
-sem_seg                    SemSegEvaluator (mIoU)
+sem_seg                    CheckedSemSegEvaluator (mIoU)
 coco                       COCOEvaluator, mask AP only
-coco_panoptic_seg          COCOPanopticEvaluator if TEST.PANOPTIC_ON, SemSegEvaluator if
-                           TEST.SEMANTIC_ON, COCOEvaluator (mask AP) if TEST.INSTANCE_ON
+coco_panoptic_seg          CheckedCOCOPanopticEvaluator if TEST.PANOPTIC_ON,
+                           CheckedSemSegEvaluator if TEST.SEMANTIC_ON,
+                           COCOEvaluator (mask AP) if TEST.INSTANCE_ON
 ade20k_panoptic_seg        as coco_panoptic_seg; mask AP through :class:`ThingsCOCOEvaluator`
 cityscapes_sem_seg         CityscapesSemSegEvaluator
 cityscapes_instance        CityscapesInstanceEvaluator
-cityscapes_panoptic_seg    COCOPanopticEvaluator / CityscapesSemSegEvaluator /
+cityscapes_panoptic_seg    CheckedCOCOPanopticEvaluator / CityscapesSemSegEvaluator /
                            CityscapesInstanceEvaluator per PANOPTIC_ON / SEMANTIC_ON / INSTANCE_ON
 =========================  ===============================================================
 
@@ -18,9 +19,14 @@ cityscapes_panoptic_seg    COCOPanopticEvaluator / CityscapesSemSegEvaluator /
 evaluator only for the outputs the model is configured to produce: an evaluator that reads an
 output the model does not return would fail after the whole inference pass.
 
+The semantic and panoptic evaluators are detectron2's with the ground truth checked like training
+labels (see :mod:`hcformer.evaluation.checked_evaluators`): a ground-truth PNG of the wrong mode
+or size, with class ids the dataset does not have or with segments missing from the JSON stops
+the evaluation with its name instead of being scored.
+
 CPU / pure-Python detectron2 notes: COCOEvaluator is always built with ``use_fast_impl=False``
 (the fast implementation needs detectron2's compiled ``_C``), so pycocotools' official COCOeval
-is used. COCOPanopticEvaluator and SemSegEvaluator of detectron2 v0.6 work as they are with
+is used. COCOPanopticEvaluator and SemSegEvaluator of detectron2 v0.6 (the bases of ours) work as they are with
 panopticapi(-lite) and numpy 1.23 (they use ``np.int`` / ``np.float``, which numpy 1.24 removed).
 """
 
@@ -35,11 +41,11 @@ from detectron2.evaluation import (
     CityscapesInstanceEvaluator,
     CityscapesSemSegEvaluator,
     COCOEvaluator,
-    COCOPanopticEvaluator,
     DatasetEvaluator,
     DatasetEvaluators,
-    SemSegEvaluator,
 )
+
+from .checked_evaluators import CheckedCOCOPanopticEvaluator, CheckedSemSegEvaluator
 
 __all__ = ["EVALUATOR_TYPES", "ThingsCOCOEvaluator", "build_evaluator"]
 
@@ -132,7 +138,9 @@ def build_evaluator(
     evaluators: List[DatasetEvaluator] = []
 
     if evaluator_type == "sem_seg":
-        evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
+        evaluators.append(
+            CheckedSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+        )
     elif evaluator_type == "coco":
         evaluators.append(_mask_ap_evaluator(dataset_name, output_folder))
     elif evaluator_type == "cityscapes_sem_seg":
@@ -142,7 +150,7 @@ def build_evaluator(
     else:
         assert evaluator_type in panoptic_types
         if test.PANOPTIC_ON:
-            evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
+            evaluators.append(CheckedCOCOPanopticEvaluator(dataset_name, output_folder))
         if evaluator_type == "cityscapes_panoptic_seg":
             if test.SEMANTIC_ON:
                 evaluators.append(CityscapesSemSegEvaluator(dataset_name))
@@ -151,7 +159,7 @@ def build_evaluator(
         else:
             if test.SEMANTIC_ON:
                 evaluators.append(
-                    SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+                    CheckedSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
                 )
             if test.INSTANCE_ON:
                 evaluators.append(

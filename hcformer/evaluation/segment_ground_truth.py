@@ -10,15 +10,19 @@ on the annotation the dataset has:
 - instance: the instances of the record's "annotations" (polygons or RLE) plus one background
   segment (0) for the pixels in no instance, since an instance-only dataset still tells objects
   from their surroundings; crowd instances are ignored.
+
+PNGs are read with the checks of the training mappers: a semantic PNG must be single-channel, a
+panoptic PNG RGB with every non-void id listed in ``segments_info`` (when the record has one);
+otherwise a ``BadSampleError`` names the file.
 """
 from typing import Dict, Optional, Tuple
 
 import numpy as np
 import pycocotools.mask as mask_util
 from detectron2.data.detection_utils import polygons_to_bitmask
-from detectron2.utils.file_io import PathManager
-from panopticapi.utils import rgb2id
-from PIL import Image
+
+from ..data.dataset_mappers.mapper_utils import check_panoptic_segments, rgb_to_panoptic_id
+from ..data.image_reading import read_label_file
 
 __all__ = ["GROUND_TRUTH_KINDS", "INSTANCE_IGNORE", "ground_truth_kind", "load_segment_ground_truth"]
 
@@ -68,8 +72,8 @@ def load_segment_ground_truth(
     if kind == "panoptic":
         return _panoptic(record), 0
     if kind == "semantic":
-        with PathManager.open(_require(record, "sem_seg_file_name"), "rb") as f:
-            return np.asarray(Image.open(f), dtype=np.int64), semantic_ignore_label
+        labels = read_label_file(_require(record, "sem_seg_file_name"), "semantic")
+        return labels.astype(np.int64), semantic_ignore_label
     if kind == "instance":
         return _instances(record), INSTANCE_IGNORE
     raise ValueError(f"ground truth kind must be one of {GROUND_TRUTH_KINDS}, got {kind!r}")
@@ -82,8 +86,10 @@ def _require(record: Dict, key: str):
 
 
 def _panoptic(record: Dict) -> np.ndarray:
-    with PathManager.open(_require(record, "pan_seg_file_name"), "rb") as f:
-        ids = rgb2id(np.asarray(Image.open(f).convert("RGB"), dtype=np.int64))
+    label_file = _require(record, "pan_seg_file_name")
+    ids = rgb_to_panoptic_id(read_label_file(label_file, "panoptic"))
+    if "segments_info" in record:  # without it, every id of the PNG counts as a segment
+        check_panoptic_segments(ids, record["segments_info"], label_file)
     crowd = [s["id"] for s in record.get("segments_info", []) if s.get("iscrowd", 0)]
     if crowd:
         ids[np.isin(ids, crowd)] = 0  # crowd regions are unlabelled, like void

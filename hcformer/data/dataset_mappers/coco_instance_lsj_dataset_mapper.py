@@ -88,10 +88,9 @@ class COCOInstanceLSJDatasetMapper:
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)
         image = aug_input.image
-        annotations = dataset_dict.pop("annotations")
-        for obj in annotations:
-            obj.pop("keypoints", None)  # not used, and would need flip indices
-        classes, masks = annotations_to_mask_targets(annotations, transforms, image.shape[:2])
+        classes, masks = annotations_to_mask_targets(
+            dataset_dict.pop("annotations"), transforms, image.shape[:2]
+        )
         dataset_dict["image"] = image_to_tensor(image)
         dataset_dict["instances"] = masks_to_instances(
             image.shape[:2], classes, masks, with_boxes=True

@@ -17,6 +17,7 @@ from .coco_instance_lsj_dataset_mapper import build_lsj_augmentations
 from ..image_reading import check_same_size, read_image_file, read_label_file
 from .mapper_utils import (
     check_category_ids,
+    check_panoptic_segments,
     image_to_tensor,
     require_keys,
     require_training,
@@ -80,6 +81,7 @@ class COCOPanopticLSJDatasetMapper:
         check_category_ids(
             [s["category_id"] for s in segments_info], self.num_classes, f"segments_info of {label_file}"
         )
+        check_panoptic_segments(rgb_to_panoptic_id(panoptic_rgb), segments_info, label_file)
 
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)

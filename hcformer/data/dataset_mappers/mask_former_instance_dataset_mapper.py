@@ -3,13 +3,14 @@
 Augmentation: ResizeShortestEdge(INPUT.MIN_SIZE_TRAIN, ...), then if INPUT.CROP.ENABLED a plain
 RandomCrop(INPUT.CROP.TYPE, INPUT.CROP.SIZE), then the INPUT.RANDOM_FLIP flip; image and masks
 are padded to INPUT.SIZE_DIVISIBILITY (when > 0). Crowd annotations are dropped; polygons and
-RLE masks are both accepted.
+RLE masks are both accepted (polygons are rasterized after the transforms, see ``annotation_mask``).
 """
 
 import copy
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+import pycocotools.mask as mask_util
 import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.data import detection_utils as utils
@@ -26,30 +27,47 @@ from .mapper_utils import (
     require_training,
 )
 
-__all__ = ["MaskFormerInstanceDatasetMapper", "annotations_to_mask_targets"]
+__all__ = ["MaskFormerInstanceDatasetMapper", "annotation_mask", "annotations_to_mask_targets"]
+
+
+def annotation_mask(segmentation, transforms: T.TransformList, image_size) -> np.ndarray:
+    """H x W bool mask of a COCO polygon list or RLE, transformed like the image (``image_size``).
+
+    Polygons are moved point by point and rasterized at the final size, which clips them to the
+    image: detectron2's ``transform_instance_annotations`` clips them to a crop with shapely, an
+    optional package we do not need otherwise. RLE masks are decoded and transformed as labels.
+    """
+    if isinstance(segmentation, list):
+        polygons = [
+            transforms.apply_coords(np.asarray(p, dtype=np.float64).reshape(-1, 2)).reshape(-1)
+            for p in segmentation
+        ]
+        return utils.polygons_to_bitmask(polygons, *image_size)
+    if isinstance(segmentation, dict):
+        if isinstance(segmentation["counts"], list):  # uncompressed RLE
+            segmentation = mask_util.frPyObjects(segmentation, *segmentation["size"])
+        mask = transforms.apply_segmentation(mask_util.decode(segmentation))
+        return mask.astype(bool)
+    raise TypeError(
+        f"segmentation of type {type(segmentation).__name__}: expected polygons (list) or RLE (dict)"
+    )
 
 
 def annotations_to_mask_targets(
     annotations: List[Dict], transforms: T.TransformList, image_size
 ) -> Tuple[List[int], Optional[torch.Tensor]]:
     """Transform non-crowd annotations; return (classes, N x H x W bool masks or None)."""
-    annotations = [
-        utils.transform_instance_annotations(obj, transforms, image_size)
-        for obj in annotations
-        if obj.get("iscrowd", 0) == 0
-    ]
+    annotations = [obj for obj in annotations if obj.get("iscrowd", 0) == 0]
     for obj in annotations:
         if "segmentation" not in obj:
             raise KeyError(
                 f"Instance annotation {obj} has no 'segmentation'; mask targets need masks"
             )
-        if isinstance(obj["segmentation"], np.ndarray):
-            # RLE masks come back from PIL resizing read-only; torch warns on those.
-            obj["segmentation"] = np.array(obj["segmentation"])
-    # "bitmask" decodes polygons and RLE alike (detectron2's "polygon" would reject RLE).
-    instances = utils.annotations_to_instances(annotations, image_size, mask_format="bitmask")
-    masks = instances.gt_masks.tensor if len(annotations) else None
-    return instances.gt_classes.tolist(), masks
+    if not annotations:
+        return [], None
+    masks = [annotation_mask(obj["segmentation"], transforms, image_size) for obj in annotations]
+    classes = [int(obj["category_id"]) for obj in annotations]
+    return classes, torch.from_numpy(np.stack(masks))
 
 
 class MaskFormerInstanceDatasetMapper:

@@ -19,6 +19,7 @@ from detectron2.data import transforms as T
 from ..image_reading import check_same_size, read_image_file, read_label_file
 from .mapper_utils import (
     check_category_ids,
+    check_panoptic_segments,
     image_to_tensor,
     masks_to_instances,
     pad_to_multiple,
@@ -64,9 +65,9 @@ class MaskFormerPanopticDatasetMapper(MaskFormerSemanticDatasetMapper):
             [s["category_id"] for s in segments_info], self.num_classes, f"segments_info of {label_file}"
         )
         dataset_dict.pop("sem_seg_file_name", None)
-        sem_seg = semantic_from_panoptic(
-            rgb_to_panoptic_id(panoptic_rgb), segments_info, self.ignore_label
-        )
+        original_ids = rgb_to_panoptic_id(panoptic_rgb)
+        check_panoptic_segments(original_ids, segments_info, label_file)
+        sem_seg = semantic_from_panoptic(original_ids, segments_info, self.ignore_label)
 
         aug_input = T.AugInput(image, sem_seg=sem_seg)  # sem_seg drives the crop constraint
         transforms = self.augmentations(aug_input)
