@@ -22,12 +22,13 @@ import functools
 import json
 import multiprocessing
 import os
-import re
 from typing import Dict, List, Sequence
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+
+from hcformer.utils.atomic_png import remove_stale_temporary_files, save_png_atomically
 
 IGNORE_LABEL = 255
 
@@ -50,54 +51,6 @@ def panoptic_to_semantic(
     for segment in segments_info:
         semantic[segment_ids == segment["id"]] = id_map[segment["category_id"]]
     return semantic
-
-
-# ".<name>.tmp-<process id>", hidden next to the final PNG (same file system: atomic rename)
-_TEMPORARY_NAME = re.compile(r"^\..+\.png\.tmp-(?P<pid>\d+)$")
-
-
-def _temporary_path(path: str) -> str:
-    directory, name = os.path.split(path)
-    return os.path.join(directory, f".{name}.tmp-{os.getpid()}")
-
-
-def save_png_atomically(array: np.ndarray, path: str) -> None:
-    tmp_path = _temporary_path(path)
-    try:
-        Image.fromarray(array).save(tmp_path, format="PNG")
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-
-
-def _is_running(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # called before this process writes anything
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, run by another user
-        return True
-    return True
-
-
-def remove_stale_temporary_files(directory: str) -> int:
-    """Delete the temporary PNGs of ``save_png_atomically`` in ``directory`` whose process is
-    gone (a killed run; ``finally`` cleans up after any other interruption). Files of a run still
-    writing here and any other file are kept. Returns how many were deleted."""
-    removed = 0
-    for name in os.listdir(directory):
-        match = _TEMPORARY_NAME.match(name)
-        if match is None or _is_running(int(match["pid"])):
-            continue
-        try:
-            os.remove(os.path.join(directory, name))
-        except FileNotFoundError:  # another rerun got there first
-            continue
-        removed += 1
-    return removed
 
 
 def _convert_one(
