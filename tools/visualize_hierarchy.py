@@ -10,6 +10,10 @@ for how to read them):
 - ``<image id>_clusters.png``: per level, one random colour per cluster, then the prediction
   (Fig. IV).
 
+A config under ``projects/<Project>/`` is read with that project's keys and models: the tool
+imports the project's package first (``--project`` names the project of a config that lies
+elsewhere, e.g. the ``config.yaml`` a training run wrote to its output directory).
+
 Images come from a registered dataset (ground truth from its records: ``pan_seg_file_name`` +
 ``segments_info``, ``sem_seg_file_name``, or instance ``annotations``) or from files (no ground
 truth: boundaries and cluster maps only). ``--json`` writes every image's UE / ASA per level and
@@ -21,16 +25,23 @@ for the query clustering (appendix E), with their means.
         --dataset shapes_val_panoptic_with_sem_seg --num-images 8 \\
         --output out/hierarchy --json out/hierarchy/summary.json \\
         MODEL.WEIGHTS output/shapes_panoptic/model_final.pth
+    # a project's model (here HCFormer on HC-PaCa-Tiny): its package is imported for the config
+    python tools/visualize_hierarchy.py \\
+        --config-file projects/PaCa/configs/shapes/hcformer_hc_paca_tiny_shapes.yaml \\
+        --dataset shapes_sem_seg_val --output out/paca MODEL.WEIGHTS output/paca/model_final.pth
     # your own photos, levels 0 and 2 only
     python tools/visualize_hierarchy.py --config-file <config> --input photos/*.jpg \\
         --levels 0 2 --output out/photos MODEL.WEIGHTS <weights>
 """
 import argparse
+import importlib
 import json
 import logging
 import os
 import re
 import sys
+from pathlib import Path
+from types import ModuleType
 from typing import Dict, List, Optional, Tuple
 
 import cv2
@@ -52,6 +63,7 @@ from hcformer.evaluation import (
     undersegmentation_counts,
 )
 from hcformer.evaluation.clusterings import level_stride
+from hcformer.modeling import HCFormer
 from hcformer.utils.hierarchy_visualization import LevelMap, draw_hierarchy, visualization_metadata
 from hcformer.utils.image_files import expand_image_paths
 
@@ -61,6 +73,9 @@ logger = logging.getLogger("hcformer.visualize_hierarchy")
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument(
+        "--project", metavar="DIR", help="a project to import, e.g. projects/PaCa (default: the config file's)"
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", metavar="NAME", help="a registered dataset (ground truth from its records)")
     source.add_argument("--input", nargs="+", metavar="PATH", help="image files, directories or globs (no ground truth)")
@@ -82,6 +97,42 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if args.num_images < 1:
         parser.error(f"--num-images must be at least 1, got {args.num_images}")
     return args
+
+
+PROJECTS = Path(__file__).resolve().parents[1] / "projects"
+# directories of a project that are not its package
+_NOT_PACKAGES = {"configs", "tests", "tools"}
+
+
+def project_dir(config_file: str) -> Optional[Path]:
+    """``projects/<Project>`` of this repository when ``config_file`` lies in one (at any
+    depth), else None. Only this repository's: any other folder may be called "projects"."""
+    path = Path(config_file).resolve()
+    if PROJECTS not in path.parents:
+        return None
+    project = PROJECTS / path.relative_to(PROJECTS).parts[0]
+    return project if project.is_dir() else None  # not a file lying in projects/ itself
+
+
+def project_package(directory: str) -> str:
+    """The name of a project's one package, e.g. "paca" for ``projects/PaCa``."""
+    directory = Path(directory)
+    packages = sorted(
+        p.name for p in directory.iterdir() if (p / "__init__.py").is_file() and p.name not in _NOT_PACKAGES
+    )
+    if len(packages) != 1:
+        raise ValueError(f"Expected one package in the project {directory}, found {packages or 'none'}")
+    return packages[0]
+
+
+def import_project(directory: str) -> ModuleType:
+    """Import a detectron2-style project: its directory goes on sys.path (as its own scripts
+    do) and its package is imported, which registers its models and its config keys
+    (``hcformer.config.register_config_extension``)."""
+    directory = str(Path(directory).resolve())
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    return importlib.import_module(project_package(directory))
 
 
 def iterate_records(args: argparse.Namespace) -> Tuple[List[Dict], Optional[str]]:
@@ -190,8 +241,16 @@ def visualize_image(
 
 def visualize(args: argparse.Namespace) -> Dict:
     """Write the panels of every image and, with --json, the summary; return the summary."""
+    project = args.project or project_dir(args.config_file)
+    if project is not None:
+        logger.info("Importing the project %s", import_project(project).__name__)
     cfg = inference_cfg(args.config_file, args.opts)
     model = build_inference_model(cfg)
+    if not isinstance(model, HCFormer):
+        raise ValueError(
+            f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE!r} has no cluster hierarchy to draw; this tool "
+            "needs an HCFormer (a project may have its own, e.g. projects/PaCa/tools/visualize_paca_clusters.py)"
+        )
     names = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
     metadata = visualization_metadata(names[0] if names else None, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
     records, dataset = iterate_records(args)

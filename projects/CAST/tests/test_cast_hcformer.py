@@ -78,16 +78,16 @@ def test_clusterings_and_undersegmentation_on_a_cast_hierarchy():
         assert errors == sorted(errors)  # coarser nested levels leak at least as much
 
 
-@pytest.mark.slow
-def _load_tool(name: str):
+def _load_tool(name: str, tools_dir: Path = PROJECT_DIR / "tools"):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(name, PROJECT_DIR / "tools" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, tools_dir / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
+@pytest.mark.slow
 def test_trainer_runs_on_shapes_and_the_visualiser_and_level_scores_work(tmp_path: Path):
     pytest.importorskip("hcformer.data.build")
     from hcformer.data import ShapesSpec, register_shapes_datasets
@@ -108,7 +108,8 @@ def test_trainer_runs_on_shapes_and_the_visualiser_and_level_scores_work(tmp_pat
     assert (tmp_path / "model_final.pth").is_file()
     assert {"panoptic_seg", "sem_seg"} <= set(trainer._last_eval_results)
 
-    summary = _load_tool("visualize_cast_hierarchy").main([
+    # the repository's visualiser imports this project itself: the config lies under projects/CAST
+    summary = _load_tool("visualize_hierarchy", PROJECT_DIR.parents[1] / "tools").main([
         "--config-file", str(CONFIG), "--dataset", "cast_shapes_val_panoptic_with_sem_seg", "--num-images", "1",
         "--output", str(tmp_path / "vis"), "--json", str(tmp_path / "vis.json"),
         "MODEL.WEIGHTS", str(tmp_path / "model_final.pth"), "MODEL.DEVICE", "cpu",

@@ -1,13 +1,14 @@
-"""PaCa's cluster assignments as pictures (paper §3.3): M heatmaps per stage.
+"""PaCa's cluster assignments as pictures (paper §3.3): M heatmaps per stage (or per block).
 
 The heatmap of cluster m is sigmoid(logit) of its assignment logits *before* the softmax
 over positions, reshaped to the stage's grid; the mask of eq. (7) keeps the positions above
-the heatmap's mean. ``render_cluster_grid`` tiles one stage per block of rows, each tile the
-image with a heatmap (or the eq. (8) masked image) of one cluster, and writes a PNG.
+the heatmap's mean. ``render_cluster_grid`` tiles one stage (or one block, with block-wise
+clustering) per band of rows, each tile the image with a heatmap (or the eq. (8) masked
+image) of one cluster, and writes a PNG.
 """
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -16,37 +17,37 @@ from matplotlib import colormaps
 from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
-from .modeling.clustering import ConvClustering, MlpClustering
 from .modeling.paca_vit import PaCaViT
 
 
 @contextmanager
-def recording_cluster_logits(vit: PaCaViT) -> Iterator[List[Optional[Tensor]]]:
-    """While active, the list yielded holds, after each forward of ``vit``, every stage's
-    cluster logits (B, M, H_i, W_i) — those of the stage's first clustering block, or the
-    teacher's — and None for plain-MHSA stages."""
-    recorded: List[Optional[Tensor]] = [None] * len(vit.stages)
+def recording_cluster_logits(vit: PaCaViT) -> Iterator[Dict[Tuple[int, int], Tensor]]:
+    """While active, the dict yielded holds the cluster logits (B, M, H_i, W_i) of the last
+    forward of ``vit``, under (stage, block) (0-based) for every block that computed an
+    assignment — the first block of a stage-wise stage, every block of a block-wise one — or
+    under (stage, -1) for the teacher's. Plain-MHSA stages have no entry."""
+    recorded: Dict[Tuple[int, int], Tensor] = {}
     handles = []
 
-    def keep(stage: int):
+    def keep(stage: int, block: int):
         def hook(module: nn.Module, inputs, output: Tensor) -> None:
-            if recorded[stage] is None:  # the first block of a block-wise stage
-                B, _, N = output.shape
-                H, W = inputs[1]
-                recorded[stage] = output.detach().reshape(B, -1, H, W)
+            B, _, N = output.shape
+            H, W = inputs[1]
+            recorded[stage, block] = output.detach().reshape(B, -1, H, W)
 
         return hook
 
     def keep_teacher(module: nn.Module, inputs, output) -> None:
         for i, logits in enumerate(output[1]):
-            recorded[i] = None if logits is None else logits.detach()
+            if logits is not None:
+                recorded[i, -1] = logits.detach()
 
     if vit.teacher is not None:
         handles.append(vit.teacher.register_forward_hook(keep_teacher))
     for i, stage in enumerate(vit.stages):
-        for module in stage.modules():
-            if isinstance(module, (ConvClustering, MlpClustering)):
-                handles.append(module.register_forward_hook(keep(i)))
+        for j, block in enumerate(stage.blocks):
+            if block.clustering is not None:
+                handles.append(block.clustering.register_forward_hook(keep(i, j)))
     try:
         yield recorded
     finally:
@@ -57,10 +58,26 @@ def recording_cluster_logits(vit: PaCaViT) -> Iterator[List[Optional[Tensor]]]:
 @torch.no_grad()
 def cluster_logits(vit: PaCaViT, images: Tensor) -> List[Optional[Tensor]]:
     """Per stage, the cluster logits (B, M, H_i, W_i) of ``images`` (B, 3, H, W), normalised as
-    the model expects; None for plain-MHSA stages."""
+    the model expects — those of the stage's first clustering block, or the teacher's; None
+    for plain-MHSA stages."""
     with recording_cluster_logits(vit) as recorded:
         vit.forward_stages(images)
-    return list(recorded)
+    first: Dict[int, Tensor] = {}
+    for (stage, _), logits in sorted(recorded.items()):
+        first.setdefault(stage, logits)
+    return [first.get(i) for i in range(len(vit.stages))]
+
+
+@torch.no_grad()
+def block_cluster_logits(vit: PaCaViT, images: Tensor) -> Dict[str, Tensor]:
+    """Every assignment's logits (B, M, H_i, W_i), labelled "stage i, block j" (1-based) in
+    forward order, or "stage i, teacher": with block-wise clustering, one entry per block."""
+    with recording_cluster_logits(vit) as recorded:
+        vit.forward_stages(images)
+    return {
+        f"stage {i + 1}, " + ("teacher" if j < 0 else f"block {j + 1}"): logits
+        for (i, j), logits in sorted(recorded.items())
+    }
 
 
 def heatmaps(logits: Tensor) -> Tensor:
@@ -89,7 +106,7 @@ def _tile(image: np.ndarray, score: Tensor, mode: str, size: Tuple[int, int], al
 
 def render_cluster_grid(
     image: np.ndarray,
-    stage_logits: Sequence[Optional[Tensor]],
+    stage_logits: Union[Sequence[Optional[Tensor]], Mapping[str, Tensor]],
     path: str,
     columns: int = 10,
     tile_size: int = 64,
@@ -102,10 +119,13 @@ def render_cluster_grid(
     Args:
         image: (H, W, 3) uint8 RGB, the picture the logits were computed from (the tiles
             show the part of it the grid covers).
-        stage_logits: per stage (M, h, w) logits, or None (plain-MHSA stages are skipped).
+        stage_logits: per stage (M, h, w) logits, or None (plain-MHSA stages are skipped);
+            or a mapping label → (M, h, w) logits, e.g. one entry per block (see
+            ``block_cluster_logits``).
         path: the PNG to write (parent folders are created).
-        columns: tiles per row; a stage starts a new row, labelled "stage i".
-        max_clusters: per stage, draw only the clusters with the largest mass (sum of
+        columns: tiles per row; a stage (or mapping entry) starts a new row, labelled
+            "stage i" (or with its key) and its number of clusters.
+        max_clusters: per stage (or entry), draw only the clusters with the largest mass (sum of
             sigmoid scores), e.g. to keep 100-cluster stages small.
         mode: "heatmap" (colour overlay) or "mask" (the eq. (8) masked image).
     Returns:
@@ -113,29 +133,31 @@ def render_cluster_grid(
     """
     if mode not in ("heatmap", "mask"):
         raise ValueError(f'mode must be "heatmap" or "mask", got {mode!r}')
-    stages = [(i, heatmaps(l)) for i, l in enumerate(stage_logits) if l is not None]
-    if not stages:
+    if not isinstance(stage_logits, Mapping):
+        stage_logits = {f"stage {i + 1}": lg for i, lg in enumerate(stage_logits)}
+    groups = [(label, heatmaps(lg)) for label, lg in stage_logits.items() if lg is not None]
+    if not groups:
         raise ValueError("no stage has clusters (all M = 0)")
     th = tw = tile_size
     label_h = 14
     picture = np.asarray(Image.fromarray(image).resize((tw, th), Image.BILINEAR), dtype=np.float32)
 
-    blocks = []
-    for stage, scores in stages:
+    bands = []
+    for label, scores in groups:
         if max_clusters is not None and scores.shape[0] > max_clusters:
             order = scores.flatten(1).sum(dim=1).argsort(descending=True)[:max_clusters]
             scores = scores[order.sort().values]
         rows = -(-scores.shape[0] // columns)
-        block = np.full((label_h + rows * th, columns * tw, 3), 255, dtype=np.uint8)
+        band = np.full((label_h + rows * th, columns * tw, 3), 255, dtype=np.uint8)
         for m, score in enumerate(scores):
             r, c = divmod(m, columns)
-            block[label_h + r * th : label_h + (r + 1) * th, c * tw : (c + 1) * tw] = _tile(
+            band[label_h + r * th : label_h + (r + 1) * th, c * tw : (c + 1) * tw] = _tile(
                 picture, score, mode, (th, tw), alpha
             )
-        labelled = Image.fromarray(block)
-        ImageDraw.Draw(labelled).text((2, 1), f"stage {stage + 1}: {scores.shape[0]} clusters", fill=(0, 0, 0))
-        blocks.append(np.asarray(labelled))
+        labelled = Image.fromarray(band)
+        ImageDraw.Draw(labelled).text((2, 1), f"{label}: {scores.shape[0]} clusters", fill=(0, 0, 0))
+        bands.append(np.asarray(labelled))
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.concatenate(blocks, axis=0)).save(out)
+    Image.fromarray(np.concatenate(bands, axis=0)).save(out)
     return out

@@ -1,5 +1,10 @@
-"""PaCa-ViT: sizes of the released variants, the attention against a dense reference, plain
-MHSA for M = 0, stage-wise vs block-wise clustering, clustering via MLP, the teacher."""
+"""PaCa-ViT: sizes (parameters, FLOPs) of the released variants, the attention against a dense
+reference, plain MHSA for M = 0, stage-wise vs block-wise clustering, clustering via MLP, the
+teacher."""
+import importlib.util
+import re
+from pathlib import Path
+
 import pytest
 import torch
 from fvcore.nn import parameter_count
@@ -16,6 +21,8 @@ from paca.modeling import (
     soft_assignment,
 )
 from paca.modeling.teacher import ClusteringTeacher
+
+PROJECT = Path(__file__).resolve().parents[1]
 
 # The released models' parameter counts (reference facts): (variant, overrides, params in M)
 RELEASED = {
@@ -34,6 +41,28 @@ def test_classifier_parameters_match_the_released_models(name):
     variant, overrides, released = RELEASED[name]
     params = parameter_count(paca_classifier(variant, **overrides))[""] / 1e6
     assert abs(params / released - 1) < 0.01, f"{name}: {params:.3f}M vs {released}M"
+
+
+def _analyze_paca():
+    spec = importlib.util.spec_from_file_location("analyze_paca", PROJECT / "tools" / "analyze_paca.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+ANALYZE_PACA = _analyze_paca()
+
+
+@pytest.mark.parametrize(
+    "name", list(ANALYZE_PACA.CLASSIFIERS), ids=lambda name: re.sub(r"\W+", "-", name).strip("-").lower()
+)
+def test_classifier_flops_match_the_released_models(name):
+    """What ``analyze_paca.py --classifiers`` prints, at 224×224: the onsite variants within 1 %
+    of the released FLOPs; the teacher's layers are this project's design (2.4 % under)."""
+    variant, overrides, _, released = ANALYZE_PACA.CLASSIFIERS[name]
+    _, flops = ANALYZE_PACA.classifier_counts(variant, overrides)
+    tolerance = 0.03 if "teacher" in name else 0.01
+    assert abs(flops / released - 1) < tolerance, f"{name}: {flops:.3f}G vs {released}G"
 
 
 @pytest.mark.parametrize("name", list(RELEASED))

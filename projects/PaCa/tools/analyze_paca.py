@@ -40,14 +40,20 @@ CLASSIFIERS: Dict[str, Tuple[str, dict, float, float]] = {
 }
 
 
+def classifier_counts(variant: str, overrides: dict) -> Tuple[float, float]:
+    """(parameters in M, FLOPs in G on one 224×224 image) of a PaCa classifier."""
+    model = paca_classifier(variant, **overrides).eval()
+    params = parameter_count(model)[""] / 1e6
+    with torch.no_grad():
+        flops = flop_count_analysis(model, (torch.randn(1, 3, 224, 224),)).total() / 1e9
+    return params, flops
+
+
 def classifier_table() -> None:
     print("| model | params (M) | released | FLOPs @224 (G) | released |")
     print("|---|---|---|---|---|")
     for name, (variant, overrides, ref_params, ref_flops) in CLASSIFIERS.items():
-        model = paca_classifier(variant, **overrides).eval()
-        params = parameter_count(model)[""] / 1e6
-        with torch.no_grad():
-            flops = flop_count_analysis(model, (torch.randn(1, 3, 224, 224),)).total() / 1e9
+        params, flops = classifier_counts(variant, overrides)
         print(
             f"| {name} | {params:.2f} | {ref_params:.2f} ({100 * (params / ref_params - 1):+.2f} %) "
             f"| {flops:.2f} | {ref_flops:.2f} ({100 * (flops / ref_flops - 1):+.2f} %) |",
