@@ -4,6 +4,9 @@
 # Idempotent: each step checks whether its work is already done, so a second run only
 # prints "ok" lines. A torch / detectron2 already importable from that Python is kept
 # (GPU users: create the venv with your own CUDA torch and official detectron2 first).
+#
+#   bash scripts/install.sh           install, or print "up to date" and change nothing
+#   bash scripts/install.sh --check   change nothing; exit 0 if up to date, 1 if not
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,11 +18,16 @@ STAMP="$VENV/.hcformer-installed"
 
 step() { printf '[install %s] %s\n' "$1" "$2"; }
 
-# A stamp keyed on the dependency list makes the no-op case instant.
-deps_hash="$(cat "$ROOT/pyproject.toml" "$ROOT"/scripts/install* "$ROOT"/scripts/constraints* | sha256sum | cut -c1-16)"
+# A stamp keyed on the dependency list makes the no-op case instant. The globs are sorted
+# bytewise (LC_COLLATE=C), so the hash does not depend on the user's locale.
+deps_hash="$(LC_COLLATE=C; cat "$ROOT/pyproject.toml" "$ROOT"/scripts/install* "$ROOT"/scripts/constraints* | sha256sum | cut -c1-16)"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$deps_hash" ]]; then
   step 0/5 "environment $VENV is up to date"
   exit 0
+fi
+if [[ "${1:-}" == "--check" ]]; then
+  step 0/5 "environment $VENV needs an install (not installed, or the dependency files changed)"
+  exit 1
 fi
 
 start=$(date +%s)

@@ -12,6 +12,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 SDIST = "pb1-detectron2==0.6"
 
@@ -63,6 +64,32 @@ def patch_setup_py(setup_py: Path) -> None:
     setup_py.write_text(patched)
 
 
+def extract_sdist(archive: Path, destination: Path, data_filter: Optional[bool] = None) -> None:
+    """Extract a source archive into ``destination``, refusing members that could write elsewhere.
+
+    Python 3.12 and the security releases 3.8.17 / 3.9.17 / 3.10.12 / 3.11.4 have tarfile's
+    "data" filter. Older patch releases (still within requires-python) do not: there, only
+    plain files and directories that stay inside ``destination`` are accepted, which is all an
+    sdist needs (the detectron2 v0.6 one has nothing else). ``data_filter`` None: use the
+    filter where this Python has it (tests pass False to exercise the fallback).
+    """
+    if data_filter is None:
+        data_filter = hasattr(tarfile, "data_filter")
+    with tarfile.open(archive) as tar:
+        if data_filter:
+            tar.extractall(destination, filter="data")
+            return
+        root = destination.resolve()
+        members = tar.getmembers()
+        for member in members:
+            target = (root / member.name).resolve()
+            if not (member.isfile() or member.isdir()):
+                raise RuntimeError(f"{archive}: {member.name!r} is not a plain file or directory")
+            if target != root and root not in target.parents:
+                raise RuntimeError(f"{archive}: {member.name!r} would be written outside {root}")
+        tar.extractall(destination, members)
+
+
 def refresh_placeholder() -> None:
     """Rewrite the installed placeholder (an earlier install may have an older one)."""
     import importlib.util
@@ -83,8 +110,7 @@ def main() -> None:
         tmp = Path(tmp)
         pip("download", "--no-deps", "--no-build-isolation", "-d", str(tmp), SDIST)
         (archive,) = tmp.glob("*.tar.gz")
-        with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
+        extract_sdist(archive, tmp)
         (src,) = [p for p in tmp.iterdir() if p.is_dir()]
         patch_setup_py(src / "setup.py")
         (src / "detectron2" / "_C.py").write_text(PLACEHOLDER)

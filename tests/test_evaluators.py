@@ -1,7 +1,9 @@
-"""build_evaluator on a tiny generated shapes set: ground truth fed back as the prediction scores
-100, and hand-computable mistakes score what we compute here from the annotation files."""
+"""build_evaluator on a tiny generated shapes set and a fake two-image Cityscapes layout: ground
+truth fed back as the prediction scores 100, and hand-computable mistakes score what we compute
+here from the annotation files."""
 
 import copy
+import json
 import os
 from collections import Counter
 
@@ -9,8 +11,10 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
+from cityscapesscripts.helpers.labels import id2label, name2label
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets.cityscapes import load_cityscapes_semantic
 from detectron2.evaluation import (
     CityscapesInstanceEvaluator,
     CityscapesSemSegEvaluator,
@@ -109,6 +113,13 @@ def ground_truth_outputs(records):
     ]
 
 
+def assert_kinds(evaluators, expected):
+    """One evaluator per expected detectron2 class, in order (hcformer may subclass them)."""
+    assert len(evaluators) == len(expected), evaluators
+    for evaluator, kind in zip(evaluators, expected):
+        assert isinstance(evaluator, kind), (evaluator, kind)
+
+
 def evaluate(evaluator, records, outputs):
     evaluator.reset()
     for record, output in zip(records, outputs):
@@ -119,8 +130,7 @@ def evaluate(evaluator, records, outputs):
 def test_ground_truth_scores_100_everywhere(records, tmp_path):
     evaluator = build_evaluator(make_cfg(tmp_path), PANOPTIC)
     assert isinstance(evaluator, DatasetEvaluators)
-    kinds = {type(e) for e in evaluator._evaluators}
-    assert kinds == {COCOPanopticEvaluator, SemSegEvaluator, COCOEvaluator}
+    assert_kinds(evaluator._evaluators, [COCOPanopticEvaluator, SemSegEvaluator, COCOEvaluator])
 
     results = evaluate(evaluator, records, ground_truth_outputs(records))
     for key in ("PQ", "SQ", "RQ", "PQ_th", "PQ_st"):
@@ -249,7 +259,7 @@ def test_evaluator_choice_per_type(evaluator_type, expected, tmp_path):
     try:
         evaluator = build_evaluator(make_cfg(tmp_path), name)
         found = evaluator._evaluators if isinstance(evaluator, DatasetEvaluators) else [evaluator]
-        assert [type(e) for e in found] == expected
+        assert_kinds(found, expected)
     finally:
         unregister_dataset(name)
 
@@ -294,3 +304,143 @@ def test_mask_ap_evaluator_generates_a_not_yet_generated_dataset(tmp_path):
     finally:
         for name in names:
             unregister_dataset(name)
+
+
+# ---- Cityscapes: detectron2's evaluators around cityscapesscripts, on a fake 2-image layout ----
+
+CITY = "frankfurt"
+CS_SIZE = (64, 128)  # height, width: Cityscapes' 1:2 aspect, small
+CS_SEM_SEG = f"{PREFIX}_cityscapes_sem_seg"
+CS_INSTANCE = f"{PREFIX}_cityscapes_instance"
+
+
+def cityscapes_label_ids(index):
+    """(labelIds, instanceIds) of fake image ``index``: sky over road, two cars, a person and an
+    unlabeled (void) corner. Things are >= 100 px, the smallest instance cityscapesscripts keeps."""
+    height, width = CS_SIZE
+    ids = np.full(CS_SIZE, name2label["road"].id, np.int32)
+    ids[: height // 2] = name2label["sky"].id
+    ids[:8, :16] = name2label["unlabeled"].id
+    instances = ids.copy()
+    shift = 4 * index  # the two images differ
+    things = [
+        ("car", np.s_[36:52, 8 + shift : 40 + shift]),
+        ("car", np.s_[40:56, 60:84]),
+        ("person", np.s_[20:48, 100 - shift : 112 - shift]),
+    ]
+    for k, (name, box) in enumerate(things):
+        ids[box] = name2label[name].id
+        instances[box] = name2label[name].id * 1000 + k
+    return ids, instances
+
+
+@pytest.fixture(scope="module")
+def cityscapes(tmp_path_factory):
+    """Records of a fake cityscapes/{leftImg8bit,gtFine}/val, registered for both evaluators
+    with the metadata of detectron2's builtin Cityscapes datasets."""
+    root = tmp_path_factory.mktemp("cityscapes")
+    image_dir, gt_dir = root / "leftImg8bit" / "val", root / "gtFine" / "val"
+    (image_dir / CITY).mkdir(parents=True)
+    (gt_dir / CITY).mkdir(parents=True)
+    to_train_id = np.vectorize(lambda i: id2label[i].trainId % 256)  # -1 (license plate) unused
+    for index in range(2):
+        stem = f"{CITY}_{index:06d}_000019"
+        ids, instances = cityscapes_label_ids(index)
+        gt = gt_dir / CITY / stem
+        Image.fromarray(ids.astype(np.uint8)).save(f"{gt}_gtFine_labelIds.png")
+        Image.fromarray(to_train_id(ids).astype(np.uint8)).save(f"{gt}_gtFine_labelTrainIds.png")
+        Image.fromarray(instances).save(f"{gt}_gtFine_instanceIds.png")  # 16-bit PNG
+        with open(f"{gt}_gtFine_polygons.json", "w") as f:
+            json.dump({"imgHeight": CS_SIZE[0], "imgWidth": CS_SIZE[1], "objects": []}, f)
+        image = np.random.default_rng(index).integers(0, 255, (*CS_SIZE, 3), dtype=np.uint8)
+        Image.fromarray(image).save(image_dir / CITY / f"{stem}_leftImg8bit.png")
+
+    builtin = MetadataCatalog.get("cityscapes_fine_instance_seg_val")
+    kinds = ((CS_SEM_SEG, "cityscapes_sem_seg"), (CS_INSTANCE, "cityscapes_instance"))
+    for name, evaluator_type in kinds:
+        unregister_dataset(name)
+        DatasetCatalog.register(name, lambda: load_cityscapes_semantic(str(image_dir), str(gt_dir)))
+        MetadataCatalog.get(name).set(
+            image_dir=str(image_dir),
+            gt_dir=str(gt_dir),
+            evaluator_type=evaluator_type,
+            thing_classes=builtin.thing_classes,
+            stuff_classes=builtin.stuff_classes,
+        )
+    yield DatasetCatalog.get(CS_SEM_SEG)
+    for name in (CS_SEM_SEG, CS_INSTANCE):
+        unregister_dataset(name)
+
+
+def cityscapes_train_ids(record):
+    return np.asarray(Image.open(record["sem_seg_file_name"]))
+
+
+def cityscapes_instances(record, drop_class=None):
+    """The ground-truth instances of ``record`` as a prediction (score 1), read back from its
+    instanceIds PNG; ``drop_class`` (a thing class name) is left out."""
+    thing_classes = MetadataCatalog.get(CS_INSTANCE).thing_classes
+    gt_file = record["sem_seg_file_name"].replace("labelTrainIds", "instanceIds")
+    instance_ids = np.asarray(Image.open(gt_file))
+    masks, classes = [], []
+    for value in np.unique(instance_ids[instance_ids >= 1000]):
+        name = id2label[value // 1000].name
+        if name != drop_class:
+            masks.append(torch.as_tensor(instance_ids == value))
+            classes.append(thing_classes.index(name))
+    instances = Instances(CS_SIZE)
+    instances.pred_masks = torch.stack(masks)
+    instances.scores = torch.ones(len(masks))
+    instances.pred_classes = torch.tensor(classes, dtype=torch.int64)
+    return instances
+
+
+def cityscapes_evaluate(name, records, outputs, tmp_path, monkeypatch):
+    # cityscapesscripts' instance evaluation writes matches.json into the working directory
+    monkeypatch.chdir(tmp_path)
+    evaluator = build_evaluator(make_cfg(tmp_path), name)
+    evaluator.reset()
+    for record, output in zip(records, outputs):
+        evaluator.process([{"file_name": record["file_name"]}], [output])
+    return evaluator.evaluate()
+
+
+def test_cityscapes_ground_truth_scores_100(cityscapes, tmp_path, monkeypatch):
+    outputs = [{"sem_seg": semantic_prediction(cityscapes_train_ids(r), 19)} for r in cityscapes]
+    results = cityscapes_evaluate(CS_SEM_SEG, cityscapes, outputs, tmp_path, monkeypatch)
+    assert results["sem_seg"]["IoU"] == pytest.approx(100.0)
+    assert results["sem_seg"]["iIoU"] == pytest.approx(100.0)
+
+    outputs = [{"instances": cityscapes_instances(r)} for r in cityscapes]
+    results = cityscapes_evaluate(CS_INSTANCE, cityscapes, outputs, tmp_path, monkeypatch)
+    assert results["segm"]["AP"] == pytest.approx(100.0)
+    assert results["segm"]["AP50"] == pytest.approx(100.0)
+
+
+def test_cityscapes_cars_predicted_as_road_cost_the_expected_iou(cityscapes, tmp_path, monkeypatch):
+    road, sky, person, car = 0, 10, 11, 13  # train ids
+    labels = [cityscapes_train_ids(r) for r in cityscapes]
+    pixels = Counter()
+    for label_map in labels:
+        pixels.update(dict(zip(*np.unique(label_map, return_counts=True))))
+    assert set(pixels) == {road, sky, person, car, 255}
+
+    # The void corner (255) is predicted as road too (semantic_prediction): Cityscapes never
+    # counts predictions on void pixels, so it must not lower IoU(road).
+    outputs = [{"sem_seg": semantic_prediction(np.where(m == car, road, m), 19)} for m in labels]
+    results = cityscapes_evaluate(CS_SEM_SEG, cityscapes, outputs, tmp_path, monkeypatch)
+
+    # Classes absent from both ground truth and prediction do not count (NaN in cityscapesscripts).
+    iou_road = pixels[road] / (pixels[road] + pixels[car])
+    expected = 100 * (iou_road + 0 + 1 + 1) / 4  # road, car, sky, person
+    assert results["sem_seg"]["IoU"] == pytest.approx(expected)
+    assert results["sem_seg"]["IoU"] < 100
+
+
+def test_cityscapes_missing_all_persons_halves_ap(cityscapes, tmp_path, monkeypatch):
+    # Only car and person have ground truth (the other six thing classes are NaN and skipped):
+    # AP = mean(AP_car = 1, AP_person = 0), at every IoU threshold.
+    outputs = [{"instances": cityscapes_instances(r, drop_class="person")} for r in cityscapes]
+    results = cityscapes_evaluate(CS_INSTANCE, cityscapes, outputs, tmp_path, monkeypatch)
+    assert results["segm"]["AP"] == pytest.approx(50.0)
+    assert results["segm"]["AP50"] == pytest.approx(50.0)

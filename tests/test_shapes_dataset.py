@@ -1,6 +1,7 @@
 """The synthetic shapes dataset: deterministic, in formats real tools read, generated atomically
 and registered through detectron2's own loaders; real datasets fail clearly when missing."""
 
+import itertools
 import json
 import multiprocessing
 import os
@@ -125,6 +126,86 @@ def test_instance_json_is_read_by_pycocotools_and_detectron2(tiny_dir):
     records = load_coco_json(paths.instances_json, paths.image_root)
     assert len(records) == 3 and all(r["height"] == r["width"] == 48 for r in records)
     assert sum(len(r["annotations"]) for r in records) == len(coco.getAnnIds())
+
+
+# The default image size, a dozen images: enough for the properties below to show for this seed.
+DEFAULT_SIZE = ShapesSpec(image_size=128, num_train=12, num_val=1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def default_size_with_full_masks(tmp_path_factory):
+    """(dataset dir, full shape masks of each rendered image in drawing order).
+
+    The files keep only what is visible; to see occlusion we record every shape's whole mask
+    while the generator draws it (train images first, then val, as they are written).
+    """
+    drawn = []
+    real_render, real_shape_mask = generator.render_sample, generator._shape_mask
+
+    def render(*args):
+        drawn.append([])
+        return real_render(*args)
+
+    def shape_mask(*args):
+        mask = real_shape_mask(*args)
+        drawn[-1].append(mask)
+        return mask
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(generator, "render_sample", render)
+        mp.setattr(generator, "_shape_mask", shape_mask)
+        directory = generator.ensure_shapes_dataset(
+            DEFAULT_SIZE, str(tmp_path_factory.mktemp("datasets"))
+        )
+    assert len(drawn) == DEFAULT_SIZE.num_train + DEFAULT_SIZE.num_val
+    return directory, drawn
+
+
+def boxes_overlap(a, b):
+    """Whether two COCO [x, y, w, h] boxes share some area."""
+    return min(a[0] + a[2], b[0] + b[2]) > max(a[0], b[0]) and min(
+        a[1] + a[3], b[1] + b[3]
+    ) > max(a[1], b[1])
+
+
+def test_things_overlap_and_come_in_very_different_sizes(default_size_with_full_masks):
+    directory, _ = default_size_with_full_masks
+    paths = generator.shapes_split_paths(directory, "train")
+    coco = COCO(paths.instances_json)
+    overlapping, areas = 0, []
+    for image_id in coco.getImgIds():
+        annotations = coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))
+        areas += [a["area"] for a in annotations]
+        pairs = itertools.combinations([a["bbox"] for a in annotations], 2)
+        overlapping += sum(boxes_overlap(a, b) for a, b in pairs)
+    assert overlapping >= 5, "things should overlap each other"
+    assert min(areas) < 32**2  # COCO's "small": APs has objects to measure
+    assert min(areas) < 0.01 * DEFAULT_SIZE.image_size**2  # tiny next to the image...
+    assert max(areas) > 20 * min(areas)  # ...and next to the big ones
+
+    with open(paths.panoptic_json) as f:
+        annotations = json.load(f)["annotations"]
+    seen = {s["category_id"] for a in annotations for s in a["segments_info"]}
+    assert seen == {1, 2, 3, 4, 11, 12}  # all four thing and both stuff classes are drawn
+
+
+def test_things_are_partly_hidden_by_the_ones_drawn_after_them(default_size_with_full_masks):
+    directory, drawn = default_size_with_full_masks
+    paths = generator.shapes_split_paths(directory, "train")
+    partly_hidden = 0
+    for image_id, full_masks in enumerate(drawn[: DEFAULT_SIZE.num_train], start=1):
+        png = os.path.join(paths.panoptic_root, f"{image_id:06d}.png")
+        panoptic = rgb2id(np.asarray(Image.open(png)))
+        things = [i for i in np.unique(panoptic) if 0 < i < 11 * 1000]  # stuff ids are 11000+
+        for segment_id in things:
+            k = segment_id % 1000  # segment id = category id * 1000 + k (the k-th shape drawn)
+            visible, full = panoptic == segment_id, full_masks[k - 1]
+            assert not (visible & ~full).any(), "a thing is labeled outside its own shape"
+            # what is hidden lies under a shape drawn later (or a void fragment of one)
+            covering = panoptic[full & ~visible]
+            assert all(c == 0 or (c < 11 * 1000 and c % 1000 > k) for c in np.unique(covering))
+            partly_hidden += covering.size > 0
+    assert partly_hidden >= 5, "things should occlude each other"
 
 
 def test_registration_gives_metadata_first_and_generates_on_first_load(tmp_path, monkeypatch):
@@ -267,6 +348,11 @@ def test_concurrent_processes_build_once(tmp_path):
         ("coco_2017_val", "val2017"),
         ("ade20k_sem_seg_val", "validation"),
         ("cityscapes_fine_sem_seg_val", "val"),
+        ("cityscapes_fine_instance_seg_train", "train"),
+        # detectron2's own panoptic registrations
+        ("coco_2017_val_panoptic", "val2017"),
+        ("coco_2017_train_panoptic_separated", "train2017"),
+        ("cityscapes_fine_panoptic_val", "val"),
     ],
 )
 def test_missing_real_dataset_error_names_the_folder(name, expected_folder):
@@ -278,3 +364,37 @@ def test_missing_real_dataset_error_names_the_folder(name, expected_folder):
         DatasetCatalog.get(name)
     message = str(error.value)
     assert name in message and expected_folder in message and "datasets/README.md" in message
+
+
+@pytest.mark.parametrize(
+    "name, missing, how_to_prepare",
+    [
+        ("coco_2017_val_panoptic", "panoptic_val2017", "panoptic PNGs"),
+        ("coco_2017_val_panoptic_separated", "panoptic_stuff_val2017", "prepare_panoptic_fpn.py"),
+        ("cityscapes_fine_panoptic_val", "cityscapes_panoptic_val", "createPanopticImgs"),
+    ],
+)
+def test_missing_panoptic_files_are_named_when_everything_else_is_there(
+    name, missing, how_to_prepare, tmp_path, monkeypatch
+):
+    # The check covers what the loader reads beyond the images: with every other path of the
+    # metadata present, the error names the panoptic one (not a crash inside the loader).
+    metadata = MetadataCatalog.get(name).as_dict()
+    paths = [v for k, v in metadata.items() if k.endswith(("_root", "_dir", "_file", "_json"))]
+    if any(os.path.isabs(p) for p in paths):
+        pytest.skip("$DETECTRON2_DATASETS is absolute here: the fake layout needs a relative one")
+    monkeypatch.chdir(tmp_path)
+    for path in paths:
+        if missing in path:
+            continue
+        if path.endswith(".json"):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            open(path, "w").close()
+        else:
+            os.makedirs(path, exist_ok=True)
+    with pytest.raises(MissingDatasetError) as error:
+        DatasetCatalog.get(name)
+    message = str(error.value)
+    named = message.split("expected ")[1].split(" to exist")[0]
+    assert os.path.basename(named.strip("'")).startswith(missing), named
+    assert name in message and how_to_prepare in message
