@@ -49,6 +49,11 @@ def add_hcformer_config(cfg: CN) -> None:
     # hcformer/checkpoint/safe_loading.py. The environment variable HCFORMER_ALLOW_PICKLE=1
     # does the same.
     cfg.MODEL.ALLOW_PICKLE = False
+    # (hcformer) tensors not taken from MODEL.WEIGHTS (names or module prefixes): they keep
+    # their initialisation and may be absent from the file or of another shape there, e.g.
+    # ["sem_seg_head.predictor.class_embed"] to fine-tune on another number of classes.
+    # Otherwise a whole-model checkpoint must match the model exactly. --resume loads all.
+    cfg.MODEL.WEIGHTS_IGNORE = []
 
     # ---------------------------------------------------------------- HCFormer clustering
     cfg.MODEL.HC = CN()

@@ -1,9 +1,11 @@
-"""Training that nothing loses: a NaN loss stops it cleanly, a SIGKILL is resumed where the last
-checkpoint left off, and several CPU processes train one model.
+"""Training that nothing loses: a NaN loss stops it cleanly (on every process, whichever
+diverged), a SIGKILL is resumed where the last checkpoint left off with the optimizer and the
+AMP grad scaler, and several CPU processes train one model.
 
-The last two run train_net.py / tests/distributed_probe.py in subprocesses on a tiny generated
-shapes set with a tiny model.
+The SIGKILL and multi-process tests run train_net.py / tests/distributed_probe.py in
+subprocesses on a tiny generated shapes set with a tiny model.
 """
+import hashlib
 import json
 import os
 import random
@@ -12,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -45,6 +48,10 @@ def subprocess_env(datasets: Path) -> dict:
     return env
 
 
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def test_non_finite_terms_are_named():
     losses = {"loss_ce": torch.tensor(0.5), "loss_mask": torch.tensor(float("nan")), "loss_dice": torch.tensor([1.0, float("inf")])}
     bad = non_finite_terms(losses)
@@ -71,22 +78,27 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     model = trainer.model
     forward = model.forward
 
+    good_checkpoint_hash = None
+
     def diverge_at_iteration_3(*args, **kwargs):
+        nonlocal good_checkpoint_hash
         losses = forward(*args, **kwargs)
         if trainer.iter == 3:  # the last iteration: detectron2 would save model_final after it
+            good_checkpoint_hash = sha256(tmp_path / "out/model_0000001.pth")  # saved after iteration 1
             losses["loss_mask"] = losses["loss_mask"] * float("nan")
         return losses
 
     model.forward = diverge_at_iteration_3
+    out = tmp_path / "out"
     with pytest.raises(NonFiniteLossError) as error:
         trainer.train()
     message = str(error.value)
     assert message.startswith("Non-finite loss at iteration 3: loss_mask=nan")
     assert "loss_ce" in message.split("finite:")[1]  # the finite terms are listed as such
-    out = tmp_path / "out"
     assert (out / "last_checkpoint").read_text() == "model_0000001.pth"
     checkpoints = sorted(p.name for p in out.glob("*.pth"))
     assert checkpoints == ["model_0000001.pth"], checkpoints  # nothing of the diverged state
+    assert sha256(out / "model_0000001.pth") == good_checkpoint_hash  # not rewritten either
 
 
 def wait_for_checkpoint(process, out: Path, at_least: int, timeout: float) -> int:
@@ -174,3 +186,114 @@ def test_two_cpu_processes_train_one_model(tmp_path):
     assert [r["saves"] for r in ranks] == [True, False]  # rank 0 alone writes checkpoints
     assert sorted(p.name for p in out.glob("*.pth")) == ["model_0000001.pth", "model_final.pth"]
     assert (out / "last_checkpoint").read_text() == "model_final.pth"
+
+
+@pytest.mark.slow
+def test_nan_on_one_of_two_processes_stops_both(tmp_path):
+    out = tmp_path / "out"
+    command = [
+        sys.executable, str(ROOT / "tests/distributed_probe.py"), "--num-gpus", "2",
+        "--nan-on-rank", "1", "--nan-at-iter", "2",
+        "--config-file", str(SHAPES_CONFIG), *TINY, "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "3",
+        "SOLVER.CHECKPOINT_PERIOD", "2", "OUTPUT_DIR", str(out),
+    ]
+    # before the guard was collective, rank 0 went on into the gradient all-reduce alone: a hang
+    # (the process group's timeout is 30 minutes) or a crash without the message
+    result = subprocess.run(command, env=subprocess_env(tmp_path / "datasets"), capture_output=True,
+                            text=True, timeout=240)
+    assert result.returncode != 0
+    assert "NonFiniteLossError" in result.stderr
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    for rank in ranks:  # both stopped at the barrier after the error, with the same message
+        assert rank["error"].startswith("Non-finite loss at iteration 2 on rank 1: loss_mask=nan"), rank
+        assert "on rank 0" not in rank["error"]
+        assert rank["saves"] is False
+    assert ranks[0]["error"] == ranks[1]["error"]
+    # rank 0, whose loss was finite, wrote no checkpoint of the diverged state
+    assert sorted(p.name for p in out.glob("*.pth")) == ["model_0000001.pth"]
+    assert (out / "last_checkpoint").read_text() == "model_0000001.pth"
+
+
+def cpu_amp_trainer(cfg, scaler: torch.amp.GradScaler):
+    """Our Trainer with SOLVER.AMP.ENABLED on a CPU: detectron2's AMPTrainer, given a CPU grad
+    scaler (its default, a CUDA one, disables itself without CUDA) and let past its "CUDA is
+    required" assert. Its autocast is CUDA's, which leaves CPU tensors in float32; scaling,
+    unscaling, the inf/NaN check and the scale updates are torch's GradScaler as on a GPU."""
+    from detectron2.engine import AMPTrainer
+
+    from hcformer.engine.trainer import Trainer
+
+    trainer = Trainer(cfg)
+    assert isinstance(trainer._trainer, AMPTrainer)
+    trainer._trainer.grad_scaler = scaler
+    run_step = trainer._trainer.run_step
+    is_available = torch.cuda.is_available
+
+    def cuda_for_the_assert_only() -> bool:
+        # anything else asking (autocast, the optimizer) must still see the machine as it is
+        return sys._getframe(1).f_globals.get("__name__") == "detectron2.engine.train_loop" or is_available()
+
+    def run_step_past_the_cuda_assert():
+        with mock.patch.object(torch.cuda, "is_available", cuda_for_the_assert_only):
+            run_step()
+
+    trainer._trainer.run_step = run_step_past_the_cuda_assert
+    return trainer
+
+
+@pytest.mark.slow
+def test_resume_restores_the_amp_grad_scaler(tmp_path):
+    from hcformer.data import ShapesSpec, register_shapes_datasets
+
+    register_shapes_datasets(str(tmp_path / "datasets"), ShapesSpec(image_size=64, num_train=4, num_val=1),
+                             prefix="amp_shapes", replace=True)
+    out = tmp_path / "out"
+    cfg = get_cfg()
+    add_hcformer_config(cfg)
+    cfg.merge_from_file(str(SHAPES_CONFIG))
+    cfg.merge_from_list(TINY + [
+        "DATASETS.TRAIN", "('amp_shapes_train_panoptic_with_sem_seg',)", "SOLVER.IMS_PER_BATCH", "1",
+        "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.AMP.ENABLED", "True",
+        "MODEL.WEIGHTS_IGNORE", "['sem_seg_head.predictor.class_embed']", "OUTPUT_DIR", str(out),
+    ])
+    out.mkdir()
+    # the scale doubles after every 3 steps without inf/NaN gradients
+    trainer = cpu_amp_trainer(cfg, torch.amp.GradScaler("cpu", init_scale=256.0, growth_interval=3))
+    trainer.resume_or_load(resume=False)
+    trainer.train()  # iterations 0-3: 4 steps
+
+    def scaler_in(name: str) -> dict:
+        return torch.load(out / name, weights_only=True)["trainer"]["_trainer"]["grad_scaler"]
+
+    assert scaler_in("model_0000001.pth") == {  # after 2 steps
+        "scale": 256.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 3,
+        "_growth_tracker": 2,
+    }
+    saved = scaler_in("model_final.pth")  # after 4 steps: grown once, one step since
+    assert (saved["scale"], saved["_growth_tracker"]) == (512.0, 1)
+
+    cfg.defrost()
+    cfg.SOLVER.MAX_ITER = 5
+    scaler = torch.amp.GradScaler("cpu", init_scale=8.0, growth_interval=1000)
+    resumed = cpu_amp_trainer(cfg, scaler)
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 4
+    assert scaler.state_dict() == saved
+    # MODEL.WEIGHTS_IGNORE is for MODEL.WEIGHTS: a resumed run loads its head too
+    assert resumed.checkpointer.ignore_prefixes == ("sem_seg_head.predictor.class_embed",)
+    final = torch.load(out / "model_final.pth", weights_only=True)["model"]
+    torch.testing.assert_close(resumed.model.sem_seg_head.predictor.class_embed.weight,
+                               final["sem_seg_head.predictor.class_embed.weight"])
+    resumed.train()  # iteration 4 steps with the restored scaler: 2 steps since the growth
+    assert (scaler.get_scale(), scaler.state_dict()["_growth_tracker"]) == (512.0, 2)
+
+    # a checkpoint of a run without AMP holds no scaler state: resumed with AMP, the optimizer
+    # is restored and the scaler starts afresh (instead of detectron2's KeyError)
+    state = torch.load(out / "model_0000001.pth", weights_only=True)["trainer"]
+    del state["_trainer"]["grad_scaler"]
+    fresh = torch.amp.GradScaler("cpu", init_scale=8.0)
+    resumed._trainer.grad_scaler = fresh
+    resumed.load_state_dict(state)
+    assert fresh.get_scale() == 8.0
+    steps = {float(s["step"]) for s in resumed.optimizer.state_dict()["state"].values()}
+    assert steps == {2.0}

@@ -3,7 +3,7 @@ fly, mismatching architectures refused, atomic saves."""
 import os
 import tempfile
 from collections.abc import Mapping
-from typing import Dict
+from typing import Dict, Iterable, List, Sequence, Tuple
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -14,13 +14,52 @@ from .swin_weights import convert_swin_state_dict, is_imagenet_swin
 
 __all__ = ["HCFormerCheckpointer", "CheckpointMismatchError"]
 
-# keys of the mismatch report listed in full; longer lists are cut with a count of the rest
+# lines of each list of the mismatch report; longer lists are grouped by module, then cut
 _LISTED_KEYS = 20
+
+# Buffers that the model computes from its config rather than learns: a file may lack them
+# (other implementations make some non-persistent; torchvision-style conversions drop
+# num_batches_tracked, which BatchNorm then restarts at 0) or hold them with another config's
+# shape (empty_weight has NUM_CLASSES + 1 entries). They never make a file a mismatch.
+_DERIVED_BUFFERS = frozenset(
+    {"empty_weight", "pixel_mean", "pixel_std", "num_batches_tracked", "relative_position_index"}
+)
 
 
 class CheckpointMismatchError(ValueError):
-    """The checkpoint was made for another architecture (tensor shapes differ, or no tensor of
-    the file belongs to the model)."""
+    """The checkpoint was made for another architecture: tensor shapes differ, no tensor of the
+    file belongs to the model, or a whole-model checkpoint lacks or adds tensors."""
+
+
+def _is_derived(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] in _DERIVED_BUFFERS
+
+
+def _matches_prefix(key: str, prefixes: Sequence[str]) -> bool:
+    """Whether ``key`` is one of ``prefixes`` or inside one of them (whole name components:
+    "a.layers.1" takes "a.layers.1.weight", not "a.layers.10.weight")."""
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def _summarise(keys: Sequence[str], limit: int = _LISTED_KEYS) -> List[str]:
+    """``keys`` one per line; more than ``limit`` are grouped by module ("m.* (n tensors)") at
+    the deepest level that gives at most ``limit`` lines, and cut there if still too many."""
+    if len(keys) <= limit:
+        return list(keys)
+    for depth in range(max(max(key.count(".") for key in keys), 1), 0, -1):
+        groups: Dict[str, List[str]] = {}
+        for key in keys:
+            groups.setdefault(".".join(key.split(".")[:depth]), []).append(key)
+        if len(groups) <= limit:
+            break
+    lines = [
+        members[0] if len(members) == 1 else f"{module}.* ({len(members)} tensors)"
+        for module, members in groups.items()
+    ]
+    if len(lines) > limit:
+        lines = lines[:limit] + [f"... and {len(lines) - limit} more"]
+    return lines
+
 
 _REMOTE_PREFIXES = ("detectron2://", "http://", "https://", "s3://", "gs://")
 
@@ -36,24 +75,46 @@ class HCFormerCheckpointer(DetectionCheckpointer):
     - An ImageNet Swin (official ``.pth``, Mask2Former's converted ``.pkl``, or timm's
       names) is renamed to the HC-Swin layout (final ``norm`` → ``norm3``, no classifier).
     - Checkpoints of the original HCFormer implementation need no conversion: its state-dict
-      keys are this project's (tests/test_hcformer_model.py and tests/test_swin.py load
+      keys are this project's (tests/test_hcformer_model.py and tests/test_swin_released_checkpoint.py load
       state dicts built from its documented layout with no missing or unexpected key).
     - Files are read with ``torch.load(weights_only=True)``; pickles (``.pkl``, or a ``.pth``
       of arbitrary objects) only with ``allow_pickle`` (MODEL.ALLOW_PICKLE) or
       HCFORMER_ALLOW_PICKLE=1, since unpickling can run code (see ``safe_loading``). Truncated
       or foreign files give a ``CheckpointFileError`` naming the file.
-    - A checkpoint whose tensors have other shapes than the model's, or none of whose tensors
-      the model has, is refused with one ``CheckpointMismatchError`` listing every mismatch;
-      missing or unexpected keys alone are logged (an ImageNet backbone lacks the head).
+    - A checkpoint that does not fit the model is refused before anything is loaded, with
+      one ``CheckpointMismatchError`` naming every tensor of another shape (with both shapes),
+      every tensor missing from the file and every tensor unknown to the model (long lists
+      grouped by module, always with their counts). A *whole-model* checkpoint, one with any
+      tensor of the model outside ``backbone.*`` (``sem_seg_head.*``, ...), must match
+      exactly; *backbone weights* (only ``backbone.*`` tensors of the model, e.g. ImageNet
+      weights, converted or not) may lack the rest and are refused only for other shapes or
+      when they share no tensor with the model. Buffers computed from the config (``empty_weight``,
+      ``pixel_mean``/``pixel_std``, ``num_batches_tracked``, ``relative_position_index``)
+      never count as mismatches.
+    - ``ignore_prefixes`` (MODEL.WEIGHTS_IGNORE) names tensors not taken from the file, which
+      keep their initialisation, e.g. ``["sem_seg_head.predictor.class_embed"]`` to fine-tune a
+      COCO model on another number of classes. ``resume_or_load`` does not apply it when it
+      resumes from OUTPUT_DIR, whose checkpoints are of this very model.
     - ``save`` writes to a temporary file and renames it, and so does the ``last_checkpoint``
       tag, so a crash while saving leaves the previous checkpoint intact and tagged. A
       process killed in the middle of a save leaves its temporary file behind; the next
       ``resume_or_load`` of a process that saves deletes such leftovers.
     """
 
-    def __init__(self, model, save_dir: str = "", *, allow_pickle: bool = False, **kwargs):
+    def __init__(
+        self,
+        model,
+        save_dir: str = "",
+        *,
+        allow_pickle: bool = False,
+        ignore_prefixes: Iterable[str] = (),
+        **kwargs,
+    ):
         super().__init__(model, save_dir, **kwargs)
         self.allow_pickle = allow_pickle
+        self.ignore_prefixes = tuple(p.rstrip(".") for p in ignore_prefixes)
+        self._resuming = False
+        self._path = ""
 
     def load(self, path: str, *args, **kwargs):
         if path and path.startswith(_REMOTE_PREFIXES):
@@ -64,11 +125,20 @@ class HCFormerCheckpointer(DetectionCheckpointer):
             )
         if path and not os.path.isfile(path):
             raise FileNotFoundError(f"MODEL.WEIGHTS: no such file: {path}")
-        return super().load(path, *args, **kwargs)
+        self._path = path  # for the mismatch report
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            self._path = ""
 
     def resume_or_load(self, path: str, *, resume: bool = True):
         self.remove_interrupted_saves()
-        return super().resume_or_load(path, resume=resume)
+        # a resumed run continues this model: every tensor of its checkpoint is loaded
+        self._resuming = resume and self.has_checkpoint()
+        try:
+            return super().resume_or_load(path, resume=resume)
+        finally:
+            self._resuming = False
 
     def remove_interrupted_saves(self) -> None:
         """Delete the temporary files of saves that a killed process never finished."""
@@ -98,6 +168,10 @@ class HCFormerCheckpointer(DetectionCheckpointer):
 
     def _load_model(self, checkpoint):
         state = checkpoint["model"]
+        # fvcore strips the prefix that DistributedDataParallel adds to saved names; strip it
+        # first, so that the checks below see the final names
+        if state and all(key.startswith("module.") for key in state):
+            state = {key[len("module."):]: value for key, value in state.items()}
         if is_imagenet_resnet(state.keys()):
             self.logger.info("Converting an ImageNet ResNet checkpoint to the HC-ResNet layout.")
             state = convert_resnet_state_dict(state)
@@ -106,45 +180,73 @@ class HCFormerCheckpointer(DetectionCheckpointer):
             self.logger.info("Converting an ImageNet Swin Transformer checkpoint to the HC-Swin layout.")
             state = convert_swin_state_dict(state)
             checkpoint["matching_heuristics"] = False
-        checkpoint["model"] = adapt_to_deformable(state, self.model.state_dict().keys())
+        state = adapt_to_deformable(state, self.model.state_dict().keys())
+        state, left_out = self._leave_out(state)
         if not checkpoint.get("matching_heuristics", False):  # names are final: compare now
-            self._check_architecture(checkpoint["model"])
+            self._check_architecture(state, left_out)
+        checkpoint["model"] = state
         return super()._load_model(checkpoint)
 
-    def _check_architecture(self, state: Mapping) -> None:
-        """Raise before anything is loaded if ``state`` does not fit the model."""
+    def _leave_out(self, state: Dict) -> Tuple[Dict, List[str]]:
+        """``state`` without the tensors that the model keeps at their initialisation, and the
+        names of the model's tensors that need not be in the file for that reason.
+
+        Here: what ``ignore_prefixes`` names, unless resuming. Subclasses leave out more
+        (PaCa: cluster projections whose number of clusters changed).
+        """
+        if not self.ignore_prefixes or self._resuming:
+            return state, []
+        kept = {k: v for k, v in state.items() if not _matches_prefix(k, self.ignore_prefixes)}
+        model_keys = [k for k in self.model.state_dict() if _matches_prefix(k, self.ignore_prefixes)]
+        for prefix in self.ignore_prefixes:
+            if not any(_matches_prefix(k, (prefix,)) for k in model_keys):
+                self.logger.warning(f"MODEL.WEIGHTS_IGNORE: the model has no tensor named {prefix}[.*]")
+        self.logger.info(
+            f"MODEL.WEIGHTS_IGNORE: {len(state) - len(kept)} tensors of the file not loaded; "
+            f"{len(model_keys)} tensors of the model keep their initialisation."
+        )
+        return kept, model_keys
+
+    def _check_architecture(self, state: Mapping, left_out: Iterable[str] = ()) -> None:
+        """Raise before anything is loaded if ``state`` does not fit the model (see the class
+        docstring); ``left_out``: tensors of the model that the file need not have."""
         expected = self.model.state_dict()
-        # fvcore strips the prefix that DistributedDataParallel adds to saved names
-        if state and all(key.startswith("module.") for key in state):
-            state = {key[len("module."):]: value for key, value in state.items()}
-        shared = [key for key in state if key in expected]
+        shared = [key for key in state if key in expected and not _is_derived(key)]
         mismatched = [
-            f"{key}: checkpoint {tuple(state[key].shape)}, model {tuple(expected[key].shape)}"
+            f"{key}: checkpoint {tuple(getattr(state[key], 'shape', ()))}, model {tuple(expected[key].shape)}"
             for key in shared
             if tuple(getattr(state[key], "shape", ())) != tuple(expected[key].shape)
         ]
-        if shared and not mismatched:
-            return
-        missing = [key for key in expected if key not in state]
-        unexpected = [key for key in state if key not in expected]
-        lines = [
-            f"The checkpoint does not fit this model ({type(self.model).__name__}): "
-            f"{len(shared) - len(mismatched)} tensors match, {len(mismatched)} have another "
-            f"shape, {len(missing)} of the model are missing, {len(unexpected)} of the file "
-            "are unknown to the model. Was it trained with another config (backbone, "
-            "MODEL.SEM_SEG_HEAD.NUM_CLASSES, NUM_OBJECT_QUERIES, HIDDEN_DIM, ...)? To "
-            "fine-tune with another head, delete the mismatching keys from the file first."
+        # a file with weights of the model outside its backbone is a whole model: it must match
+        whole_model = any(not key.startswith("backbone.") for key in shared)
+        left_out = set(left_out)
+        missing = [
+            key for key in expected if key not in state and key not in left_out and not _is_derived(key)
         ]
-        for title, keys in (
-            ("shape mismatches", mismatched),
-            ("missing from the checkpoint", missing if not shared else []),
-            ("unknown to the model", unexpected if not shared else []),
-        ):
+        unexpected = [key for key in state if key not in expected]
+        if shared and not mismatched and (not whole_model or not (missing or unexpected)):
+            return
+        if not shared:
+            kind = "none of its tensors belongs to the model"
+        else:
+            kind = "the file holds a whole model" if whole_model else "the file holds backbone weights"
+        lines = [
+            f"The checkpoint{' ' + self._path if self._path else ''} does not fit this model "
+            f"({type(self.model).__name__}; {kind}): {len(shared) - len(mismatched)} tensors "
+            f"match, {len(mismatched)} have another shape, {len(missing)} of the model are missing "
+            f"from the file, {len(unexpected)} of the file are unknown to the model. Was it trained with "
+            "another config (backbone, MODEL.MASK_FORMER.DEC_LAYERS, NUM_OBJECT_QUERIES, HIDDEN_DIM, "
+            "MODEL.SEM_SEG_HEAD.NUM_CLASSES, ...)? To fine-tune it with another head, e.g. on "
+            'another number of classes, name what to leave out: MODEL.WEIGHTS_IGNORE '
+            '["sem_seg_head.predictor.class_embed"].'
+        ]
+        lists = [("shape mismatches", mismatched)]
+        if whole_model or not shared:  # backbone weights may well lack the head
+            lists += [("missing from the checkpoint", missing), ("unknown to the model", unexpected)]
+        for title, keys in lists:
             if keys:
-                lines.append(f"{title}:")
-                lines += [f"    {key}" for key in keys[:_LISTED_KEYS]]
-                if len(keys) > _LISTED_KEYS:
-                    lines.append(f"    ... and {len(keys) - _LISTED_KEYS} more")
+                lines.append(f"{title} ({len(keys)}):")
+                lines += [f"    {line}" for line in _summarise(keys)]
         raise CheckpointMismatchError("\n".join(lines))
 
     def save(self, name: str, **kwargs) -> None:

@@ -65,12 +65,15 @@ class Trainer(DefaultTrainer):
     Reliability on top of detectron2's:
 
     - a non-finite loss stops training before backward, naming the iteration and the loss
-      terms, and no checkpoint of that state is written (``loss_guard``);
+      terms, and no checkpoint of that state is written (``loss_guard``); with several
+      processes all of them stop, whichever rank diverged;
     - dataset files that do not parse name the dataset and file (``load_dataset_dicts``);
     - several CPU processes (gloo, ``hcformer.engine.launch``) train with a CPU
       DistributedDataParallel;
     - checkpoints hold the optimizer and AMP grad-scaler state, so ``--resume`` continues
-      exactly (detectron2 v0.6 saves only the iteration and the LR scheduler).
+      exactly (detectron2 v0.6 saves only the iteration and the LR scheduler);
+    - MODEL.WEIGHTS_IGNORE names tensors of MODEL.WEIGHTS not to load (fine-tuning with
+      another head); any other mismatch of a whole-model checkpoint is refused.
     """
 
     def __init__(self, cfg: CfgNode):
@@ -93,10 +96,17 @@ class Trainer(DefaultTrainer):
 
     def load_state_dict(self, state: Dict) -> None:
         super().load_state_dict(state)
-        if "_trainer" in state:
-            self._trainer.load_state_dict(state["_trainer"])
-        else:
+        trainer_state = state.get("_trainer")
+        if trainer_state is None:
             logger.warning("The checkpoint holds no optimizer state: the optimizer starts afresh")
+            return
+        scaler = getattr(self._trainer, "grad_scaler", None)
+        if scaler is not None and not trainer_state.get("grad_scaler"):
+            # a run saved without SOLVER.AMP.ENABLED, resumed with it: AMPTrainer would fail
+            # with a KeyError; load the optimizer and keep the new scaler instead
+            logger.warning("The checkpoint holds no AMP grad-scaler state: the scaler starts afresh")
+            trainer_state = {**trainer_state, "grad_scaler": scaler.state_dict()}
+        self._trainer.load_state_dict(trainer_state)
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
@@ -162,6 +172,7 @@ class Trainer(DefaultTrainer):
             self.model,
             self.cfg.OUTPUT_DIR,
             allow_pickle=self.cfg.MODEL.ALLOW_PICKLE,
+            ignore_prefixes=self.cfg.MODEL.WEIGHTS_IGNORE,
             trainer=weakref.proxy(self),
         )
         return super().build_hooks()

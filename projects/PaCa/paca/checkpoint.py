@@ -89,10 +89,15 @@ class PaCaCheckpointer(HCFormerCheckpointer):
         state = checkpoint["model"]
         if is_paca_classifier(state.keys()):
             self.logger.info("Loading a PaCa-ViT classifier as the backbone (its classifier head is dropped).")
-            state = classifier_to_backbone(state)
+            checkpoint["model"] = classifier_to_backbone(state)
             checkpoint["matching_heuristics"] = False
+        return super()._load_model(checkpoint)
+
+    def _leave_out(self, state):
+        # the re-initialised projections are left out on purpose: a whole-model checkpoint
+        # lacking them still fits
+        state, left_out = super()._leave_out(state)
         state, self.cluster_count_changes = drop_changed_cluster_projections(state, self.model.state_dict())
         for change in self.cluster_count_changes:
             self.logger.warning(str(change))
-        checkpoint["model"] = state
-        return super()._load_model(checkpoint)
+        return state, left_out + [change.key for change in self.cluster_count_changes]

@@ -78,5 +78,11 @@ class PaCaTrainer(Trainer):
     def build_hooks(self) -> List[HookBase]:
         # As hcformer's Trainer.build_hooks, with our checkpointer: it must be in place before
         # DefaultTrainer builds the periodic-checkpoint hook around it.
-        self.checkpointer = PaCaCheckpointer(self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = PaCaCheckpointer(
+            self.model,
+            self.cfg.OUTPUT_DIR,
+            allow_pickle=self.cfg.MODEL.ALLOW_PICKLE,
+            ignore_prefixes=self.cfg.MODEL.WEIGHTS_IGNORE,
+            trainer=weakref.proxy(self),
+        )
         return DefaultTrainer.build_hooks(self)

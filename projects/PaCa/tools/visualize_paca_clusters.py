@@ -78,7 +78,7 @@ def main(argv=None) -> List[Path]:
 
     model = build_model(cfg).eval()
     if cfg.MODEL.WEIGHTS:
-        PaCaCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        PaCaCheckpointer(model, allow_pickle=cfg.MODEL.ALLOW_PICKLE).load(cfg.MODEL.WEIGHTS)
     backbone = model.backbone
     if not isinstance(backbone, PaCaBackbone):
         raise SystemExit(f"MODEL.BACKBONE.NAME {cfg.MODEL.BACKBONE.NAME} is not a PaCa backbone")
