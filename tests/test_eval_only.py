@@ -13,17 +13,11 @@ from pathlib import Path
 from typing import Dict, Tuple
 
 import pytest
+from tiny_configs import ROOT, SHAPES_CONFIG, TINY_SHAPES_OVERRIDES
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs/shapes/panoptic-segmentation/hcformer_R18_shapes.yaml"
 # Small enough that training two iterations and evaluating twice stays well under a minute.
-TINY = [
-    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64", "INPUT.RANDOM_FLIP", "none",
-    "MODEL.MASK_FORMER.DEC_LAYERS", "2", "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "8",
-    "MODEL.MASK_FORMER.HIDDEN_DIM", "64", "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64",
-    "MODEL.SEM_SEG_HEAD.MASK_DIM", "64", "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "256",
-    "DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu", "SOLVER.WARMUP_ITERS", "1",
-    "TEST.HIERARCHY_EVAL", "False", "DATASETS.TEST", "('shapes_val_panoptic_with_sem_seg',)",
+TINY = TINY_SHAPES_OVERRIDES + [
+    "SOLVER.WARMUP_ITERS", "1", "DATASETS.TEST", "('shapes_val_panoptic_with_sem_seg',)"
 ]
 EXPECTED_METRICS = {"panoptic_seg": "PQ", "sem_seg": "mIoU", "segm": "AP"}
 
@@ -43,7 +37,7 @@ def train_net(tmp_path: Path, output: str, *arguments: str) -> Tuple[Metrics, st
         OMP_NUM_THREADS="1",
     )
     out = tmp_path / output
-    command = [sys.executable, str(ROOT / "train_net.py"), "--config-file", str(CONFIG)]
+    command = [sys.executable, str(ROOT / "train_net.py"), "--config-file", str(SHAPES_CONFIG)]
     command += [*arguments, *TINY, "OUTPUT_DIR", str(out)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

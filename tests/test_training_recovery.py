@@ -22,17 +22,9 @@ from detectron2.config import get_cfg
 
 from hcformer.config import add_hcformer_config
 from hcformer.engine.loss_guard import NonFiniteLossError, non_finite_terms
+from tiny_configs import ROOT, SHAPES_CONFIG, TINY_SHAPES_OVERRIDES
 
-ROOT = Path(__file__).resolve().parents[1]
-SHAPES_CONFIG = ROOT / "configs/shapes/panoptic-segmentation/hcformer_R18_shapes.yaml"
-TINY = [
-    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64", "INPUT.RANDOM_FLIP", "none",
-    "MODEL.MASK_FORMER.DEC_LAYERS", "2", "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "8",
-    "MODEL.MASK_FORMER.HIDDEN_DIM", "64", "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64",
-    "MODEL.SEM_SEG_HEAD.MASK_DIM", "64", "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "256",
-    "DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu", "SOLVER.WARMUP_ITERS", "2",
-    "DATASETS.TEST", "()", "TEST.HIERARCHY_EVAL", "False",
-]
+TINY = TINY_SHAPES_OVERRIDES + ["SOLVER.WARMUP_ITERS", "2", "DATASETS.TEST", "()"]
 
 
 def subprocess_env(datasets: Path) -> dict:
@@ -173,6 +165,8 @@ def test_two_cpu_processes_train_one_model(tmp_path):
     out = tmp_path / "out"
     command = [
         sys.executable, str(ROOT / "tests/distributed_probe.py"), "--num-gpus", "2",
+        # a free port: detectron2's default one is fixed per user, and tests run side by side
+        "--dist-url", "auto",
         "--config-file", str(SHAPES_CONFIG), *TINY, "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "3",
         "SOLVER.CHECKPOINT_PERIOD", "2", "OUTPUT_DIR", str(out),
     ]
@@ -193,6 +187,8 @@ def test_nan_on_one_of_two_processes_stops_both(tmp_path):
     out = tmp_path / "out"
     command = [
         sys.executable, str(ROOT / "tests/distributed_probe.py"), "--num-gpus", "2",
+        # a free port: detectron2's default one is fixed per user, and tests run side by side
+        "--dist-url", "auto",
         "--nan-on-rank", "1", "--nan-at-iter", "2",
         "--config-file", str(SHAPES_CONFIG), *TINY, "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "3",
         "SOLVER.CHECKPOINT_PERIOD", "2", "OUTPUT_DIR", str(out),

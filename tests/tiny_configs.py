@@ -11,6 +11,15 @@ import torch
 from detectron2.modeling import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
+SHAPES_CONFIG = ROOT / "configs/shapes/panoptic-segmentation/hcformer_R18_shapes.yaml"
+# Overrides that shrink SHAPES_CONFIG for `train_net.py` runs in tests (64 px, a small head).
+TINY_SHAPES_OVERRIDES = [
+    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64", "INPUT.RANDOM_FLIP", "none",
+    "MODEL.MASK_FORMER.DEC_LAYERS", "2", "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "8",
+    "MODEL.MASK_FORMER.HIDDEN_DIM", "64", "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64",
+    "MODEL.SEM_SEG_HEAD.MASK_DIM", "64", "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "256",
+    "DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu", "TEST.HIERARCHY_EVAL", "False",
+]
 
 
 def tiny_hcformer_cfg(**overrides):

@@ -31,12 +31,12 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import torch
 
 from hcformer.checkpoint import (
-    ALLOW_PICKLE_ENV,
     LoadReport,
     convert_swin_state_dict,
     is_imagenet_swin,
     read_state_dict,
     swin_architecture,
+    weights_hint,
     write_backbone_weights,
 )
 from hcformer.modeling.backbone.swin import HCSwin
@@ -65,16 +65,6 @@ def convert(state: Mapping[str, object]) -> Tuple[Dict[str, torch.Tensor], Dict[
 
 def is_clustering_key(key: str) -> bool:
     return ".clustering." in key
-
-
-def weights_hint(output: Path) -> str:
-    """How to use the written file: a ``.pkl`` is read only when pickles are allowed."""
-    if output.suffix == ".pkl":
-        return (
-            f"use: MODEL.WEIGHTS {output} MODEL.ALLOW_PICKLE True (or {ALLOW_PICKLE_ENV}=1): .pkl files are "
-            "refused otherwise, since unpickling can run code; an output name ending in .pth needs no flag"
-        )
-    return f"use: MODEL.WEIGHTS {output}"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

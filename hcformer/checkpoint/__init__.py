@@ -1,6 +1,6 @@
 from .checkpointer import CheckpointMismatchError, HCFormerCheckpointer
 from .resnet_weights import adapt_to_deformable, convert_resnet_state_dict, is_imagenet_resnet
-from .conversion import LoadReport, read_state_dict, write_backbone_weights
+from .conversion import LoadReport, read_state_dict, weights_hint, write_backbone_weights
 from .safe_loading import (
     ALLOW_PICKLE_ENV,
     CheckpointFileError,

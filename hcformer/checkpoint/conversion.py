@@ -7,7 +7,7 @@ from typing import Callable, Dict, List, Mapping
 
 import torch
 
-from .safe_loading import load_checkpoint_file
+from .safe_loading import ALLOW_PICKLE_ENV, load_checkpoint_file
 
 
 def read_state_dict(path: Path, allow_pickle: bool = True) -> Mapping[str, object]:
@@ -53,6 +53,18 @@ def write_backbone_weights(state: Dict[str, torch.Tensor], path: Path, author: s
             pickle.dump(data, f)
     else:
         torch.save({"model": state}, path)
+
+
+def weights_hint(path: Path) -> str:
+    """How to use a file of ``write_backbone_weights``: a ``.pkl`` is read only when pickles are
+    allowed."""
+    path = Path(path)
+    if path.suffix == ".pkl":
+        return (
+            f"use: MODEL.WEIGHTS {path} MODEL.ALLOW_PICKLE True (or {ALLOW_PICKLE_ENV}=1): .pkl files are "
+            "refused otherwise, since unpickling can run code; an output name ending in .pth needs no flag"
+        )
+    return f"use: MODEL.WEIGHTS {path}"
 
 
 @dataclass
