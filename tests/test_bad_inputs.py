@@ -324,6 +324,26 @@ def test_semantic_evaluation_refuses_bad_ground_truth(tmp_path, register):
     assert results["mIoU"] == pytest.approx(100.0) and results["pACC"] == pytest.approx(100.0)
 
 
+def test_checked_semantic_evaluator_keeps_the_boundary_scores_of_newer_detectron2(tmp_path, register):
+    """detectron2 after v0.6 also fills a boundary confusion matrix in ``process``; the checked
+    evaluator replaces ``process``, so it must fill that matrix too (simulated here on v0.6)."""
+    labels = np.random.default_rng(6).integers(0, 6, (12, 10), dtype=np.uint8)
+    records = [{"file_name": str(tmp_path / "a.jpg"), "sem_seg_file_name": save(tmp_path / "a.png", labels)}]
+    evaluator = build_evaluator(evaluation_cfg(tmp_path), register("boundary_gt", records, **SEMANTIC_METADATA))
+    evaluator.reset()
+    evaluator._compute_boundary_iou = True
+    evaluator._b_conf_matrix = np.zeros_like(evaluator._conf_matrix)
+    evaluator._mask_to_boundary = lambda mask: np.where(mask % 2 == 0, mask, 0)  # any map of ids
+    scores = one_hot_scores(labels)
+    scores[:, 0, 0] = torch.tensor([0, 0, 0, 0, 0, 10.0])  # one wrong pixel
+    evaluator.process([{"file_name": str(tmp_path / "a.jpg")}], [{"sem_seg": scores}])
+    pred = scores.argmax(0).numpy()
+    expected = np.zeros_like(evaluator._conf_matrix)
+    np.add.at(expected, (evaluator._mask_to_boundary(pred), evaluator._mask_to_boundary(labels)), 1)
+    np.testing.assert_array_equal(evaluator._b_conf_matrix, expected)
+    assert evaluator._conf_matrix.sum() == labels.size
+
+
 def panoptic_png(ids):
     """H x W segment ids -> the COCO panoptic RGB encoding (R + 256 G + 256^2 B)."""
     ids = np.asarray(ids)

@@ -49,11 +49,18 @@ class CheckedSemSegEvaluator(SemSegEvaluator):
 
             # the ignored pixels go to the extra last row / column of the confusion matrix
             gt[gt == self._ignore_label] = self._num_classes
-            self._conf_matrix += np.bincount(
-                (self._num_classes + 1) * pred.reshape(-1) + gt.reshape(-1),
-                minlength=self._conf_matrix.size,
-            ).reshape(self._conf_matrix.shape)
+            self._conf_matrix += self._confusion(pred, gt)
+            if getattr(self, "_compute_boundary_iou", False):  # detectron2 after v0.6: boundary IoU too
+                self._b_conf_matrix += self._confusion(
+                    self._mask_to_boundary(pred.astype(np.uint8)), self._mask_to_boundary(gt.astype(np.uint8))
+                )
             self._predictions.extend(self.encode_json_sem_seg(pred, input["file_name"]))
+
+    def _confusion(self, pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+        """(C + 1) x (C + 1) counts of (predicted, true) class pairs of two H x W maps."""
+        return np.bincount(
+            (self._num_classes + 1) * pred.reshape(-1) + gt.reshape(-1), minlength=self._conf_matrix.size
+        ).reshape(self._conf_matrix.shape)
 
     def _read_ground_truth(self, file_name: str, pred: np.ndarray) -> np.ndarray:
         """H x W int64 class ids of the image ``file_name``, checked against ``pred`` (H x W)."""
