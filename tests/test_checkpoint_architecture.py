@@ -108,6 +108,13 @@ def test_backbone_weights_load_without_the_head(tmp_path):
     with pytest.raises(CheckpointMismatchError, match=r"backbone\.stem\.0\.weight: checkpoint \(65,"):
         HCFormerCheckpointer(model).load(str(tmp_path / "wide.pth"))
 
+    # and so are the weights of a deeper backbone: a torchvision ResNet-34 for this ResNet-18
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), tmp_path / "r34.pth")
+    stem_before = model.backbone.stem[0].weight.clone()
+    with pytest.raises(CheckpointMismatchError, match=r"backbone tensors unknown to the model \(\d+\):\n +backbone\.layer1\.2\."):
+        HCFormerCheckpointer(model).load(str(tmp_path / "r34.pth"))
+    assert torch.equal(model.backbone.stem[0].weight, stem_before)  # refused before loading anything
+
 
 def test_buffers_computed_from_the_config_need_not_be_in_the_file(tmp_path):
     trained = tiny_model()

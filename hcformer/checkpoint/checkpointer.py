@@ -87,8 +87,9 @@ class HCFormerCheckpointer(DetectionCheckpointer):
       grouped by module, always with their counts). A *whole-model* checkpoint, one with any
       tensor of the model outside ``backbone.*`` (``sem_seg_head.*``, ...), must match
       exactly; *backbone weights* (only ``backbone.*`` tensors of the model, e.g. ImageNet
-      weights, converted or not) may lack the rest and are refused only for other shapes or
-      when they share no tensor with the model. Buffers computed from the config (``empty_weight``,
+      weights, converted or not) may lack the rest and are refused only for other shapes,
+      for backbone tensors the model lacks (another depth or variant), or when they share no
+      tensor with the model. Buffers computed from the config (``empty_weight``,
       ``pixel_mean``/``pixel_std``, ``num_batches_tracked``, ``relative_position_index``)
       never count as mismatches.
     - ``ignore_prefixes`` (MODEL.WEIGHTS_IGNORE) names tensors not taken from the file, which
@@ -224,7 +225,10 @@ class HCFormerCheckpointer(DetectionCheckpointer):
             key for key in expected if key not in state and key not in left_out and not _is_derived(key)
         ]
         unexpected = [key for key in state if key not in expected]
-        if shared and not mismatched and (not whole_model or not (missing or unexpected)):
+        # backbone weights may lack the head, but backbone tensors the model lacks mean another
+        # backbone (e.g. a ResNet-101 file for a ResNet-50)
+        foreign_backbone = [key for key in unexpected if key.startswith("backbone.")]
+        if shared and not mismatched and not (missing or unexpected if whole_model else foreign_backbone):
             return
         if not shared:
             kind = "none of its tensors belongs to the model"
@@ -241,8 +245,10 @@ class HCFormerCheckpointer(DetectionCheckpointer):
             '["sem_seg_head.predictor.class_embed"].'
         ]
         lists = [("shape mismatches", mismatched)]
-        if whole_model or not shared:  # backbone weights may well lack the head
+        if whole_model or not shared:
             lists += [("missing from the checkpoint", missing), ("unknown to the model", unexpected)]
+        else:  # backbone weights may well lack the head
+            lists += [("backbone tensors unknown to the model", foreign_backbone)]
         for title, keys in lists:
             if keys:
                 lines.append(f"{title} ({len(keys)}):")
