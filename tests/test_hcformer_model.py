@@ -181,6 +181,18 @@ def test_remote_weights_are_refused(make_cfg):
         HCFormerCheckpointer(model).load("detectron2://ImageNetPretrained/torchvision/R-50.pkl")
 
 
+def test_imagenet_weights_of_a_deeper_resnet_are_refused(tmp_path):
+    from hcformer.modeling.backbone.resnet import load_imagenet_weights
+
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), tmp_path / "r34.pth")
+    backbone = HCResNet(depth=18, level=3, norm="FrozenBN")
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    with pytest.raises(ValueError, match=r"r34.pth does not fit this ResNet \(MODEL.RESNETS.DEPTH 18\): "
+                       r"\d+ of its tensors are unknown to it: layer1.2.bn1.bias"):
+        load_imagenet_weights(backbone, str(tmp_path / "r34.pth"))
+    assert all(torch.equal(v, before[k]) for k, v in backbone.state_dict().items())  # nothing loaded
+
+
 @pytest.mark.parametrize("downsampling", ["conv", "deform"])
 def test_torchvision_imagenet_weights_load_into_hc_resnet(tmp_path, downsampling):
     tv = torchvision.models.resnet18(weights=None).eval()

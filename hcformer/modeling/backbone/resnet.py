@@ -140,6 +140,7 @@ class HCResNet(Backbone):
                 f'training (e.g. "FrozenBN", "GN"), got MODEL.RESNETS.NORM {norm!r}'
             )
         self.use_checkpoint = use_checkpoint
+        self.depth = depth
         block_type, blocks = RESNET_SPECS[depth]
         block_cls = Bottleneck if block_type == "bottleneck" else BasicBlock
         self.level = level
@@ -262,7 +263,17 @@ def load_imagenet_weights(backbone: HCResNet, path: str, allow_pickle: bool = Fa
     if not isinstance(state, dict):
         raise ValueError(f"MODEL.RESNETS.WEIGHTS {path} holds a {type(state).__name__}, not a state dict")
     state = state.get("model", state)
-    state = adapt_to_deformable(convert_resnet_state_dict(state, prefix=""), backbone.state_dict().keys())
+    expected = backbone.state_dict()
+    state = adapt_to_deformable(convert_resnet_state_dict(state, prefix=""), expected.keys())
+    # the file may lack the clustering layers and the deformable offsets, but tensors the
+    # backbone does not have mean another ResNet (e.g. a ResNet-101 file for a ResNet-50)
+    unknown = sorted(key for key in state if key not in expected)
+    if unknown:
+        shown = ", ".join(unknown[:8]) + (f", ... ({len(unknown) - 8} more)" if len(unknown) > 8 else "")
+        raise ValueError(
+            f"MODEL.RESNETS.WEIGHTS {path} does not fit this ResNet (MODEL.RESNETS.DEPTH "
+            f"{backbone.depth}): {len(unknown)} of its tensors are unknown to it: {shown}"
+        )
     result = backbone.load_state_dict(state, strict=False)
     logging.getLogger(__name__).info(
         f"MODEL.RESNETS.WEIGHTS {path}: {len(state) - len(result.unexpected_keys)} tensors loaded; "
