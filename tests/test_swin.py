@@ -314,7 +314,12 @@ def test_torchvision_converter_matches_every_resnet_key(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ training on shapes
-def test_swin_shapes_config_trains(tmp_path):
+# the shapes config is Swin-T at half width with 2 blocks per stage; Swin-T itself trains too
+SWIN_T = ("MODEL.SWIN.EMBED_DIM", 96, "MODEL.SWIN.DEPTHS", [2, 2, 6, 2], "MODEL.SWIN.WINDOW_SIZE", 7)
+
+
+@pytest.mark.parametrize("swin", [(), SWIN_T], ids=["shapes config", "Swin-T"])
+def test_swin_shapes_config_trains(tmp_path, swin):
     from hcformer.data import ShapesSpec, register_shapes_datasets
     from hcformer.engine.trainer import Trainer
 
@@ -324,10 +329,13 @@ def test_swin_shapes_config_trains(tmp_path):
         CONFIGS / "shapes/panoptic-segmentation/hcformer_swinT_shapes.yaml",
         "DATASETS.TRAIN", ("swin_shapes_train_panoptic_with_sem_seg",), "DATASETS.TEST", (),
         "INPUT.MIN_SIZE_TRAIN", (64,), "SOLVER.IMS_PER_BATCH", 2, "DATALOADER.NUM_WORKERS", 0,
-        "MODEL.MASK_FORMER.DEC_LAYERS", 2, "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", 256,
+        "MODEL.MASK_FORMER.DEC_LAYERS", 2, "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", 256, *swin,
     )
     torch.manual_seed(0)
     model = build_model(cfg).train()
+    if swin:  # Swin-T's channels and blocks
+        assert model.backbone.output_shape()["res5"].channels == 768
+        assert [len(layer.blocks) for layer in model.backbone.layers] == [2, 2, 6, 2]
     optimizer = Trainer.build_optimizer(cfg, model)
     batches = iter(Trainer.build_train_loader(cfg))
     scales = [layer.temp for layer in model.backbone.clustering_layers]
