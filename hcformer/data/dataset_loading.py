@@ -4,12 +4,15 @@ A registered dataset is read when training or evaluation starts. An annotation f
 not parse, or that uses a category id missing from the dataset's metadata, makes detectron2's
 loaders raise a bare ``JSONDecodeError`` / ``KeyError`` without saying which dataset or file, and
 their check that the first image exists is an ``AssertionError`` whose message is only the path;
-``load_dataset_dicts`` re-raises them as ``DatasetLoadError`` with both.
+a JSON of the wrong structure (a list at the top level, a missing or empty ``annotations`` list)
+gives a bare ``TypeError`` or a misleading message. ``load_dataset_dicts`` re-raises them as
+``DatasetLoadError`` naming the dataset, the JSON file and what it lacks, and refuses a training
+set that is empty after filtering instead of letting detectron2's sampler fail on size 0.
 """
 import itertools
 import json
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.build import (
@@ -20,45 +23,112 @@ from detectron2.data.build import (
 __all__ = ["DatasetLoadError", "load_dataset_dicts"]
 
 
-# metadata fields that name a dataset's annotation files (detectron2's COCO / panoptic loaders)
-_ANNOTATION_FILE_FIELDS = ("json_file", "panoptic_json")
-
-
 class DatasetLoadError(ValueError):
     """A registered dataset could not be read; names the dataset and its annotation files."""
 
 
-def _annotation_files(name: str) -> List[str]:
+# what detectron2's loaders expect of each annotation file: (metadata field naming the file,
+# format for messages, top-level lists that must be present, the list with one entry per image,
+# keys every entry of that list needs)
+_JSON_FORMATS = {
+    "panoptic": ("panoptic_json", "COCO panoptic", ("annotations", "categories"), "annotations",
+                 ("image_id", "file_name", "segments_info")),
+    "instances": ("json_file", "COCO instances", ("images", "categories"), "images",
+                  ("id", "file_name", "height", "width")),
+}
+
+
+def _annotation_file(name: str):
+    """(path, kind) of the annotation JSON the loader of ``name`` reads, or (None, None).
+
+    A panoptic dataset also names an instances JSON (``json_file``) for its evaluator; its loader
+    reads only ``panoptic_json``, so only that one can be the cause of a loading error.
+    """
     metadata = MetadataCatalog.get(name)
-    return [metadata.get(f) for f in _ANNOTATION_FILE_FIELDS if metadata.get(f, None)]
+    for kind in ("panoptic", "instances"):
+        path = metadata.get(_JSON_FORMATS[kind][0], None)
+        if path:
+            return path, kind
+    return None, None
+
+
+def _json_problem(path: str, kind: str) -> Optional[str]:
+    """What is wrong with the structure of the annotation JSON ``path`` (None: nothing seen)."""
+    _, format_name, required, per_image, entry_keys = _JSON_FORMATS[kind]
+    lists = ", ".join(map(repr, required))
+    expected = f"expected {format_name} format: an object with lists {lists}"
+    try:
+        with open(path) as f:
+            content = json.load(f)
+    except FileNotFoundError:
+        return f"{path} does not exist"
+    except json.JSONDecodeError as e:
+        return f"{path} is not valid JSON ({e})"
+    except (OSError, UnicodeDecodeError) as e:
+        return f"{path} cannot be read ({e})"
+    if not isinstance(content, dict):
+        return f"{path} holds a JSON {type(content).__name__} at the top level; {expected}"
+    for key in required:
+        if key not in content:
+            return f"{path} has no {key!r} key (its keys: {sorted(content)}); {expected}"
+    for key in ("images", "annotations", "categories"):
+        if key in content and not isinstance(content[key], list):
+            return f"{path}: {key!r} is a JSON {type(content[key]).__name__}; {expected}"
+    entries = content[per_image]
+    if not entries:
+        return f"{path} has an empty {per_image!r} list: the dataset has no images"
+    for i, entry in enumerate(entries):
+        missing = entry_keys
+        if isinstance(entry, dict):
+            missing = [k for k in entry_keys if k not in entry]
+        if missing:
+            return (
+                f"{path}: entry {i} of {per_image!r} lacks {list(missing)} ({str(entry)[:100]}); "
+                f"every entry needs {list(entry_keys)}"
+            )
+    return None
 
 
 def _load_one(name: str) -> List[Dict]:
-    files = ", ".join(_annotation_files(name)) or "its annotation files"
+    path, kind = _annotation_file(name)
+    files = path or "its annotation files"
     try:
         records = DatasetCatalog.get(name)
-    except json.JSONDecodeError as e:
-        raise DatasetLoadError(f"dataset {name!r}: {files} is not valid JSON ({e})") from None
-    except AssertionError as e:
-        # detectron2's panoptic / semantic loaders assert that the first record's files exist,
-        # with the path as the whole message
-        path = str(e)
-        if path and not os.path.exists(path):
-            raise DatasetLoadError(f"dataset {name!r}: {files} names {path}, which does not exist") from None
-        raise DatasetLoadError(
-            f"dataset {name!r}: {files} failed a check of detectron2's loader ({path or 'no message'})"
-        ) from None
-    except KeyError as e:
-        if name not in DatasetCatalog:
+    except (json.JSONDecodeError, AssertionError, KeyError, TypeError, AttributeError) as e:
+        if isinstance(e, KeyError) and name not in DatasetCatalog:
             raise
-        # detectron2's loaders look category ids up in the metadata's id maps
-        raise DatasetLoadError(
-            f"dataset {name!r}: {files} refers to key {e} that the dataset metadata does not have "
-            "(usually a category_id missing from the 'categories' of the JSON file / "
-            "thing_dataset_id_to_contiguous_id)"
-        ) from None
+        # a JSON of the wrong structure makes detectron2's loaders fail with a TypeError, a
+        # KeyError of a list name or "No images found": say what the file lacks instead
+        problem = _json_problem(path, kind) if path else None
+        if problem:
+            raise DatasetLoadError(f"dataset {name!r}: {problem}") from None
+        if isinstance(e, AssertionError):
+            # detectron2's panoptic / semantic loaders assert that the first record's files
+            # exist, with the path as the whole message
+            message = str(e)
+            if message and not os.path.exists(message):
+                raise DatasetLoadError(
+                    f"dataset {name!r}: {files} names {message}, which does not exist"
+                ) from None
+            raise DatasetLoadError(
+                f"dataset {name!r}: {files} failed a check of detectron2's loader "
+                f"({message or 'no message'})"
+            ) from None
+        if isinstance(e, KeyError):
+            reason = e.args[0] if e.args else ""
+            if isinstance(reason, str) and " " in reason:
+                # detectron2's own sentence ("Encountered category_id=77 but ..."), not a key
+                raise DatasetLoadError(f"dataset {name!r}: {files}: {reason}") from None
+            # detectron2's loaders look category ids up in the metadata's id maps
+            raise DatasetLoadError(
+                f"dataset {name!r}: {files} refers to key {e} that the dataset metadata does not "
+                "have (usually a category_id missing from the 'categories' of the JSON file / "
+                "thing_dataset_id_to_contiguous_id)"
+            ) from None
+        raise  # a TypeError / AttributeError we cannot explain: keep the traceback
     if not records:
-        raise DatasetLoadError(f"dataset {name!r} ({files}) has no images")
+        problem = _json_problem(path, kind) if path else None
+        raise DatasetLoadError(f"dataset {name!r}: " + (problem or f"{files} lists no images"))
     return records
 
 
@@ -78,6 +148,14 @@ def load_dataset_dicts(names: Sequence[str], filter_empty: bool = False) -> List
     has_instances = "annotations" in records[0]
     if filter_empty and has_instances:
         records = filter_images_with_only_crowd_annotations(records)
+        if not records:
+            # else detectron2's sampler fails with "expects a positive int. Got 0"
+            raise DatasetLoadError(
+                f"dataset(s) {list(names)}: none of the {sum(map(len, per_dataset))} images has a "
+                "non-crowd instance annotation, so DATALOADER.FILTER_EMPTY_ANNOTATIONS dropped "
+                "them all. detectron2's COCO loader also drops annotations whose segmentation is "
+                "not a valid polygon (at least 3 points) or RLE; see its warnings above"
+            )
     if has_instances:
         try:
             print_instances_class_histogram(records, MetadataCatalog.get(names[0]).thing_classes)

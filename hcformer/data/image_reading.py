@@ -4,14 +4,17 @@ detectron2's ``read_image`` lets a missing file, a truncated JPEG or a 16-bit PN
 bare ``OSError``, a crash deep inside an augmentation, or a silently white image. Here:
 
 - images: EXIF orientation applied; grayscale, palette, CMYK and RGBA become 3 channels (alpha
-  is dropped); 16-bit images are scaled to 8 bits (65535 -> 255) instead of clipped; more than
-  ``max_pixels`` pixels (INPUT.MAX_IMAGE_PIXELS) is refused before the pixels are decoded;
+  is dropped); 16-bit images are scaled to 8 bits (65535 -> 255) instead of clipped, 32-bit
+  ones with values outside 0..65535 are refused; more than ``max_pixels`` pixels
+  (INPUT.MAX_IMAGE_PIXELS) is refused before the pixels are decoded;
 - label PNGs: semantic maps must be single-channel, panoptic maps RGB (R + 256 G + 256² B);
+- a record's width/height must be the image's size (``check_record_size``);
 - any failure is a ``BadSampleError`` naming the file: training may skip such samples
   (DATALOADER.SKIP_BAD_SAMPLES), evaluation and the demo never do.
 """
 import os
 import warnings
+from typing import Dict
 
 import numpy as np
 from detectron2.data.detection_utils import convert_PIL_to_numpy
@@ -23,6 +26,7 @@ __all__ = [
     "read_image_file",
     "read_label_file",
     "check_same_size",
+    "check_record_size",
 ]
 
 # Single-channel modes a semantic label PNG may have (8-, 16- and 32-bit class ids).
@@ -83,10 +87,22 @@ def _open(path: str, role: str, max_pixels: int) -> Image.Image:
     return image
 
 
-def _to_8_bit(image: Image.Image) -> Image.Image:
-    """16-bit grayscale scaled to 8 bits (PIL's own conversion clips everything above 255)."""
+def _to_8_bit(image: Image.Image, path: str, role: str) -> Image.Image:
+    """16-bit grayscale scaled to 8 bits (PIL's own conversion clips everything above 255).
+
+    PIL opens 16-bit PNGs as 32-bit mode "I", so that mode is accepted when its values fit in 16
+    bits. Values outside 0..65535 (a 32-bit TIFF, say) are refused: any scaling we chose (by
+    the image's own range, say) would make the brightness differ from image to image.
+    """
     values = np.asarray(image, dtype=np.float64)
-    return Image.fromarray(np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8), mode="L")
+    low, high = values.min(), values.max()
+    if low < 0 or high > 65535:
+        raise BadSampleError(
+            f"{role} {path} holds 32-bit pixel values ({low:.0f}..{high:.0f}, PIL mode "
+            f"{image.mode}) outside the 16-bit range 0..65535; expected 8- or 16-bit pixels. "
+            "Convert it to 8 bits with the scaling that suits its data"
+        )
+    return Image.fromarray(np.round(values / 257.0).astype(np.uint8), mode="L")
 
 
 def read_image_file(path: str, format: str = "RGB", max_pixels: int = 0, role: str = "image") -> np.ndarray:
@@ -102,7 +118,7 @@ def read_image_file(path: str, format: str = "RGB", max_pixels: int = 0, role: s
     image = _open(path, role, max_pixels)
     image = ImageOps.exif_transpose(image)  # the orientation a viewer shows
     if image.mode in _SIXTEEN_BIT_MODES:
-        image = _to_8_bit(image)
+        image = _to_8_bit(image, path, role)
     elif image.mode == "F":
         raise BadSampleError(f"{role} {path} holds floating-point pixels (PIL mode F); expected 8 or 16 bits")
     array = convert_PIL_to_numpy(image, format)  # converts L / P / RGBA / CMYK to 3 channels
@@ -147,3 +163,22 @@ def check_same_size(image: np.ndarray, labels: np.ndarray, image_path: str, labe
             f"label {label_path} is {labels.shape[1]} x {labels.shape[0]} but image {image_path} "
             f"is {image.shape[1]} x {image.shape[0]} (width x height, after EXIF rotation)"
         )
+
+
+def check_record_size(dataset_dict: Dict, image: np.ndarray) -> None:
+    """The record's ``width`` / ``height`` (from the annotation JSON) must be the image's size;
+    fills them in when absent, as detectron2's ``check_image_size`` does.
+
+    detectron2 raises its ``SizeMismatchError``, which training cannot skip; a record whose
+    annotations were made for another size (or image) is a bad sample like any other.
+    """
+    height, width = image.shape[:2]
+    expected = (dataset_dict.get("width", width), dataset_dict.get("height", height))
+    if expected != (width, height):
+        raise BadSampleError(
+            f"image {dataset_dict.get('file_name', '<no file_name>')} is {width} x {height} but "
+            f"its dataset record (annotation JSON) says {expected[0]} x {expected[1]} "
+            "(width x height, after EXIF rotation); fix the JSON's width/height or the image"
+        )
+    dataset_dict.setdefault("width", width)
+    dataset_dict.setdefault("height", height)

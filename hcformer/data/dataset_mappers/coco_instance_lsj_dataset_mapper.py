@@ -10,10 +10,9 @@ import copy
 from typing import Dict, List, Optional
 
 from detectron2.config import CfgNode, configurable
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from ..image_reading import read_image_file
+from ..image_reading import check_record_size, read_image_file
 from .mapper_utils import (
     IMAGE_PAD_VALUE,
     build_flip,
@@ -23,7 +22,7 @@ from .mapper_utils import (
     require_keys,
     require_training,
 )
-from .mask_former_instance_dataset_mapper import annotations_to_mask_targets
+from .mask_former_instance_dataset_mapper import annotations_to_mask_targets, check_rle_sizes
 
 __all__ = ["COCOInstanceLSJDatasetMapper", "build_lsj_augmentations"]
 
@@ -78,12 +77,13 @@ class COCOInstanceLSJDatasetMapper:
         require_keys(dataset_dict, ["file_name", "annotations"], type(self).__name__)
         dataset_dict = copy.deepcopy(dataset_dict)  # it is modified below
         image = read_image_file(dataset_dict["file_name"], self.image_format, self.max_image_pixels)
-        utils.check_image_size(dataset_dict, image)  # also fills in "height" / "width"
+        check_record_size(dataset_dict, image)  # also fills in "height" / "width"
         check_category_ids(
             [obj["category_id"] for obj in dataset_dict["annotations"]],
             self.num_classes,
             f"annotations of {dataset_dict['file_name']}",
         )
+        check_rle_sizes(dataset_dict["annotations"], image.shape[:2], dataset_dict["file_name"])
 
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)

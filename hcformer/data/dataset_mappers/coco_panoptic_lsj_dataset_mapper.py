@@ -10,11 +10,10 @@ from typing import Dict, List, Optional
 
 import torch
 from detectron2.config import CfgNode, configurable
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
 from .coco_instance_lsj_dataset_mapper import build_lsj_augmentations
-from ..image_reading import check_same_size, read_image_file, read_label_file
+from ..image_reading import check_record_size, check_same_size, read_image_file, read_label_file
 from .mapper_utils import (
     check_category_ids,
     check_panoptic_segments,
@@ -73,7 +72,7 @@ class COCOPanopticLSJDatasetMapper:
         )
         dataset_dict = copy.deepcopy(dataset_dict)  # it is modified below
         image = read_image_file(dataset_dict["file_name"], self.image_format, self.max_image_pixels)
-        utils.check_image_size(dataset_dict, image)  # also fills in "height" / "width"
+        check_record_size(dataset_dict, image)  # also fills in "height" / "width"
         label_file = dataset_dict.pop("pan_seg_file_name")
         panoptic_rgb = read_label_file(label_file, "panoptic", self.max_image_pixels)
         check_same_size(image, panoptic_rgb, dataset_dict["file_name"], label_file)

@@ -11,10 +11,9 @@ from typing import Dict
 
 from detectron2.config import CfgNode, configurable
 from detectron2.data import DatasetMapper
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from ..image_reading import read_image_file
+from ..image_reading import check_record_size, read_image_file
 from .mapper_utils import image_to_tensor
 
 __all__ = ["EvaluationDatasetMapper"]
@@ -40,7 +39,7 @@ class EvaluationDatasetMapper(DatasetMapper):
     def __call__(self, dataset_dict: Dict) -> Dict:
         dataset_dict = copy.deepcopy(dataset_dict)  # it is modified below
         image = read_image_file(dataset_dict["file_name"], self.image_format, self.max_image_pixels)
-        utils.check_image_size(dataset_dict, image)  # also fills in "height" / "width"
+        check_record_size(dataset_dict, image)  # also fills in "height" / "width"
         aug_input = T.AugInput(image)
         self.augmentations(aug_input)
         dataset_dict["image"] = image_to_tensor(aug_input.image)

@@ -16,7 +16,7 @@ from detectron2.config import CfgNode, configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from ..image_reading import read_image_file
+from ..image_reading import BadSampleError, check_record_size, read_image_file
 from .mapper_utils import (
     build_flip,
     check_category_ids,
@@ -27,7 +27,40 @@ from .mapper_utils import (
     require_training,
 )
 
-__all__ = ["MaskFormerInstanceDatasetMapper", "annotation_mask", "annotations_to_mask_targets"]
+__all__ = [
+    "MaskFormerInstanceDatasetMapper",
+    "annotation_mask",
+    "annotations_to_mask_targets",
+    "check_rle_sizes",
+]
+
+
+def check_rle_sizes(annotations: List[Dict], image_size, file_name: str) -> None:
+    """Every RLE mask must be stored at the image's size (H, W) before augmentation.
+
+    pycocotools would otherwise fail with a bare "Invalid RLE mask representation", or decode a
+    mask that does not cover the image.
+
+    Raises:
+        BadSampleError: naming the image and both sizes.
+    """
+    for obj in annotations:
+        segmentation = obj.get("segmentation")
+        if not isinstance(segmentation, dict):
+            continue  # polygons: rasterized at the image size
+        size = segmentation.get("size")
+        well_formed = isinstance(size, (list, tuple)) and len(size) == 2
+        if not well_formed or "counts" not in segmentation:
+            raise BadSampleError(
+                f"annotations of {file_name}: an RLE segmentation needs 'counts' and 'size' "
+                f"[height, width], got keys {sorted(segmentation)} with size {size!r}"
+            )
+        if tuple(int(v) for v in size) != tuple(image_size):
+            raise BadSampleError(
+                f"annotations of {file_name}: an RLE mask has size {list(size)} (height, width) "
+                f"but the image is {image_size[0]} x {image_size[1]} (height x width); the "
+                "annotation belongs to another image or to a resized copy"
+            )
 
 
 def annotation_mask(segmentation, transforms: T.TransformList, image_size) -> np.ndarray:
@@ -117,12 +150,13 @@ class MaskFormerInstanceDatasetMapper:
         require_keys(dataset_dict, ["file_name", "annotations"], type(self).__name__)
         dataset_dict = copy.deepcopy(dataset_dict)  # it is modified below
         image = read_image_file(dataset_dict["file_name"], self.image_format, self.max_image_pixels)
-        utils.check_image_size(dataset_dict, image)  # also fills in "height" / "width"
+        check_record_size(dataset_dict, image)  # also fills in "height" / "width"
         check_category_ids(
             [obj["category_id"] for obj in dataset_dict["annotations"]],
             self.num_classes,
             f"annotations of {dataset_dict['file_name']}",
         )
+        check_rle_sizes(dataset_dict["annotations"], image.shape[:2], dataset_dict["file_name"])
 
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)

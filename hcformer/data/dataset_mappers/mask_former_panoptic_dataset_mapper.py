@@ -13,10 +13,9 @@ from typing import Dict, List
 
 import numpy as np
 import torch
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from ..image_reading import check_same_size, read_image_file, read_label_file
+from ..image_reading import check_record_size, check_same_size, read_image_file, read_label_file
 from .mapper_utils import (
     check_category_ids,
     check_panoptic_segments,
@@ -54,7 +53,7 @@ class MaskFormerPanopticDatasetMapper(MaskFormerSemanticDatasetMapper):
         )
         dataset_dict = copy.deepcopy(dataset_dict)  # it is modified below
         image = read_image_file(dataset_dict["file_name"], self.image_format, self.max_image_pixels)
-        utils.check_image_size(dataset_dict, image)  # also fills in "height" / "width"
+        check_record_size(dataset_dict, image)  # also fills in "height" / "width"
         # Augment the panoptic PNG as an RGB uint8 image: detectron2 resizes uint8 images with
         # PIL (nearest for labels), and 8-bit channels survive that exactly.
         label_file = dataset_dict.pop("pan_seg_file_name")

@@ -13,11 +13,10 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 from detectron2.config import CfgNode, configurable
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
 from ..color_aug_ssd import ColorAugSSD
-from ..image_reading import check_same_size, read_image_file, read_label_file
+from ..image_reading import check_record_size, check_same_size, read_image_file, read_label_file
 from .mapper_utils import (
     build_flip,
     check_category_ids,
@@ -115,7 +114,7 @@ class MaskFormerSemanticDatasetMapper:
             )
         dataset_dict = copy.deepcopy(dataset_dict)  # it is modified below
         image = read_image_file(dataset_dict["file_name"], self.image_format, self.max_image_pixels)
-        utils.check_image_size(dataset_dict, image)  # also fills in "height" / "width"
+        check_record_size(dataset_dict, image)  # also fills in "height" / "width"
         label_file = dataset_dict.pop("sem_seg_file_name")
         sem_seg = read_label_map(label_file, self.max_image_pixels)
         check_same_size(image, sem_seg, dataset_dict["file_name"], label_file)

@@ -8,11 +8,13 @@ detectron2 (imported by ``detectron2.data``) already registers, under ``$DETECTR
 ``cityscapes_fine_{sem_seg,instance_seg,panoptic}_{train,val}``. We keep those registrations and
 only make their loaders check the expected folders first, so a missing dataset fails with one
 message naming the folder and how to prepare it, instead of an assertion deep inside a loader.
+ADE20K's images and labels must also match one to one (detectron2's ``load_sem_seg`` would
+silently use only the matching pairs).
 """
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .catalog_utils import require_paths, run_before_loading
+from .catalog_utils import require_matching_sem_seg_files, require_paths, run_before_loading
 
 __all__ = ["add_builtin_dataset_checks"]
 
@@ -61,17 +63,29 @@ _CHECKED_DATASETS = [
 ]
 
 
+# datasets read by detectron2's load_sem_seg: (names, image extension, label extension)
+_SEM_SEG_DATASETS = [(("ade20k_sem_seg_train", "ade20k_sem_seg_val"), "jpg", "png")]
+
+
 def add_builtin_dataset_checks() -> None:
     """Make the loaders of detectron2's builtin datasets above check their paths first."""
+    sem_seg_exts = {name: exts for names, *exts in _SEM_SEG_DATASETS for name in names}
     for names, keys, hint in _CHECKED_DATASETS:
         for name in names:
             if name not in DatasetCatalog:  # an older/newer detectron2 without this dataset
                 continue
             metadata = MetadataCatalog.get(name)
             paths = [metadata.get(key) for key in keys if metadata.get(key)]
-            run_before_loading(
-                name, lambda name=name, paths=paths, hint=hint: require_paths(name, paths, hint)
-            )
+
+            def check(name=name, paths=paths, hint=hint, metadata=metadata):
+                require_paths(name, paths, hint)
+                if name in sem_seg_exts:
+                    image_ext, gt_ext = sem_seg_exts[name]
+                    require_matching_sem_seg_files(
+                        name, metadata.image_root, metadata.sem_seg_root, image_ext, gt_ext
+                    )
+
+            run_before_loading(name, check)
 
 
 add_builtin_dataset_checks()

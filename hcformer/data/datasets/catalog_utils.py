@@ -10,9 +10,12 @@ from typing import Callable, Dict, List, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ..dataset_loading import DatasetLoadError
+
 __all__ = [
     "MissingDatasetError",
     "require_paths",
+    "require_matching_sem_seg_files",
     "wrap_dataset_loader",
     "run_before_loading",
     "unregister_dataset",
@@ -45,6 +48,49 @@ def require_paths(dataset_name: str, paths: Sequence[str], how_to_prepare: str =
         + f". Datasets are looked up under $DETECTRON2_DATASETS (now {root!r}). "
         + (how_to_prepare + " " if how_to_prepare else "")
         + _README_HINT
+    )
+
+
+def _stems(folder: str, ext: str) -> Dict[str, str]:
+    """{file name without extension: file name} of the files in ``folder`` ending in ``ext``."""
+    return {f[: -len(ext)]: f for f in os.listdir(folder) if f.endswith(ext)}
+
+
+def require_matching_sem_seg_files(
+    dataset_name: str, image_root: str, gt_root: str, image_ext: str = "jpg", gt_ext: str = "png"
+) -> None:
+    """Every image in ``image_root`` must have a label in ``gt_root`` and vice versa.
+
+    detectron2's ``load_sem_seg`` only warns when the counts differ and goes on with the files
+    that have both, so an evaluation would silently score fewer images (and training would lose
+    some). Matching is by file name without extension, as there.
+
+    Raises:
+        DatasetLoadError: naming both folders and (some of) the unmatched files.
+    """
+    images, labels = _stems(image_root, image_ext), _stems(gt_root, gt_ext)
+    no_label = sorted(images[s] for s in set(images) - set(labels))
+    no_image = sorted(labels[s] for s in set(labels) - set(images))
+    if not no_label and not no_image:
+        return
+
+    def shown(files: List[str]) -> str:
+        return ", ".join(files[:10]) + (f", ... ({len(files)} in all)" if len(files) > 10 else "")
+
+    problems = []
+    if no_label:
+        problems.append(
+            f"{len(no_label)} image(s) in {image_root} have no label PNG: {shown(no_label)}"
+        )
+    if no_image:
+        problems.append(
+            f"{len(no_image)} label file(s) in {gt_root} have no image: {shown(no_image)}"
+        )
+    raise DatasetLoadError(
+        f"dataset {dataset_name!r}: images and labels do not match; "
+        + "; ".join(problems)
+        + f". Every {image_ext} image needs a {gt_ext} label of the same name and vice versa "
+        "(detectron2 would silently use only the matching pairs)"
     )
 
 

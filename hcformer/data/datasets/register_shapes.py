@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_sem_seg, register_coco_instances
 
-from .catalog_utils import run_before_loading, unregister_dataset
+from .catalog_utils import require_matching_sem_seg_files, run_before_loading, unregister_dataset
 from .register_coco_panoptic_annos_semseg import (
     panoptic_metadata_from_categories,
     register_coco_panoptic_with_sem_seg,
@@ -115,6 +115,13 @@ def register_shapes_datasets(
             semantic_name,
             lambda paths=paths: load_sem_seg(
                 paths.sem_seg_root, paths.image_root, gt_ext="png", image_ext="jpg"
+            ),
+        )
+        # run_before_loading wraps the loader: the last step added runs first
+        run_before_loading(
+            semantic_name,
+            functools.partial(
+                require_matching_sem_seg_files, semantic_name, paths.image_root, paths.sem_seg_root
             ),
         )
         run_before_loading(semantic_name, generate)
