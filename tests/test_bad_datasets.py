@@ -15,7 +15,8 @@ from detectron2.data.datasets import register_coco_instances, register_coco_pano
 from PIL import Image
 
 from hcformer.config import add_hcformer_config
-from hcformer.data.build import RetryingMapDataset, build_dataset_mapper, build_train_loader
+from hcformer.data.build import RetryingMapDataset, build_dataset_mapper
+from hcformer.engine.trainer import Trainer
 from hcformer.data.dataset_loading import DatasetLoadError, load_dataset_dicts
 from hcformer.data.datasets import ShapesSpec, register_shapes_datasets
 from hcformer.data.datasets.catalog_utils import unregister_dataset
@@ -92,7 +93,7 @@ def test_training_loader_skips_truncated_and_mis_sized_samples(tmp_path, dataset
     truncate(records[2]["file_name"])
     records[3]["width"] = 40  # the JSON's size differs from the image's (detectron2: SizeMismatchError)
     name = register_records(dataset_names, "bad_samples_skip", records)
-    loader = iter(build_train_loader(semantic_train_cfg(name, skip=True)))
+    loader = iter(Trainer.build_train_loader(semantic_train_cfg(name, skip=True)))
     with caplog.at_level(logging.WARNING, logger="hcformer.data.skip_bad_samples"):
         batches = [next(loader) for _ in range(6)]  # 12 samples: every record is drawn
     for batch in batches:
@@ -107,7 +108,7 @@ def test_training_loader_without_skipping_names_the_bad_file(tmp_path, dataset_n
     records = semantic_records(tmp_path, ["good", "truncated"])
     truncate(records[1]["file_name"])
     name = register_records(dataset_names, "bad_samples_no_skip", records)
-    loader = iter(build_train_loader(semantic_train_cfg(name, skip=False)))
+    loader = iter(Trainer.build_train_loader(semantic_train_cfg(name, skip=False)))
     with pytest.raises(BadSampleError, match="truncated.jpg is truncated or corrupt"):
         for _ in range(2):  # the first two batches hold a whole epoch
             next(loader)

@@ -167,3 +167,55 @@ def test_fine_tuning_on_another_number_of_classes(tmp_path):
     resuming = HCFormerCheckpointer(resumed, str(tmp_path / "out"), ignore_prefixes=head)
     resuming.resume_or_load(str(tmp_path / "coco.pth"), resume=True)
     torch.testing.assert_close(resumed.sem_seg_head.predictor.class_embed.weight, saved)
+
+
+def _save_as_model_zoo_pickle(state: Dict[str, torch.Tensor], path) -> None:
+    """The layout of detectron2's and Mask2Former's .pkl files: numpy arrays, an author, and
+    the flag that asks detectron2 for name matching."""
+    import pickle
+
+    data = {"model": {k: v.numpy() for k, v in state.items()}, "__author__": "Mask2Former",
+            "matching_heuristics": True}
+    with open(path, "wb") as f:
+        pickle.dump(data, f)
+
+
+@pytest.mark.parametrize("suffix", [".pkl", ".pth"])
+def test_files_asking_for_name_matching_are_still_checked(tmp_path, suffix):
+    trained = tiny_model(**{"MODEL.MASK_FORMER.NUM_OBJECT_QUERIES": 16})
+    path = tmp_path / f"model{suffix}"
+    if suffix == ".pkl":
+        _save_as_model_zoo_pickle(trained.state_dict(), path)
+    else:
+        torch.save({"model": trained.state_dict(), "matching_heuristics": True}, path)
+    model = tiny_model(seed=1)
+    before = snapshot(model)
+
+    # name matching would skip the two query tensors with a warning and load everything else
+    with pytest.raises(CheckpointMismatchError) as error:
+        HCFormerCheckpointer(model, allow_pickle=True).load(str(path))
+    message = str(error.value)
+    assert "shape mismatches (2):" in message and "the file holds a whole model" in message
+    assert f"{DECODER}.query_feat.weight: checkpoint (16, 64), model (8, 64)" in message
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+    # a file of this very architecture loads completely, numpy arrays and all
+    same = tiny_model(seed=2)
+    if suffix == ".pkl":
+        _save_as_model_zoo_pickle(same.state_dict(), path)
+    else:
+        torch.save({"model": same.state_dict(), "matching_heuristics": True}, path)
+    HCFormerCheckpointer(model, allow_pickle=True).load(str(path))
+    for key, value in same.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_name_matching_is_kept_for_files_with_other_names(tmp_path):
+    # backbone weights without the "backbone." prefix: only name matching can place them
+    trained = tiny_model(seed=1)
+    backbone = {k[len("backbone."):]: v for k, v in trained.state_dict().items() if k.startswith("backbone.")}
+    _save_as_model_zoo_pickle(backbone, tmp_path / "backbone.pkl")
+    model = tiny_model()
+    HCFormerCheckpointer(model, allow_pickle=True).load(str(tmp_path / "backbone.pkl"))
+    torch.testing.assert_close(model.backbone.stem[0].weight, trained.backbone.stem[0].weight)

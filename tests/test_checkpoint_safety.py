@@ -165,3 +165,26 @@ def test_resume_removes_the_temporary_file_of_a_killed_save(tmp_path):
     assert extra["iteration"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "last_checkpoint", "model_0000001.pth", "notes.tmp"]
+
+
+@pytest.mark.parametrize("tag", ["model_0000099.pth", "", "\n"])
+def test_resume_names_a_last_checkpoint_that_names_no_file(tmp_path, tag):
+    out = tmp_path / "out"
+    out.mkdir()
+    checkpointer = HCFormerCheckpointer(small_model(), str(out))
+    checkpointer.save("model_0000003")
+    (out / "last_checkpoint").write_text(tag)
+    torch.save({"model": small_model().state_dict()}, tmp_path / "weights.pth")
+
+    with pytest.raises(FileNotFoundError) as error:
+        checkpointer.resume_or_load(str(tmp_path / "weights.pth"), resume=True)
+    message = str(error.value)
+    assert message.startswith(f"--resume: {out / 'last_checkpoint'} ")
+    what = "names model_0000099.pth, which does not exist" if tag.strip() else "is empty"
+    assert what in message
+    assert f"{out} holds model_0000003.pth." in message  # what it could name instead
+    assert "delete it to start from MODEL.WEIGHTS" in message and "without --resume" in message
+    assert "MODEL.WEIGHTS: no such file" not in message
+
+    # without --resume, last_checkpoint is not read: MODEL.WEIGHTS loads as usual
+    checkpointer.resume_or_load(str(tmp_path / "weights.pth"), resume=False)

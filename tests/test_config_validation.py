@@ -81,6 +81,19 @@ def test_level_outside_0_to_3(level):
         validate_config(cfg)
 
 
+@pytest.mark.parametrize("fmt, valid", [("RGB", True), ("BGR", True), ("XYZ", False), ("L", False), ("rgb", False)])
+def test_input_format_is_rgb_or_bgr(fmt, valid):
+    # detectron2 would fail at the first image ("conversion from RGB to XYZ not supported"), or,
+    # for "L", feed one channel to a model built for three
+    cfg = shapes_cfg()
+    cfg.INPUT.FORMAT = fmt
+    if valid:
+        validate_config(cfg)
+        return
+    with pytest.raises(ConfigError, match=f"INPUT.FORMAT={fmt!r}: expected one of \\['RGB', 'BGR'\\]"):
+        validate_config(cfg)
+
+
 def test_num_classes_must_match_the_dataset_and_every_problem_is_listed():
     cfg = shapes_cfg()
     cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 80

@@ -89,3 +89,36 @@ def test_trainer_runs_on_shapes(tmp_path: Path):
     assert (tmp_path / "metrics.json").is_file()
     results = trainer._last_eval_results
     assert {"panoptic_seg", "sem_seg", "segm"} <= set(results)
+
+
+@pytest.mark.parametrize("weights, resume, warned", [("", False, True), ("", True, False), ("trained.pth", False, False)])
+def test_eval_only_warns_about_a_random_model(tmp_path, caplog, weights, resume, warned):
+    from hcformer.checkpoint import HCFormerCheckpointer
+    from hcformer.engine.command_line import main
+    from hcformer.engine.trainer import Trainer
+
+    loaded = []
+
+    class RecordingCheckpointer(HCFormerCheckpointer):
+        def resume_or_load(self, path, *, resume=True):
+            loaded.append((path, resume))
+
+    class NoTest(Trainer):
+        @classmethod
+        def test(cls, cfg, model, evaluators=None):
+            return {}
+
+    (tmp_path / "last_checkpoint").write_text("model_final.pth")  # read only with --resume
+    (tmp_path / "model_final.pth").write_bytes(b"")
+    argv = ["--config-file", str(CONFIGS / "shapes/panoptic-segmentation/hcformer_R18_shapes.yaml"),
+            "--eval-only", *(["--resume"] if resume else []),
+            "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(tmp_path)]
+    hcformer_logger = logging.getLogger("hcformer")  # see test_setup
+    hcformer_logger.addHandler(caplog.handler)
+    try:
+        main(default_argument_parser().parse_args(argv), NoTest, RecordingCheckpointer)
+    finally:
+        hcformer_logger.removeHandler(caplog.handler)
+    assert loaded == [(weights, resume)]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(m.startswith("MODEL.WEIGHTS is empty: the model is randomly initialised") for m in warnings) == warned

@@ -306,6 +306,28 @@ def test_mask_ap_evaluator_generates_a_not_yet_generated_dataset(tmp_path):
             unregister_dataset(name)
 
 
+@pytest.mark.parametrize("evaluator_type", ["coco_panoptic_seg", "ade20k_panoptic_seg", "coco"])
+def test_broken_instance_json_names_the_dataset_and_the_file(tmp_path, evaluator_type):
+    json_file = tmp_path / "instances_val.json"
+    json_file.write_text('{"images": [], "annotations": [')  # an interrupted copy
+    name = f"{PREFIX}_broken_json_{evaluator_type}"
+    DatasetCatalog.register(name, lambda: [])
+    MetadataCatalog.get(name).set(
+        evaluator_type=evaluator_type, json_file=str(json_file), thing_classes=["a"],
+        thing_dataset_id_to_contiguous_id={1: 0},
+    )
+    try:
+        with pytest.raises(ValueError) as error:
+            build_evaluator(make_cfg(tmp_path, panoptic=False, semantic=False), name)
+        message = str(error.value)
+        assert message.startswith(f"Cannot build the mask AP evaluator of dataset '{name}': its instance "
+                                  f"annotations {json_file} could not be read (JSONDecodeError: ")
+        # the panoptic datasets can be evaluated without mask AP; an instance dataset cannot
+        assert ("INSTANCE_ON False" in message) == (evaluator_type != "coco")
+    finally:
+        unregister_dataset(name)
+
+
 # ---- Cityscapes: detectron2's evaluators around cityscapesscripts, on a fake 2-image layout ----
 
 CITY = "frankfurt"

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,7 @@ from hcformer.modeling.criterion import (
 )
 from hcformer.modeling.matcher import (
     HungarianMatcher,
+    finite_cost,
     pairwise_dice_cost,
     pairwise_sigmoid_ce_cost,
 )
@@ -350,12 +352,25 @@ def test_half_precision_outputs_give_fp32_losses():
         assert value.dtype == torch.float32 and torch.isfinite(value)
 
 
-def test_matcher_rejects_non_finite_predictions():
+def test_non_finite_predictions_are_matched_and_give_non_finite_losses():
+    # a diverged model: the loss guard, not the matcher, must be the one to stop training
     target = make_targets()[1]
-    outputs = {
-        "pred_logits": torch.zeros(1, 3, NUM_CLASSES + 1),
-        "pred_masks": torch.zeros(1, 3, 32, 32),
-    }
-    outputs["pred_masks"][0, 1] = float("nan")
-    with pytest.raises(FloatingPointError, match="non-finite"):
-        HungarianMatcher(2, 5, 5, num_points=64)(outputs, [target])
+    logits, masks = perfect_prediction(target, [2, 0], 3)
+    masks[1] = float("nan")  # query 1 would otherwise be the cheapest for nothing
+    logits[1] = float("inf")
+    outputs = {"pred_logits": logits[None], "pred_masks": masks[None]}
+    [(rows, cols)] = HungarianMatcher(2, 5, 5, num_points=64)(outputs, [target])
+    # non-finite costs count as the worst: the finite, perfect queries get the targets
+    assert rows.tolist() == [0, 2] and cols.tolist() == [1, 0]
+
+    losses = make_criterion()(outputs, [target])
+    assert not torch.isfinite(losses["loss_ce"])
+
+
+def test_finite_cost_replaces_only_non_finite_entries():
+    cost = np.array([[1.0, np.nan], [-np.inf, 3.0], [2.0, np.inf]])
+    fixed = finite_cost(cost)
+    assert np.isfinite(fixed).all()
+    assert fixed[0, 0] == 1.0 and fixed[1, 1] == 3.0 and fixed[2, 0] == 2.0
+    assert fixed[0, 1] == fixed[1, 0] == fixed[2, 1] == 4.0  # worse than every finite cost
+    assert np.isfinite(finite_cost(np.full((2, 2), np.nan))).all()

@@ -93,6 +93,44 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     assert sha256(out / "model_0000001.pth") == good_checkpoint_hash  # not rewritten either
 
 
+@pytest.mark.slow
+def test_nan_weights_stop_training_at_the_loss_guard(tmp_path):
+    # a real divergence (e.g. SOLVER.BASE_LR 1e8): the weights, and so every prediction, are
+    # NaN; the Hungarian matcher must let them through for the guard to name iteration and terms
+    from hcformer.data import ShapesSpec, register_shapes_datasets
+    from hcformer.engine.trainer import Trainer
+
+    register_shapes_datasets(str(tmp_path / "datasets"), ShapesSpec(image_size=64, num_train=4, num_val=1),
+                             prefix="nanw_shapes", replace=True)
+    cfg = get_cfg()
+    add_hcformer_config(cfg)
+    cfg.merge_from_file(str(SHAPES_CONFIG))
+    cfg.merge_from_list(TINY + [
+        "DATASETS.TRAIN", "('nanw_shapes_train_panoptic_with_sem_seg',)", "SOLVER.IMS_PER_BATCH", "1",
+        "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "1", "OUTPUT_DIR", str(tmp_path / "out"),
+    ])
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    model = trainer.model
+    forward = model.forward
+
+    def poison_at_iteration_1(*args, **kwargs):
+        if trainer.iter == 1:
+            with torch.no_grad():
+                model.backbone.stem[0].weight.fill_(float("nan"))
+        return forward(*args, **kwargs)
+
+    model.forward = poison_at_iteration_1
+    with pytest.raises(NonFiniteLossError) as error:
+        trainer.train()
+    message = str(error.value)
+    assert message.startswith("Non-finite loss at iteration 1: ")
+    assert "loss_ce=nan" in message and "loss_mask=nan" in message
+    out = tmp_path / "out"
+    assert (out / "last_checkpoint").read_text() == "model_0000000.pth"
+    assert sorted(p.name for p in out.glob("*.pth")) == ["model_0000000.pth"]
+
+
 def wait_for_checkpoint(process, out: Path, at_least: int, timeout: float) -> int:
     """Poll last_checkpoint until it names iteration >= ``at_least``; return that iteration."""
     deadline = time.monotonic() + timeout
@@ -293,3 +331,46 @@ def test_resume_restores_the_amp_grad_scaler(tmp_path):
     assert fresh.get_scale() == 8.0
     steps = {float(s["step"]) for s in resumed.optimizer.state_dict()["state"].values()}
     assert steps == {2.0}
+
+
+@pytest.mark.slow
+def test_resume_refuses_the_state_of_another_optimizer(tmp_path):
+    from hcformer.data import ShapesSpec, register_shapes_datasets
+    from hcformer.engine.trainer import Trainer
+
+    register_shapes_datasets(str(tmp_path / "datasets"), ShapesSpec(image_size=64, num_train=2, num_val=1),
+                             prefix="opt_shapes", replace=True)
+    out = tmp_path / "out"
+    cfg = get_cfg()
+    add_hcformer_config(cfg)
+    cfg.merge_from_file(str(SHAPES_CONFIG))
+    cfg.merge_from_list(TINY + [
+        "DATASETS.TRAIN", "('opt_shapes_train_panoptic_with_sem_seg',)", "SOLVER.IMS_PER_BATCH", "1",
+        "SOLVER.MAX_ITER", "1", "SOLVER.OPTIMIZER", "ADAMW", "OUTPUT_DIR", str(out),
+    ])
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    final = out / "model_final.pth"
+    assert torch.load(final, weights_only=True)["trainer"]["optimizer_type"] == "AdamW"
+
+    cfg.defrost()
+    cfg.SOLVER.MAX_ITER, cfg.SOLVER.OPTIMIZER = 2, "SGD"
+    with pytest.raises(ValueError) as error:
+        Trainer(cfg).resume_or_load(resume=True)  # detectron2 would fail later: KeyError 'momentum'
+    message = str(error.value)
+    assert message.startswith(f"--resume: {final} holds the state of AdamW, but this run's optimizer is SGD")
+    assert "SOLVER.OPTIMIZER SGD" in message and f"MODEL.WEIGHTS {final}" in message
+
+    # a checkpoint saved before the optimizer's name was recorded: told apart by its hyperparameters
+    state = torch.load(final, weights_only=True)
+    del state["trainer"]["optimizer_type"]
+    torch.save(state, final)
+    with pytest.raises(ValueError, match=r"holds the state of another kind of optimizer \(with .*betas.*; "
+                                         r"without .*momentum.*\), but this run's optimizer is SGD"):
+        Trainer(cfg).resume_or_load(resume=True)
+
+    cfg.SOLVER.OPTIMIZER = "ADAMW"  # the run's own optimizer resumes
+    resumed = Trainer(cfg)
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 1 and resumed.optimizer.state_dict()["state"]

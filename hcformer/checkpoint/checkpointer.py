@@ -91,11 +91,16 @@ class HCFormerCheckpointer(DetectionCheckpointer):
       for backbone tensors the model lacks (another depth or variant), or when they share no
       tensor with the model. Buffers computed from the config (``empty_weight``,
       ``pixel_mean``/``pixel_std``, ``num_batches_tracked``, ``relative_position_index``)
-      never count as mismatches.
+      never count as mismatches. This holds for files that detectron2 would load by name
+      matching too (``.pkl`` files of its model zoo and of Mask2Former's) whenever their names
+      are already the model's; name matching is left to files that need it (e.g. ImageNet
+      backbones with other names).
     - ``ignore_prefixes`` (MODEL.WEIGHTS_IGNORE) names tensors not taken from the file, which
       keep their initialisation, e.g. ``["sem_seg_head.predictor.class_embed"]`` to fine-tune a
       COCO model on another number of classes. ``resume_or_load`` does not apply it when it
       resumes from OUTPUT_DIR, whose checkpoints are of this very model.
+    - ``resume_or_load`` refuses a ``last_checkpoint`` that is empty or names a missing file,
+      saying so (fvcore would report the missing file as if it were MODEL.WEIGHTS).
     - ``save`` writes to a temporary file and renames it, and so does the ``last_checkpoint``
       tag, so a crash while saving leaves the previous checkpoint intact and tagged. A
       process killed in the middle of a save leaves its temporary file behind; the next
@@ -115,7 +120,8 @@ class HCFormerCheckpointer(DetectionCheckpointer):
         self.allow_pickle = allow_pickle
         self.ignore_prefixes = tuple(p.rstrip(".") for p in ignore_prefixes)
         self._resuming = False
-        self._path = ""
+        # the file that ``load`` is reading, for the error messages of the checkpointables
+        self.loading = ""
 
     def load(self, path: str, *args, **kwargs):
         if path and path.startswith(_REMOTE_PREFIXES):
@@ -126,20 +132,40 @@ class HCFormerCheckpointer(DetectionCheckpointer):
             )
         if path and not os.path.isfile(path):
             raise FileNotFoundError(f"MODEL.WEIGHTS: no such file: {path}")
-        self._path = path  # for the mismatch report
+        self.loading = path
         try:
             return super().load(path, *args, **kwargs)
         finally:
-            self._path = ""
+            self.loading = ""
 
     def resume_or_load(self, path: str, *, resume: bool = True):
         self.remove_interrupted_saves()
         # a resumed run continues this model: every tensor of its checkpoint is loaded
         self._resuming = resume and self.has_checkpoint()
+        if self._resuming:
+            self._check_last_checkpoint()
         try:
             return super().resume_or_load(path, resume=resume)
         finally:
             self._resuming = False
+
+    def _check_last_checkpoint(self) -> None:
+        """Raise if OUTPUT_DIR/last_checkpoint names no file: fvcore would hand the missing
+        path (or OUTPUT_DIR itself, for an empty tag) to ``load`` as if it were MODEL.WEIGHTS."""
+        tag = os.path.join(self.save_dir, "last_checkpoint")
+        with open(tag) as f:
+            name = f.read().strip()
+        if name and os.path.isfile(os.path.join(self.save_dir, name)):
+            return
+        saved = sorted(n for n in os.listdir(self.save_dir) if n.endswith(".pth"))
+        raise FileNotFoundError(
+            f"--resume: {tag} "
+            + (f"names {name}, which does not exist" if name else "is empty")
+            + ". It should hold the file name of the checkpoint to continue from; "
+            + (f"{self.save_dir} holds {', '.join(saved)}. " if saved else f"{self.save_dir} holds no checkpoint. ")
+            + "Write the name of one of them into it, delete it to start from MODEL.WEIGHTS, or "
+            "run without --resume."
+        )
 
     def remove_interrupted_saves(self) -> None:
         """Delete the temporary files of saves that a killed process never finished."""
@@ -182,11 +208,28 @@ class HCFormerCheckpointer(DetectionCheckpointer):
             state = convert_swin_state_dict(state)
             checkpoint["matching_heuristics"] = False
         state = adapt_to_deformable(state, self.model.state_dict().keys())
+        if checkpoint.get("matching_heuristics", False) and self._has_final_names(state):
+            # detectron2 marks every model-zoo .pkl (Mask2Former's whole models too) for name
+            # matching, which skips each tensor of another shape with a mere warning and loads
+            # the rest: a file already named like the model is checked like any other instead
+            self.logger.info("The checkpoint's names are the model's: loading it without name matching.")
+            checkpoint["matching_heuristics"] = False
         state, left_out = self._leave_out(state)
         if not checkpoint.get("matching_heuristics", False):  # names are final: compare now
             self._check_architecture(state, left_out)
         checkpoint["model"] = state
         return super()._load_model(checkpoint)
+
+    def _has_final_names(self, state: Mapping) -> bool:
+        """Whether ``state`` is named like the model, so that name matching has nothing to do:
+        it holds a tensor of the model outside the backbone (a whole model), or every tensor it
+        holds is one of the model's."""
+        expected = self.model.state_dict()
+        learnt = [key for key in state if not _is_derived(key)]
+        shared = [key for key in learnt if key in expected]
+        if any(not key.startswith("backbone.") for key in shared):
+            return True
+        return bool(shared) and len(shared) == len(learnt)
 
     def _leave_out(self, state: Dict) -> Tuple[Dict, List[str]]:
         """``state`` without the tensors that the model keeps at their initialisation, and the
@@ -235,7 +278,7 @@ class HCFormerCheckpointer(DetectionCheckpointer):
         else:
             kind = "the file holds a whole model" if whole_model else "the file holds backbone weights"
         lines = [
-            f"The checkpoint{' ' + self._path if self._path else ''} does not fit this model "
+            f"The checkpoint{' ' + self.loading if self.loading else ''} does not fit this model "
             f"({type(self.model).__name__}; {kind}): {len(shared) - len(mismatched)} tensors "
             f"match, {len(mismatched)} have another shape, {len(missing)} of the model are missing "
             f"from the file, {len(unexpected)} of the file are unknown to the model. Was it trained with "

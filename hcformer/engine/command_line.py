@@ -1,5 +1,6 @@
 """What every ``train_net.py`` (the repository's and the projects') runs: train or evaluate."""
 import argparse
+import logging
 from typing import Optional, Sequence, Type
 
 from detectron2.engine import default_argument_parser, hooks
@@ -11,6 +12,8 @@ from hcformer.checkpoint import HCFormerCheckpointer
 from .launch import launch
 from .setup import setup
 from .trainer import Trainer
+
+logger = logging.getLogger(__name__)
 
 
 def main(
@@ -26,6 +29,13 @@ def main(
         model = trainer_class.build_model(cfg)
         # refuses a URL for MODEL.WEIGHTS: weights are never downloaded
         checkpointer = checkpointer_class(model, save_dir=cfg.OUTPUT_DIR, allow_pickle=cfg.MODEL.ALLOW_PICKLE)
+        if not cfg.MODEL.WEIGHTS and not (args.resume and checkpointer.has_checkpoint()):
+            # the scores of a random model look like those of a badly trained one
+            logger.warning(
+                "MODEL.WEIGHTS is empty: the model is randomly initialised, and --eval-only "
+                "evaluates it as it is. Set MODEL.WEIGHTS to a trained checkpoint, or add --resume "
+                "to evaluate the last checkpoint of OUTPUT_DIR."
+            )
         checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = trainer_class.test(cfg, model)
         if cfg.TEST.AUG.ENABLED:

@@ -25,6 +25,11 @@ __all__ = [
 _UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: ([\w.]+)")
 
 
+# detectron2's read_image takes any PIL mode, but the model is built for colour images (3 input
+# channels, PIXEL_MEAN/STD of 3 values) and ColorAugSSD and the demo know these two orders only
+_IMAGE_FORMATS = ("RGB", "BGR")
+
+
 class ConfigError(ValueError):
     """One or more config values that cannot work; the message lists every one of them."""
 
@@ -121,7 +126,7 @@ def validate_config(cfg: CfgNode) -> None:
 
     - META_ARCHITECTURE, BACKBONE.NAME, SEM_SEG_HEAD.NAME, the transformer decoder and the
       dataset mapper are registered names (the message lists the registered ones);
-    - MODEL.HC.LEVEL is 0..3 and INPUT.MAX_IMAGE_PIXELS positive;
+    - MODEL.HC.LEVEL is 0..3, INPUT.FORMAT is RGB or BGR and INPUT.MAX_IMAGE_PIXELS positive;
     - the DATASETS are registered, and MODEL.SEM_SEG_HEAD.NUM_CLASSES equals the number of
       classes in their metadata.
     """
@@ -159,6 +164,12 @@ def validate_config(cfg: CfgNode) -> None:
         problems.append(
             f"MODEL.HC.LEVEL={level!r}: expected an integer 0..3 (the number of clustered "
             "downsampling layers)"
+        )
+    if cfg.INPUT.FORMAT not in _IMAGE_FORMATS:
+        problems.append(
+            f"INPUT.FORMAT={cfg.INPUT.FORMAT!r}: expected one of {list(_IMAGE_FORMATS)} (the "
+            "channel order of the 3-channel images the model, the colour augmentation and the "
+            "pretrained backbones take)"
         )
     if cfg.INPUT.MAX_IMAGE_PIXELS <= 0:
         problems.append(f"INPUT.MAX_IMAGE_PIXELS={cfg.INPUT.MAX_IMAGE_PIXELS}: expected > 0")

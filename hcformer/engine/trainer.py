@@ -9,7 +9,7 @@ from typing import Dict, List, Optional
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import build_detection_test_loader
 from detectron2.engine import DefaultTrainer, HookBase
 from detectron2.engine import defaults as d2_defaults
 from detectron2.utils import comm
@@ -23,7 +23,7 @@ from detectron2.utils.events import (
 from torch import nn
 
 from hcformer.checkpoint import HCFormerCheckpointer
-from hcformer.data.build import build_dataset_mapper
+from hcformer.data.build import build_dataset_mapper, build_train_loader
 from hcformer.data.dataset_loading import load_dataset_dicts
 from hcformer.evaluation.build_evaluator import build_evaluator
 from hcformer.evaluation.hierarchy_evaluator import HierarchyEvaluator
@@ -56,6 +56,15 @@ def _cpu_aware_ddp():
         d2_defaults.create_ddp_model = _D2_CREATE_DDP_MODEL
 
 
+def _optimizer_kind(optimizer: torch.optim.Optimizer) -> str:
+    """The name of the torch.optim class of ``optimizer``: "AdamW" or "SGD" also when
+    gradient clipping wraps it in a subclass."""
+    for cls in type(optimizer).__mro__:
+        if cls.__module__.startswith("torch.optim"):
+            return cls.__name__
+    return type(optimizer).__name__
+
+
 class Trainer(DefaultTrainer):
     """detectron2's DefaultTrainer with HCFormer's training mappers, evaluators, optimizer,
     LR schedules and checkpointer (local files only, no pickles unless MODEL.ALLOW_PICKLE,
@@ -71,7 +80,8 @@ class Trainer(DefaultTrainer):
     - several CPU processes (gloo, ``hcformer.engine.launch``) train with a CPU
       DistributedDataParallel;
     - checkpoints hold the optimizer and AMP grad-scaler state, so ``--resume`` continues
-      exactly (detectron2 v0.6 saves only the iteration and the LR scheduler);
+      exactly (detectron2 v0.6 saves only the iteration and the LR scheduler); the state of
+      another kind of optimizer than SOLVER.OPTIMIZER is refused;
     - MODEL.WEIGHTS_IGNORE names tensors of MODEL.WEIGHTS not to load (fine-tuning with
       another head); any other mismatch of a whole-model checkpoint is refused.
     """
@@ -92,6 +102,9 @@ class Trainer(DefaultTrainer):
         # under the same key.
         state = super().state_dict()
         state["_trainer"] = self._trainer.state_dict()
+        # what --resume compares with SOLVER.OPTIMIZER: another optimizer's state would load
+        # silently and fail at the first step (SGD reading "momentum" from AdamW's groups)
+        state["optimizer_type"] = _optimizer_kind(self.optimizer)
         return state
 
     def load_state_dict(self, state: Dict) -> None:
@@ -100,6 +113,7 @@ class Trainer(DefaultTrainer):
         if trainer_state is None:
             logger.warning("The checkpoint holds no optimizer state: the optimizer starts afresh")
             return
+        self._check_optimizer_kind(state.get("optimizer_type"), trainer_state.get("optimizer"))
         scaler = getattr(self._trainer, "grad_scaler", None)
         if scaler is not None and not trainer_state.get("grad_scaler"):
             # a run saved without SOLVER.AMP.ENABLED, resumed with it: AMPTrainer would fail
@@ -108,14 +122,41 @@ class Trainer(DefaultTrainer):
             trainer_state = {**trainer_state, "grad_scaler": scaler.state_dict()}
         self._trainer.load_state_dict(trainer_state)
 
+    def _check_optimizer_kind(self, saved_kind: Optional[str], saved: Optional[Dict]) -> None:
+        """Refuse the state of another kind of optimizer than SOLVER.OPTIMIZER builds.
+
+        The class name is in the checkpoint since it was recorded; older checkpoints are told
+        apart by their hyperparameters: each optimizer has some the other lacks (AdamW "betas",
+        SGD "momentum"), whereas another PyTorch version only adds new ones.
+        """
+        kind = _optimizer_kind(self.optimizer)
+        if saved_kind is not None:
+            if saved_kind == kind:
+                return
+            saved_description = saved_kind
+        else:
+            if not saved or not saved.get("param_groups") or not self.optimizer.param_groups:
+                return
+            saved_keys = set(saved["param_groups"][0]) - {"params"}
+            keys = set(self.optimizer.param_groups[0]) - {"params"}
+            if not (saved_keys - keys and keys - saved_keys):
+                return
+            saved_description = (
+                f"another kind of optimizer (with {', '.join(sorted(saved_keys - keys))}; "
+                f"without {', '.join(sorted(keys - saved_keys))})"
+            )
+        path = getattr(self.checkpointer, "loading", "") or "the checkpoint"
+        raise ValueError(
+            f"--resume: {path} holds the state of {saved_description}, but this run's "
+            f"optimizer is {kind} (SOLVER.OPTIMIZER {self.cfg.SOLVER.OPTIMIZER}). A resumed run "
+            "continues with its own optimizer: resume with the SOLVER.OPTIMIZER it was trained "
+            "with, or start a new run with another OUTPUT_DIR (or without --resume) and "
+            f"MODEL.WEIGHTS {path} to train its weights with {kind}."
+        )
+
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        dataset = load_dataset_dicts(
-            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
-        )
-        return build_detection_train_loader(
-            cfg, mapper=build_dataset_mapper(cfg, is_train=True), dataset=dataset
-        )
+        return build_train_loader(cfg)
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):

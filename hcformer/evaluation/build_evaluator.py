@@ -69,12 +69,35 @@ def _ensure_json_file(dataset_name: str) -> None:
         DatasetCatalog.get(dataset_name)
 
 
-def _mask_ap_evaluator(dataset_name: str, output_folder: Optional[str]) -> COCOEvaluator:
+def _mask_ap_evaluator(
+    dataset_name: str, output_folder: Optional[str], things_only: bool = False
+) -> COCOEvaluator:
+    """COCOEvaluator (``things_only``: ThingsCOCOEvaluator) of the dataset's instance JSON.
+
+    pycocotools reads the JSON while the evaluator is built, and a broken file would fail with
+    a bare ``JSONDecodeError`` / ``KeyError`` naming neither the dataset nor the file.
+    """
     _ensure_json_file(dataset_name)
-    # Only "segm": mask-based models predict no real boxes, so box AP would be meaningless.
-    return COCOEvaluator(
-        dataset_name, tasks=("segm",), output_dir=output_folder, use_fast_impl=False
-    )
+    try:
+        if things_only:
+            return ThingsCOCOEvaluator(dataset_name, output_dir=output_folder)
+        # Only "segm": mask-based models predict no real boxes, so box AP would be meaningless.
+        return COCOEvaluator(
+            dataset_name, tasks=("segm",), output_dir=output_folder, use_fast_impl=False
+        )
+    except Exception as e:  # noqa: BLE001  whatever pycocotools raised, the file is unusable
+        json_file = MetadataCatalog.get(dataset_name).get("json_file", None)
+        hint = (
+            " To evaluate without mask AP, set MODEL.MASK_FORMER.TEST.INSTANCE_ON False."
+            if MetadataCatalog.get(dataset_name).get("evaluator_type") != "coco"
+            else ""
+        )
+        raise ValueError(
+            f"Cannot build the mask AP evaluator of dataset '{dataset_name}': its instance "
+            f"annotations {json_file or '(no json_file in its metadata)'} could not be read "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Is the file "
+            f"truncated or not COCO JSON? Regenerate or download it again.{hint}"
+        ) from None
 
 
 class ThingsCOCOEvaluator(COCOEvaluator):
@@ -122,8 +145,8 @@ def build_evaluator(
         output_folder: where evaluators dump predictions; default ``cfg.OUTPUT_DIR/inference``.
 
     Raises:
-        ValueError: the dataset has no or an unknown ``evaluator_type``, or the TEST.*_ON flags
-            select no evaluator for it.
+        ValueError: the dataset has no or an unknown ``evaluator_type``, the TEST.*_ON flags
+            select no evaluator for it, or its instance JSON (for mask AP) cannot be read.
     """
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
@@ -162,11 +185,8 @@ def build_evaluator(
                     CheckedSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
                 )
             if test.INSTANCE_ON:
-                evaluators.append(
-                    _mask_ap_evaluator(dataset_name, output_folder)
-                    if evaluator_type == "coco_panoptic_seg"
-                    else ThingsCOCOEvaluator(dataset_name, output_dir=output_folder)
-                )
+                things_only = evaluator_type != "coco_panoptic_seg"
+                evaluators.append(_mask_ap_evaluator(dataset_name, output_folder, things_only))
 
     if not evaluators:
         raise ValueError(

@@ -47,6 +47,21 @@ def pairwise_dice_cost(logits: Tensor, targets: Tensor) -> Tensor:
     return 1 - (2 * intersection + 1) / (sizes + 1)
 
 
+def finite_cost(cost: np.ndarray) -> np.ndarray:
+    """``cost`` with every NaN or infinite entry made the worst finite one.
+
+    Predictions of a diverged model are NaN: refusing to match them would stop training here,
+    with no iteration and no loss terms named, and only on the ranks that diverged (the others
+    would wait for them in the next all-reduce). Any assignment will do for such predictions:
+    their losses come out NaN, and the loss guard stops every rank with a full report.
+    """
+    finite = np.isfinite(cost)
+    if finite.all():
+        return cost
+    worst = cost[finite].max() + 1.0 if finite.any() else 0.0
+    return np.where(finite, cost, worst)
+
+
 class HungarianMatcher(nn.Module):
     """One-to-one assignment of the Q queries of each image to its T ground-truth segments.
 
@@ -128,10 +143,7 @@ class HungarianMatcher(nn.Module):
             + self.cost_mask * pairwise_sigmoid_ce_cost(pred_points, target_points)
             + self.cost_dice * pairwise_dice_cost(pred_points, target_points)
         )
-        cost = cost.cpu().numpy()
-        if not np.isfinite(cost).all():
-            raise FloatingPointError("non-finite matching cost: the predictions contain NaN or inf")
-        rows, cols = linear_sum_assignment(cost)
+        rows, cols = linear_sum_assignment(finite_cost(cost.cpu().numpy()))
         return torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)
 
     def extra_repr(self) -> str:
