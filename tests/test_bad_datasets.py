@@ -35,15 +35,6 @@ def random_rgb(height, width, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
-@pytest.fixture
-def dataset_names():
-    """Names of the datasets a test registers, unregistered after it."""
-    names = []
-    yield names
-    for name in names:
-        unregister_dataset(name)
-
-
 def semantic_train_cfg(dataset, skip):
     cfg = get_cfg()
     add_hcformer_config(cfg)

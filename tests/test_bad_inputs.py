@@ -190,15 +190,6 @@ def test_instance_annotations_with_unknown_categories(tmp_path):
 
 
 @pytest.fixture
-def dataset_names():
-    """Names of the datasets a test registers, unregistered after it."""
-    names = []
-    yield names
-    for name in names:
-        unregister_dataset(name)
-
-
-@pytest.fixture
 def register(dataset_names):
     """register(name, records, **metadata): a dataset of the given records for one test."""
 

@@ -50,22 +50,29 @@ def test_non_finite_terms_are_named():
     assert sorted(bad) == ["loss_dice", "loss_mask"]
 
 
-@pytest.mark.slow
-def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+def tiny_shapes_trainer(tmp_path: Path, prefix: str, max_iter: int, checkpoint_period: int):
+    """A Trainer of the tiny shapes model, batch 1, on 4 generated 64 px images, writing to
+    tmp_path/out."""
     from hcformer.data import ShapesSpec, register_shapes_datasets
     from hcformer.engine.trainer import Trainer
 
     register_shapes_datasets(str(tmp_path / "datasets"), ShapesSpec(image_size=64, num_train=4, num_val=1),
-                             prefix="nan_shapes", replace=True)
+                             prefix=prefix, replace=True)
     cfg = get_cfg()
     add_hcformer_config(cfg)
     cfg.merge_from_file(str(SHAPES_CONFIG))
     cfg.merge_from_list(TINY + [
-        "DATASETS.TRAIN", "('nan_shapes_train_panoptic_with_sem_seg',)", "SOLVER.IMS_PER_BATCH", "1",
-        "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2", "OUTPUT_DIR", str(tmp_path / "out"),
+        "DATASETS.TRAIN", f"('{prefix}_train_panoptic_with_sem_seg',)", "SOLVER.IMS_PER_BATCH", "1",
+        "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", str(checkpoint_period),
+        "OUTPUT_DIR", str(tmp_path / "out"),
     ])
-    (tmp_path / "out").mkdir()  # train_net's setup() would make it
-    trainer = Trainer(cfg)
+    (tmp_path / "out").mkdir(exist_ok=True)  # train_net's setup() would make it
+    return Trainer(cfg)
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    trainer = tiny_shapes_trainer(tmp_path, "nan_shapes", max_iter=4, checkpoint_period=2)
     trainer.resume_or_load(resume=False)
     model = trainer.model
     forward = model.forward
@@ -97,19 +104,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_nan_weights_stop_training_at_the_loss_guard(tmp_path):
     # a real divergence (e.g. SOLVER.BASE_LR 1e8): the weights, and so every prediction, are
     # NaN; the Hungarian matcher must let them through for the guard to name iteration and terms
-    from hcformer.data import ShapesSpec, register_shapes_datasets
-    from hcformer.engine.trainer import Trainer
-
-    register_shapes_datasets(str(tmp_path / "datasets"), ShapesSpec(image_size=64, num_train=4, num_val=1),
-                             prefix="nanw_shapes", replace=True)
-    cfg = get_cfg()
-    add_hcformer_config(cfg)
-    cfg.merge_from_file(str(SHAPES_CONFIG))
-    cfg.merge_from_list(TINY + [
-        "DATASETS.TRAIN", "('nanw_shapes_train_panoptic_with_sem_seg',)", "SOLVER.IMS_PER_BATCH", "1",
-        "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "1", "OUTPUT_DIR", str(tmp_path / "out"),
-    ])
-    trainer = Trainer(cfg)
+    trainer = tiny_shapes_trainer(tmp_path, "nanw_shapes", max_iter=3, checkpoint_period=1)
     trainer.resume_or_load(resume=False)
     model = trainer.model
     forward = model.forward
