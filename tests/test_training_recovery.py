@@ -50,24 +50,31 @@ def test_non_finite_terms_are_named():
     assert sorted(bad) == ["loss_dice", "loss_mask"]
 
 
-def tiny_shapes_trainer(tmp_path: Path, prefix: str, max_iter: int, checkpoint_period: int):
-    """A Trainer of the tiny shapes model, batch 1, on 4 generated 64 px images, writing to
-    tmp_path/out."""
+def tiny_shapes_cfg(tmp_path: Path, prefix: str, *overrides: str, num_train: int = 4):
+    """The tiny shapes model's config, batch 1, on ``num_train`` generated 64 px images,
+    writing to tmp_path/out (created), with ``overrides`` (KEY VALUE ...) on top."""
     from hcformer.data import ShapesSpec, register_shapes_datasets
-    from hcformer.engine.trainer import Trainer
 
-    register_shapes_datasets(str(tmp_path / "datasets"), ShapesSpec(image_size=64, num_train=4, num_val=1),
+    register_shapes_datasets(str(tmp_path / "datasets"), ShapesSpec(image_size=64, num_train=num_train, num_val=1),
                              prefix=prefix, replace=True)
     cfg = get_cfg()
     add_hcformer_config(cfg)
     cfg.merge_from_file(str(SHAPES_CONFIG))
     cfg.merge_from_list(TINY + [
         "DATASETS.TRAIN", f"('{prefix}_train_panoptic_with_sem_seg',)", "SOLVER.IMS_PER_BATCH", "1",
-        "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", str(checkpoint_period),
-        "OUTPUT_DIR", str(tmp_path / "out"),
+        "OUTPUT_DIR", str(tmp_path / "out"), *overrides,
     ])
     (tmp_path / "out").mkdir(exist_ok=True)  # train_net's setup() would make it
-    return Trainer(cfg)
+    return cfg
+
+
+def tiny_shapes_trainer(tmp_path: Path, prefix: str, max_iter: int, checkpoint_period: int):
+    """A Trainer of ``tiny_shapes_cfg``."""
+    from hcformer.engine.trainer import Trainer
+
+    return Trainer(tiny_shapes_cfg(
+        tmp_path, prefix, "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", str(checkpoint_period)
+    ))
 
 
 @pytest.mark.slow
@@ -272,20 +279,11 @@ def cpu_amp_trainer(cfg, scaler: torch.amp.GradScaler):
 
 @pytest.mark.slow
 def test_resume_restores_the_amp_grad_scaler(tmp_path):
-    from hcformer.data import ShapesSpec, register_shapes_datasets
-
-    register_shapes_datasets(str(tmp_path / "datasets"), ShapesSpec(image_size=64, num_train=4, num_val=1),
-                             prefix="amp_shapes", replace=True)
     out = tmp_path / "out"
-    cfg = get_cfg()
-    add_hcformer_config(cfg)
-    cfg.merge_from_file(str(SHAPES_CONFIG))
-    cfg.merge_from_list(TINY + [
-        "DATASETS.TRAIN", "('amp_shapes_train_panoptic_with_sem_seg',)", "SOLVER.IMS_PER_BATCH", "1",
-        "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.AMP.ENABLED", "True",
-        "MODEL.WEIGHTS_IGNORE", "['sem_seg_head.predictor.class_embed']", "OUTPUT_DIR", str(out),
-    ])
-    out.mkdir()
+    cfg = tiny_shapes_cfg(
+        tmp_path, "amp_shapes", "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2",
+        "SOLVER.AMP.ENABLED", "True", "MODEL.WEIGHTS_IGNORE", "['sem_seg_head.predictor.class_embed']",
+    )
     # the scale doubles after every 3 steps without inf/NaN gradients
     trainer = cpu_amp_trainer(cfg, torch.amp.GradScaler("cpu", init_scale=256.0, growth_interval=3))
     trainer.resume_or_load(resume=False)
@@ -330,19 +328,10 @@ def test_resume_restores_the_amp_grad_scaler(tmp_path):
 
 @pytest.mark.slow
 def test_resume_refuses_the_state_of_another_optimizer(tmp_path):
-    from hcformer.data import ShapesSpec, register_shapes_datasets
     from hcformer.engine.trainer import Trainer
 
-    register_shapes_datasets(str(tmp_path / "datasets"), ShapesSpec(image_size=64, num_train=2, num_val=1),
-                             prefix="opt_shapes", replace=True)
     out = tmp_path / "out"
-    cfg = get_cfg()
-    add_hcformer_config(cfg)
-    cfg.merge_from_file(str(SHAPES_CONFIG))
-    cfg.merge_from_list(TINY + [
-        "DATASETS.TRAIN", "('opt_shapes_train_panoptic_with_sem_seg',)", "SOLVER.IMS_PER_BATCH", "1",
-        "SOLVER.MAX_ITER", "1", "SOLVER.OPTIMIZER", "ADAMW", "OUTPUT_DIR", str(out),
-    ])
+    cfg = tiny_shapes_cfg(tmp_path, "opt_shapes", "SOLVER.MAX_ITER", "1", "SOLVER.OPTIMIZER", "ADAMW", num_train=2)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
