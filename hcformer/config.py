@@ -62,6 +62,10 @@ def add_hcformer_config(cfg: CN) -> None:
     cfg.MODEL.HC.EMB_DIM = 128  # channels of the clustering embeddings
     cfg.MODEL.HC.L1_WEIGHT = 0.1  # lambda_reg of the regulariser sum_i |s_i|
     cfg.MODEL.HC.POINT_DECODING = True  # (hcformer) training decodes only what the losses sample
+    # (hcformer) depth of the HCFormer+ encoder on res5 (MODEL.RESNETS.AUX "transformer"); the
+    # original always builds 6. MODEL.MASK_FORMER.ENC_LAYERS is, as there, the encoder depth
+    # inside the MaskFormer decoder (HCStandardTransformerDecoder).
+    cfg.MODEL.HC.AUX_ENCODER_LAYERS = 6
 
     # ---------------------------------------------------------------- ResNet backbone
     cfg.MODEL.RESNETS.DOWNSAMPLING = "deform"  # "deform" (modulated DCNv2) | "conv"
@@ -106,6 +110,9 @@ def add_hcformer_config(cfg: CN) -> None:
     cfg.MODEL.MASK_FORMER.DICE_WEIGHT = 5.0
     cfg.MODEL.MASK_FORMER.MASK_WEIGHT = 5.0
     cfg.MODEL.MASK_FORMER.NHEADS = 8
+    # dropout of HCStandardTransformerDecoder (MFDec) as in the original; the masked decoder
+    # (HCTransformerDecoder) reads it too, where the original always uses 0.0: the released
+    # configs set 0.0, so the two agree unless a config changes it
     cfg.MODEL.MASK_FORMER.DROPOUT = 0.0
     cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 2048
     cfg.MODEL.MASK_FORMER.ENC_LAYERS = 0
@@ -127,7 +134,6 @@ def add_hcformer_config(cfg: CN) -> None:
     cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = 0.0
     cfg.MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD = 0.0
     cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
-    cfg.MODEL.MASK_FORMER.TEST.DETECTIONS_PER_IMAGE = 100  # (hcformer) instance top-k
 
     # ---------------------------------------------------------------- evaluation
     cfg.TEST.HIERARCHY_EVAL = False  # (hcformer) undersegmentation error of every level

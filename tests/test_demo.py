@@ -70,7 +70,7 @@ def test_confidence_threshold_filters_instances_and_panoptic_segments(demo, tmp_
     # Every query of the model says class 1 with p = 0.6 and covers the image; instance inference
     # ranks the 8 queries × 6 classes: 8 pairs score 0.6, the others (1 − 0.6) / 6 ≈ 0.067.
     inputs = ["--input", str(images[0]), "--save-predictions"]
-    top_12 = ["MODEL.MASK_FORMER.TEST.DETECTIONS_PER_IMAGE", "12"]
+    top_12 = ["TEST.DETECTIONS_PER_IMAGE", "12"]
     saved = {}
     for threshold, expected in [("0", 12), ("0.3", 8), ("0.65", 0), ("1.01", 0)]:
         out, _ = _run(demo, tmp_path, "instance", *inputs, "--confidence-threshold", threshold, *top_12, confident=0.6)

@@ -69,7 +69,7 @@ def task_cfg(task: str, **overrides):
     cfg = tiny_hcformer_cfg(**overrides)
     for flag, on in TASK_FLAGS[task].items():
         setattr(cfg.MODEL.MASK_FORMER.TEST, flag, on)
-    cfg.MODEL.MASK_FORMER.TEST.DETECTIONS_PER_IMAGE = 5
+    cfg.TEST.DETECTIONS_PER_IMAGE = 5
     cfg.INPUT.MIN_SIZE_TEST = 64
     cfg.INPUT.MAX_SIZE_TEST = 128
     return cfg

@@ -1,4 +1,14 @@
-"""2-D sine positional encoding (DETR), normalised to the feature map."""
+"""2-D sine positional encoding (DETR), normalised to the feature map.
+
+Position i of n along an axis (1-based) is mapped to θ_i = i / (n + ε) · 2π and encoded as
+
+    PE(θ)_{2k} = sin(θ / T^{2k/d}),   PE(θ)_{2k+1} = cos(θ / T^{2k/d}),   k = 0 … d/2 − 1
+
+with d = num_pos_feats, T = temperature. The output stacks the d codes of y, then the d codes
+of x. This is DETR's normalisation, which the original HCFormer uses in all three places
+(masked decoder, MaskFormer decoder, HCFormer+ encoder); Mask2Former centres the positions,
+(i − 0.5) / n, and checkpoints trained with one give different outputs with the other.
+"""
 import math
 
 import torch
@@ -20,10 +30,9 @@ class PositionEmbeddingSine(nn.Module):
         y = torch.arange(1, H + 1, dtype=torch.float32, device=x.device)[:, None].expand(H, W)
         xs = torch.arange(1, W + 1, dtype=torch.float32, device=x.device)[None, :].expand(H, W)
         if self.normalize:
-            # pixel centres in (0, 2π), as Mask2Former (which HCFormer builds on) does
             eps = 1e-6
-            y = (y - 0.5) / (H + eps) * self.scale
-            xs = (xs - 0.5) / (W + eps) * self.scale
+            y = y / (H + eps) * self.scale
+            xs = xs / (W + eps) * self.scale
         dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=x.device)
         dim_t = self.temperature ** (2 * (dim_t // 2) / self.num_pos_feats)
         pos_x = xs[..., None] / dim_t

@@ -107,7 +107,7 @@ class HCFormer(nn.Module):
             "semantic_on": test.SEMANTIC_ON,
             "panoptic_on": test.PANOPTIC_ON,
             "instance_on": test.INSTANCE_ON,
-            "test_topk_per_image": test.DETECTIONS_PER_IMAGE,
+            "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,  # the instance top-k, as the original
             "scale_reg_weight": cfg.MODEL.HC.L1_WEIGHT,
             "point_decoding": cfg.MODEL.HC.POINT_DECODING,
         }

@@ -47,7 +47,7 @@ def build_res5_aux(cfg, in_channels: int) -> Optional[nn.Module]:
             in_channels,
             d_model=mf.HIDDEN_DIM,
             nhead=mf.NHEADS,
-            num_layers=mf.ENC_LAYERS if mf.ENC_LAYERS > 0 else 6,
+            num_layers=cfg.MODEL.HC.AUX_ENCODER_LAYERS,
             dim_feedforward=mf.DIM_FEEDFORWARD,
         )
     raise ValueError(f'MODEL.RESNETS.AUX must be "none" or "transformer", got {aux!r}')

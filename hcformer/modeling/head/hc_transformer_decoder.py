@@ -12,7 +12,13 @@ from detectron2.utils.registry import Registry
 from torch import Tensor, nn
 
 from hcformer.layers.position_encoding import PositionEmbeddingSine
-from hcformer.layers.transformer_layers import CrossAttentionLayer, DecoderLayer, FFNLayer, SelfAttentionLayer
+from hcformer.layers.transformer_layers import (
+    CrossAttentionLayer,
+    DecoderLayer,
+    EncoderLayer,
+    FFNLayer,
+    SelfAttentionLayer,
+)
 
 TRANSFORMER_DECODER_REGISTRY = Registry("TRANSFORMER_MODULE")
 TRANSFORMER_DECODER_REGISTRY.__doc__ = "Transformer decoders of HCFormer (MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME)."
@@ -52,13 +58,18 @@ class _QueryDecoderBase(nn.Module):
         self.mask_proj = nn.Conv2d(in_channels, mask_dim, 1)
         nn.init.kaiming_uniform_(self.mask_proj.weight, a=1)
         nn.init.zeros_(self.mask_proj.bias)
-        self.decoder_norm = nn.LayerNorm(hidden_dim)
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
 
+    @property
+    def output_norm(self) -> nn.LayerNorm:
+        """The LayerNorm applied to the queries before the prediction heads (each decoder
+        keeps it where the original checkpoints have it)."""
+        raise NotImplementedError
+
     def predict(self, queries: Tensor, mask_features: Tensor):
         """queries (Q, B, C), mask_features (B, D, h, w) → logits (B, Q, K+1), masks (B, Q, h, w)."""
-        x = self.decoder_norm(queries).transpose(0, 1)
+        x = self.output_norm(queries).transpose(0, 1)
         masks = torch.einsum("bqd,bdhw->bqhw", self.mask_embed(x), mask_features)
         return self.class_embed(x), masks
 
@@ -93,9 +104,14 @@ class HCTransformerDecoder(_QueryDecoderBase):
             CrossAttentionLayer(hidden_dim, nheads, dropout, pre_norm) for _ in range(num_layers))
         self.transformer_ffn_layers = nn.ModuleList(
             FFNLayer(hidden_dim, dim_feedforward, dropout, pre_norm) for _ in range(num_layers))
+        self.decoder_norm = nn.LayerNorm(hidden_dim)
         self.query_feat = nn.Embedding(num_queries, hidden_dim)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
         self.level_embed = nn.Embedding(1, hidden_dim)
+
+    @property
+    def output_norm(self) -> nn.LayerNorm:
+        return self.decoder_norm
 
     def attention_mask(self, masks: Tensor) -> Tensor:
         """(B, Q, h, w) mask logits → bool (B·heads, Q, h·w), True = blocked."""
@@ -130,24 +146,37 @@ class HCTransformerDecoder(_QueryDecoderBase):
 class HCStandardTransformerDecoder(_QueryDecoderBase):
     """DETR-style decoder without masked attention (MaskFormer's; paper Table V, "MFDec").
 
-    Zero-initialised targets with learnable query positions; every one of the
-    ``num_layers`` (= DEC_LAYERS) layers gives a prediction.
+    ``num_encoder_layers`` (MODEL.MASK_FORMER.ENC_LAYERS, 0 in the released configs) DETR
+    encoder layers refine the feature map; then zero-initialised targets with learnable query
+    positions go through ``num_layers`` (= DEC_LAYERS) decoder layers, each giving a
+    prediction. Modules sit where the original checkpoints have them:
+    ``transformer.encoder.layers``, ``transformer.decoder.layers`` and the final LayerNorm
+    ``transformer.decoder.norm`` (applied to every layer's output before the heads).
     """
 
     def __init__(self, in_channels: int, num_classes: int, hidden_dim: int = 256, num_queries: int = 100,
                  nheads: int = 8, dim_feedforward: int = 2048, num_layers: int = 6, pre_norm: bool = False,
-                 mask_dim: int = 256, enforce_input_project: bool = False, dropout: float = 0.1):
+                 mask_dim: int = 256, enforce_input_project: bool = False, dropout: float = 0.1,
+                 num_encoder_layers: int = 0):
         super().__init__(in_channels, num_classes, hidden_dim, num_queries, mask_dim, enforce_input_project)
         if pre_norm:
             raise ValueError("HCStandardTransformerDecoder is post-norm only: set MODEL.MASK_FORMER.PRE_NORM False")
         self.transformer = nn.Module()
+        self.transformer.encoder = nn.Module()
+        self.transformer.encoder.layers = nn.ModuleList(
+            EncoderLayer(hidden_dim, nheads, dim_feedforward, dropout) for _ in range(num_encoder_layers))
         self.transformer.decoder = nn.Module()
         self.transformer.decoder.layers = nn.ModuleList(
             DecoderLayer(hidden_dim, nheads, dim_feedforward, dropout) for _ in range(num_layers))
+        self.transformer.decoder.norm = nn.LayerNorm(hidden_dim)
         for p in self.transformer.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
+
+    @property
+    def output_norm(self) -> nn.LayerNorm:
+        return self.transformer.decoder.norm
 
     def forward(self, x: Tensor) -> Dict[str, object]:
         B = x.shape[0]
@@ -155,6 +184,8 @@ class HCStandardTransformerDecoder(_QueryDecoderBase):
         memory = self.input_proj(x)
         pos = self.pe_layer(memory).flatten(2).permute(2, 0, 1)
         memory = memory.flatten(2).permute(2, 0, 1)
+        for layer in self.transformer.encoder.layers:
+            memory = layer(memory, pos)
         query_pos = self.query_embed.weight[:, None].expand(-1, B, -1)
         tgt = torch.zeros_like(query_pos)
         all_logits, all_masks = [], []
@@ -174,6 +205,7 @@ def build_transformer_decoder(cfg, in_channels: int) -> nn.Module:
         known = ", ".join(sorted(k for k, _ in TRANSFORMER_DECODER_REGISTRY))
         raise KeyError(f"MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME {name!r} is not registered; known: {known}")
     masked = name == "HCTransformerDecoder"
+    extra = {} if masked else {"num_encoder_layers": mf.ENC_LAYERS}
     return TRANSFORMER_DECODER_REGISTRY.get(name)(
         in_channels=in_channels,
         num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
@@ -187,4 +219,5 @@ def build_transformer_decoder(cfg, in_channels: int) -> nn.Module:
         mask_dim=cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
         enforce_input_project=mf.ENFORCE_INPUT_PROJ,
         dropout=mf.DROPOUT,
+        **extra,
     )

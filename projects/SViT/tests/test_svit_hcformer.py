@@ -34,7 +34,7 @@ def tiny_hc_svit(level: int = 3, aux: str = "none"):
     cfg.MODEL.RESNETS.AUX = aux
     cfg.MODEL.MASK_FORMER.HIDDEN_DIM = 32
     cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 64
-    cfg.MODEL.MASK_FORMER.ENC_LAYERS = 1
+    cfg.MODEL.HC.AUX_ENCODER_LAYERS = 1
     return BACKBONE_REGISTRY.get("D2HCSViT")(cfg, ShapeSpec(channels=3))
 
 

@@ -1,0 +1,80 @@
+"""Same numbers as the original HCFormer: the COCO panoptic R50 config, its state-dict layout and
+formula weights (tests/original_reference.py), one fixed 256×384 image, compared with what the
+original implementation computed (tests/data/original_hcformer_R50_coco_panoptic_256x384.npz).
+
+Tolerances are fp32 rounding: the original and this project agree to ~1e-5 here; a changed
+computation (e.g. the positional encoding's −0.5 centring) moves ``sem_seg`` by ~1e-2.
+"""
+from pathlib import Path
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+from hcformer.config import add_hcformer_config
+from original_reference import formula_state_dict, load_reference, reference_image
+
+CONFIG = "coco/panoptic-segmentation/hcformer_R50_bs16_50ep.yaml"
+CONFIGS = Path(__file__).parents[1] / "configs"
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return load_reference("original_hcformer_R50_coco_panoptic_256x384")
+
+
+@pytest.fixture(scope="module")
+def outputs(reference):
+    """Our model with formula weights on the reference image: head outputs and final results."""
+    assert reference["meta"]["config"] == CONFIG
+    cfg = get_cfg()
+    add_hcformer_config(cfg)
+    cfg.merge_from_file(str(CONFIGS / CONFIG))
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg).eval()
+    state = model.state_dict()
+    layout = {k: tuple(v.shape) for k, v in state.items()}
+    model.load_state_dict(formula_state_dict(state))
+    image = reference_image().float()
+    with torch.no_grad():
+        head, _ = model.run(model.preprocess([{"image": image}]))
+        (result,) = model([{"image": image, "height": 256, "width": 384}])
+    return {"layout": layout, "head": head, "result": result}
+
+
+def test_state_dict_layout_is_the_originals(reference, outputs):
+    ours, theirs = outputs["layout"], reference["keys"]
+    assert sorted(set(theirs) - set(ours)) == []
+    assert sorted(set(ours) - set(theirs)) == []
+    assert {k: v for k, v in ours.items() if theirs[k] != v} == {}
+
+
+def test_head_outputs_equal_the_originals(reference, outputs):
+    logits = outputs["head"]["pred_logits"][0]
+    masks = outputs["head"]["pred_masks"][0]  # decoded to stride 4: (Q, H/4, W/4)
+    assert masks.shape == (100, 64, 96)
+    torch.testing.assert_close(logits, reference["pred_logits"], atol=TOLERANCE, rtol=0)
+    torch.testing.assert_close(masks[:, ::2, ::2], reference["pred_masks_stride4_sub2"], atol=TOLERANCE, rtol=0)
+
+
+def test_sem_seg_equals_the_originals(reference, outputs):
+    sem_seg = outputs["result"]["sem_seg"]
+    assert sem_seg.shape == (133, 256, 384)
+    torch.testing.assert_close(sem_seg[:, ::8, ::8], reference["sem_seg_sub8"], atol=TOLERANCE, rtol=0)
+    # the argmax everywhere, except where two classes are tied to within the tolerance
+    top2 = sem_seg.topk(2, dim=0).values
+    decided = (top2[0] - top2[1]) > TOLERANCE
+    differs = sem_seg.argmax(0) != reference["sem_seg_argmax"].long()
+    assert not (differs & decided).any()
+
+
+def test_panoptic_and_instances_equal_the_originals(reference, outputs):
+    panoptic, segments = outputs["result"]["panoptic_seg"]
+    assert torch.equal(panoptic.int(), reference["panoptic_seg"])
+    assert segments == reference["meta"]["segments_info"]
+    instances = outputs["result"]["instances"]
+    assert torch.equal(instances.pred_classes, reference["instance_classes"])
+    torch.testing.assert_close(instances.scores, reference["instance_scores"], atol=1e-5, rtol=0)
+    assert torch.equal(instances.pred_masks.flatten(1).sum(1).float(), reference["instance_mask_areas"])
