@@ -6,7 +6,9 @@ For each split, reads ``ROOT/annotations/panoptic_{split}.json`` and ``ROOT/pano
 and writes ``ROOT/panoptic_semseg_{split}/<same name>.png``: uint8, pixel = contiguous id of the
 segment's category (categories sorted by id, things and stuff together, crowd included),
 255 = unlabeled. For COCO this is the order of detectron2's COCO_CATEGORIES, which the registered
-metadata uses.
+metadata uses. Panoptic PNGs are read with the training checks (RGB, every segment id listed in
+the JSON). Datasets registered with DATASETS.COCO_PANOPTIC derive the same PNGs on first use
+(``hcformer/data/datasets/coco_panoptic_files.py``, which this script shares its conversion with).
 
 Every PNG is written to a temporary name and renamed, so an interrupted run leaves no truncated
 file; a rerun skips the PNGs that already exist and deletes the temporary files that a killed run
@@ -22,35 +24,13 @@ import functools
 import json
 import multiprocessing
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
-import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
+from hcformer.data.datasets.coco_panoptic_files import contiguous_ids, panoptic_semantic_labels
+from hcformer.data.image_reading import read_label_file
 from hcformer.utils.atomic_png import remove_stale_temporary_files, save_png_atomically
-
-IGNORE_LABEL = 255
-
-
-def contiguous_ids(categories: List[Dict]) -> Dict[int, int]:
-    """Category id -> position among the categories sorted by id."""
-    ids = sorted(c["id"] for c in categories)
-    if len(ids) >= IGNORE_LABEL:
-        raise ValueError(f"{len(ids)} categories do not fit in uint8 labels below {IGNORE_LABEL}")
-    return {category_id: i for i, category_id in enumerate(ids)}
-
-
-def panoptic_to_semantic(
-    panoptic_rgb: np.ndarray, segments_info: List[Dict], id_map: Dict[int, int]
-) -> np.ndarray:
-    """H x W x 3 COCO panoptic PNG -> H x W uint8 contiguous category ids (255 = unlabeled)."""
-    rgb = panoptic_rgb.astype(np.int64)
-    segment_ids = rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
-    semantic = np.full(segment_ids.shape, IGNORE_LABEL, dtype=np.uint8)
-    for segment in segments_info:
-        semantic[segment_ids == segment["id"]] = id_map[segment["category_id"]]
-    return semantic
 
 
 def _convert_one(
@@ -60,10 +40,10 @@ def _convert_one(
     output = os.path.join(output_root, annotation["file_name"])
     if os.path.exists(output):
         return False
-    panoptic = np.asarray(
-        Image.open(os.path.join(panoptic_root, annotation["file_name"])).convert("RGB")
-    )
-    save_png_atomically(panoptic_to_semantic(panoptic, annotation["segments_info"], id_map), output)
+    png = os.path.join(panoptic_root, annotation["file_name"])
+    panoptic = read_label_file(png, "panoptic")
+    labels = panoptic_semantic_labels(panoptic, annotation["segments_info"], id_map, png)
+    save_png_atomically(labels, output)
     return True
 
 

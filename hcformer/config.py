@@ -36,6 +36,16 @@ def add_hcformer_config(cfg: CN) -> None:
     # evaluation, demo): a corrupt header or a huge scan would otherwise exhaust the memory.
     # PIL's own limit (2 x Image.MAX_IMAGE_PIXELS) still applies above this.
     cfg.INPUT.MAX_IMAGE_PIXELS = 89_478_485  # PIL's warning threshold, ~9459 x 9459
+    # (hcformer) your own datasets, registered in every process before anything is built
+    # (hcformer/data/datasets/register_from_config.py); each a list of lists of strings:
+    # [[name, json_file, image_root], ...]: COCO instance JSON (polygons or RLE)
+    cfg.DATASETS.COCO_INSTANCES = []
+    # [[name, panoptic_json, panoptic_png_root, image_root(, semantic_png_root)], ...]; without
+    # the last, semantic PNGs are derived on first use into <panoptic_png_root>_semseg
+    cfg.DATASETS.COCO_PANOPTIC = []
+    # [[name, image_dir, label_dir, classes_txt], ...]: label PNG value = line of classes_txt
+    # (0-based), 255 = ignore
+    cfg.DATASETS.SEM_SEG = []
 
     # ---------------------------------------------------------------- solver
     cfg.SOLVER.OPTIMIZER = "ADAMW"
@@ -97,6 +107,8 @@ def add_hcformer_config(cfg: CN) -> None:
     cfg.MODEL.SWIN.USE_CHECKPOINT = False
 
     # ---------------------------------------------------------------- head
+    # MODEL.SEM_SEG_HEAD.NUM_CLASSES is detectron2's key; (hcformer) -1 takes the number of
+    # classes of the DATASETS.TRAIN datasets (engine/config_validation.py)
     cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256
     cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 0
     cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "BasePixelDecoder"  # unused: no pixel decoder

@@ -120,8 +120,55 @@ def _expected_num_classes(dataset_name: str):
     return None
 
 
-def validate_config(cfg: CfgNode) -> None:
-    """Check what detectron2 checks late or never; raise one ``ConfigError`` listing every
+def _resolve_num_classes(cfg: CfgNode) -> List[str]:
+    """MODEL.SEM_SEG_HEAD.NUM_CLASSES -1 becomes the number of classes of the DATASETS.TRAIN
+    datasets (all must agree); returns the line to log. Unregistered names are left to
+    ``validate_config`` to report."""
+    from detectron2.data import DatasetCatalog
+
+    head = cfg.MODEL.SEM_SEG_HEAD
+    if head.NUM_CLASSES != -1:
+        return []
+    if not cfg.DATASETS.TRAIN:
+        raise ConfigError(
+            "MODEL.SEM_SEG_HEAD.NUM_CLASSES -1 takes the number of classes from DATASETS.TRAIN, "
+            "which is empty; set the number or a training dataset"
+        )
+    counts = {}
+    for name in cfg.DATASETS.TRAIN:
+        if name in DatasetCatalog:
+            counts[name] = _expected_num_classes(name)
+            if counts[name] is None:
+                raise ConfigError(
+                    f"MODEL.SEM_SEG_HEAD.NUM_CLASSES -1: dataset {name!r} names no classes in its "
+                    "metadata (stuff_classes or thing_classes); set the number"
+                )
+    if len({count for count, _ in counts.values()}) > 1:
+        found = ", ".join(f"{name!r}: {count}" for name, (count, _) in counts.items())
+        raise ConfigError(
+            f"MODEL.SEM_SEG_HEAD.NUM_CLASSES -1: the DATASETS.TRAIN datasets have different "
+            f"numbers of classes ({found}); one model needs one class list"
+        )
+    if not counts:
+        return []
+    num_classes, field = next(iter(counts.values()))
+    was_frozen = cfg.is_frozen()
+    cfg.defrost()
+    head.NUM_CLASSES = num_classes
+    if was_frozen:
+        cfg.freeze()
+    return [
+        f"MODEL.SEM_SEG_HEAD.NUM_CLASSES -1: {num_classes} classes, from the training dataset(s) "
+        f"{list(counts)} (len(metadata.{field}))"
+    ]
+
+
+def validate_config(cfg: CfgNode) -> List[str]:
+    """Register the datasets of DATASETS.COCO_INSTANCES / COCO_PANOPTIC / SEM_SEG (see
+    :mod:`hcformer.data.datasets.register_from_config`) and resolve MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    -1 (in place); return lines for the caller to log once its loggers are set up.
+
+    Then check what detectron2 checks late or never; raise one ``ConfigError`` listing every
     problem found:
 
     - META_ARCHITECTURE, BACKBONE.NAME, SEM_SEG_HEAD.NAME, the transformer decoder and the
@@ -136,7 +183,11 @@ def validate_config(cfg: CfgNode) -> None:
 
     import hcformer.modeling  # noqa: F401
     from hcformer.data.build import DATASET_MAPPERS
+    from hcformer.data.datasets.register_from_config import register_datasets_from_config
     from hcformer.modeling.head.hc_transformer_decoder import TRANSFORMER_DECODER_REGISTRY
+
+    register_datasets_from_config(cfg)  # in every process, before any loader is built
+    notes = _resolve_num_classes(cfg)
 
     problems: List[str] = []
     model = cfg.MODEL
@@ -193,3 +244,4 @@ def validate_config(cfg: CfgNode) -> None:
                 )
     if problems:
         raise ConfigError("Invalid config:\n  - " + "\n  - ".join(problems))
+    return notes

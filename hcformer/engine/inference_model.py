@@ -27,8 +27,8 @@ def inference_cfg(config_file: str, opts: Optional[List[str]] = None, freeze: bo
     add_hcformer_config(cfg)
     merge_config_file(cfg, config_file)
     merge_config_list(cfg, opts or [])
-    validate_config(cfg)
-    for note in adapt_to_machine(cfg):
+    resolved = validate_config(cfg)  # also registers the DATASETS.COCO_* / SEM_SEG datasets
+    for note in resolved + adapt_to_machine(cfg):
         logger.info(note)
     if freeze:
         cfg.freeze()

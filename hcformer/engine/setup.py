@@ -49,11 +49,13 @@ def setup(args: argparse.Namespace, extra_config: Sequence[Callable[[CfgNode], N
         add_config(cfg)
     merge_config_file(cfg, args.config_file)
     merge_config_list(cfg, args.opts)
-    validate_config(cfg)
+    resolved = validate_config(cfg)  # also registers the DATASETS.COCO_* / SEM_SEG datasets
     notes = adapt_to_machine(cfg)
     cfg.freeze()
     default_setup(cfg, args)  # also saves the final config to OUTPUT_DIR/config.yaml
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="hcformer")
+    for line in resolved:
+        logger.info(line)
     for note in notes:
         logger.warning(note)
     return cfg

