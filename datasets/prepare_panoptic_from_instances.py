@@ -27,12 +27,13 @@ Rules:
 - the pixels in no annotation form one stuff segment of a new category, NAME (default
   "background"), whose id is the largest category id + 1; with ``--no-stuff`` they are void.
 
-Checked before anything is written (one ``error:`` line, exit code 2): the JSON's structure,
-that every annotation names a listed image and category, polygons (an even number, at least 6,
-of finite coordinates), RLE sizes, and that every image exists, can be read and has the width and
-height the JSON gives (after EXIF rotation, as training reads it). OUT_DIR is built in a temporary
-folder renamed into place when complete, so an interrupted run leaves nothing behind; a rerun with
-the same input does nothing, with another input it asks to delete OUT_DIR first.
+Checked, each failure one ``error:`` line naming the file and the entry (exit code 2, OUT_DIR not
+created): the JSON's structure, that every annotation names a listed image and category, polygons
+(an even number, at least 6, of finite coordinates), RLE sizes, and that every image exists, can be
+read and has the width and height the JSON gives (after EXIF rotation, as training reads it).
+OUT_DIR is built in a temporary folder renamed into place when complete, so a failure or an
+interruption leaves nothing behind; a rerun with the same input does nothing, with another input
+it asks to delete OUT_DIR first, and an existing folder that is not empty is never written into.
 """
 
 import argparse

@@ -300,14 +300,15 @@ def register_datasets_from_config(cfg) -> List[str]:
             class list that cannot be read (names the key, the entry and the file).
         MissingDatasetError: a file or folder of an entry does not exist.
     """
-    names = []
-    for key, (fields, optional, register) in CONFIG_DATASET_KEYS.items():
-        entries = cfg.DATASETS.get(key, [])
+    for key, (fields, optional, _) in CONFIG_DATASET_KEYS.items():
+        entries = cfg.DATASETS[key]
         if not isinstance(entries, (list, tuple)):
             raise DatasetConfigError(f"DATASETS.{key} = {entries!r}: expected a list of lists")
         for index, entry in enumerate(entries):
             _check_entry(key, index, entry, fields, optional)
-            where = f"DATASETS.{key}[{index}] ({entry[0]!r})"
-            register(*entry, where=where)
+    names = []
+    for key, (_, _, register) in CONFIG_DATASET_KEYS.items():
+        for index, entry in enumerate(cfg.DATASETS[key]):
+            register(*entry, where=f"DATASETS.{key}[{index}] ({entry[0]!r})")
             names.append(entry[0])
     return names
