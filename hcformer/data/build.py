@@ -1,11 +1,15 @@
 """Pick the training dataset mapper named by ``cfg.INPUT.DATASET_MAPPER_NAME``, and build the
 training data loader around it."""
 
+import itertools
 import logging
-from typing import Callable, Dict, List
+from typing import Callable, Dict, Iterator, List
 
 from detectron2.config import CfgNode
+import torch
 from detectron2.data import DatasetFromList, MapDataset, build_detection_train_loader
+from detectron2.data.common import AspectRatioGroupedDataset
+from torch.utils.data import Sampler
 
 from .dataset_mappers import (
     COCOInstanceLSJDatasetMapper,
@@ -18,7 +22,7 @@ from .dataset_mappers.evaluation_dataset_mapper import EvaluationDatasetMapper
 from .dataset_loading import load_dataset_dicts
 from .skip_bad_samples import SkipBadSamples
 
-__all__ = ["DATASET_MAPPERS", "RetryingMapDataset", "build_dataset_mapper", "build_train_loader"]
+__all__ = ["DATASET_MAPPERS", "ResumableSampler", "RetryingMapDataset", "build_dataset_mapper", "build_train_loader"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +85,30 @@ class RetryingMapDataset(MapDataset):
         )
 
 
+class ResumableSampler(Sampler):
+    """A training sampler's index stream, started ``start`` indices in.
+
+    detectron2's training samplers are infinite streams fixed by their seed; a resumed run
+    (``--resume``) sets ``start`` to the indices this process consumed before the checkpoint
+    (iterations × images per process), so that it reads the images the uninterrupted run would
+    have read next. Exact when every batch empties the aspect-ratio buckets (images all
+    landscape, all portrait, or ``DATALOADER.ASPECT_RATIO_GROUPING False``); otherwise the
+    images a bucket held at the checkpoint are skipped.
+    """
+
+    def __init__(self, sampler: Sampler):
+        self.sampler = sampler
+        self.start = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(iter(self.sampler), self.start, None)
+
+
 def build_train_loader(cfg: CfgNode):
     """detectron2's ``build_detection_train_loader`` (same sampler, batching, workers) over the
     records of DATASETS.TRAIN (:func:`load_dataset_dicts`, readable loading errors) mapped by
-    :func:`build_dataset_mapper`, with :class:`RetryingMapDataset` in place of ``MapDataset``."""
+    :func:`build_dataset_mapper`, with :class:`RetryingMapDataset` in place of ``MapDataset``
+    and the sampler wrapped in a :class:`ResumableSampler` (``loader.resumable_sampler``)."""
     records: List[Dict] = load_dataset_dicts(
         cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
     )
@@ -94,4 +118,14 @@ def build_train_loader(cfg: CfgNode):
     kwargs = build_detection_train_loader.from_config(cfg, mapper=mapper, dataset=records)
     mapper = kwargs.pop("mapper")
     kwargs["dataset"] = RetryingMapDataset(DatasetFromList(records, copy=False), mapper)
-    return build_detection_train_loader(mapper=None, **kwargs)
+    kwargs["sampler"] = ResumableSampler(kwargs["sampler"])
+    loader = build_detection_train_loader(mapper=None, **kwargs)
+    # the trainer sets its start on --resume; the loader iterates it lazily, from the first step
+    loader.resumable_sampler = kwargs["sampler"]
+    # A torch DataLoader draws its workers' base seed when it is first read, from torch's global
+    # generator unless it has one of its own. Drawn here, when the loader is built, the global
+    # stream is the same at every step whether the loader was first read at iteration 0 or, on
+    # --resume, after the checkpoint's random state was restored.
+    torch_loader = loader.dataset if isinstance(loader, AspectRatioGroupedDataset) else loader
+    torch_loader.generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
+    return loader

@@ -30,6 +30,7 @@ from hcformer.evaluation.hierarchy_evaluator import HierarchyEvaluator
 from hcformer.solver import build_lr_scheduler, build_optimizer
 
 from .loss_guard import install_loss_guard
+from .random_state import capture_random_state, restore_random_state
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +80,10 @@ class Trainer(DefaultTrainer):
     - dataset files that do not parse name the dataset and file (``load_dataset_dicts``);
     - several CPU processes (gloo, ``hcformer.engine.launch``) train with a CPU
       DistributedDataParallel;
-    - checkpoints hold the optimizer and AMP grad-scaler state, so ``--resume`` continues
-      exactly (detectron2 v0.6 saves only the iteration and the LR scheduler); the state of
-      another kind of optimizer than SOLVER.OPTIMIZER is refused;
+    - checkpoints hold the optimizer and AMP grad-scaler state and the random streams, and a
+      resumed run reads on in the data stream, so ``--resume`` continues exactly (detectron2
+      v0.6 saves only the iteration and the LR scheduler, and restarts the data and random
+      streams); the state of another kind of optimizer than SOLVER.OPTIMIZER is refused;
     - MODEL.WEIGHTS_IGNORE names tensors of MODEL.WEIGHTS not to load (fine-tuning with
       another head); any other mismatch of a whole-model checkpoint is refused.
     """
@@ -105,6 +107,9 @@ class Trainer(DefaultTrainer):
         # what --resume compares with SOLVER.OPTIMIZER: another optimizer's state would load
         # silently and fail at the first step (SGD reading "momentum" from AdamW's groups)
         state["optimizer_type"] = _optimizer_kind(self.optimizer)
+        # the random streams (point sampling, augmentations): a resumed run continues them and
+        # ends with the weights of the uninterrupted run (tests/test_training_recovery.py)
+        state["random_state"] = capture_random_state()
         return state
 
     def load_state_dict(self, state: Dict) -> None:
@@ -121,6 +126,15 @@ class Trainer(DefaultTrainer):
             logger.warning("The checkpoint holds no AMP grad-scaler state: the scaler starts afresh")
             trainer_state = {**trainer_state, "grad_scaler": scaler.state_dict()}
         self._trainer.load_state_dict(trainer_state)
+        if "random_state" in state and comm.get_rank() == 0:  # the streams of rank 0 (the one that saves)
+            restore_random_state(state["random_state"])
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """detectron2's, and a resumed run reads on in its sampler's stream where the
+        checkpointed run stopped, instead of reading the first images again."""
+        super().resume_or_load(resume=resume)
+        images_per_process = self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
+        self._trainer.data_loader.resumable_sampler.start = self.start_iter * images_per_process
 
     def _check_optimizer_kind(self, saved_kind: Optional[str], saved: Optional[Dict]) -> None:
         """Refuse the state of another kind of optimizer than SOLVER.OPTIMIZER builds.
