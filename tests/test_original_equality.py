@@ -78,3 +78,22 @@ def test_panoptic_and_instances_equal_the_originals(reference, outputs):
     assert torch.equal(instances.pred_classes, reference["instance_classes"])
     torch.testing.assert_close(instances.scores, reference["instance_scores"], atol=1e-5, rtol=0)
     assert torch.equal(instances.pred_masks.flatten(1).sum(1).float(), reference["instance_mask_areas"])
+
+
+@pytest.mark.parametrize("enc_layers", [0, 2])
+def test_maskformer_decoder_keys_and_enc_layers_mean_what_they_mean_in_the_original(enc_layers):
+    """MFDec: the final LayerNorm is ``transformer.decoder.norm``; ENC_LAYERS encoder layers sit in
+    ``transformer.encoder.layers`` of the decoder, while the HCFormer+ encoder keeps its 6 layers."""
+    cfg = get_cfg()
+    add_hcformer_config(cfg)
+    cfg.merge_from_file(str(CONFIGS / "coco/panoptic-segmentation/hcformer+_R50_MFDec_bs16_100ep.yaml"))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.MASK_FORMER.ENC_LAYERS", enc_layers])
+    keys = build_model(cfg).state_dict().keys()
+    prefix = "sem_seg_head.predictor."
+    assert prefix + "transformer.decoder.norm.weight" in keys and prefix + "decoder_norm.weight" not in keys
+    encoder = {k.split(".")[5] for k in keys if k.startswith(prefix + "transformer.encoder.layers.")}
+    assert encoder == {str(i) for i in range(enc_layers)}
+    decoder = {k.split(".")[5] for k in keys if k.startswith(prefix + "transformer.decoder.layers.")}
+    assert len(decoder) == cfg.MODEL.MASK_FORMER.DEC_LAYERS
+    aux = {k.split(".")[4] for k in keys if k.startswith("backbone.aux.encoder.layers.")}
+    assert aux == {str(i) for i in range(6)}

@@ -1,0 +1,157 @@
+"""Outputs of this project against the original HCFormer's, for any config both have.
+
+    python benchmarks/original/compare_outputs.py --original /path/to/HCFormer-checkout \
+        [--formula tests/original_reference.py] CONFIG [CONFIG ...]
+
+CONFIG is a path under configs/ (e.g. ``coco/panoptic-segmentation/hcformer+_R50_bs16_100ep.yaml``);
+the original's config of the same path is used on its side. Each side runs in its own process
+(both packages are called ``hcformer``), builds the model on the CPU, fills its own state dict
+with the formula weights of tests/original_reference.py (a function of key and shape only),
+runs the 256×384 reference image and saves its outputs; this process compares them: the
+state-dict layouts, ``sem_seg`` (max |difference| and pixels whose argmax differs), the
+panoptic map and segments, the instances (scores, classes, mask areas).
+
+The original is run as it is, with three stand-ins this machine needs (facts of its code, not
+changes of its computation): ``turtle``, which it imports but never uses, is an empty module;
+detectron2's CUDA-only ``ModulatedDeformConv`` is ``torchvision.ops.deform_conv2d`` with the
+same parameters (equal to < 1e-6); torchvision's ResNets are built without downloading weights
+(the formula weights replace them anyway). Nothing of the original is copied here.
+"""
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def build_original(checkout: Path, config: str):
+    """The original's model for its ``configs/<config>``, built with the stand-ins above."""
+    sys.modules["turtle"] = types.ModuleType("turtle")
+    sys.modules["turtle"].down = None
+    import detectron2.layers
+    import torchvision.models
+    from torchvision.ops import deform_conv2d
+
+    class TorchvisionModulatedDeformConv(torch.nn.Module):
+        def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, **unused):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+            self.bias = torch.nn.Parameter(torch.zeros(out_channels))
+            self.stride, self.padding = stride, padding
+
+        def forward(self, x, offset, mask):
+            return deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride, padding=self.padding,
+                                 mask=mask)
+
+    detectron2.layers.ModulatedDeformConv = TorchvisionModulatedDeformConv
+    for depth in (18, 34, 50, 101, 152):
+        build = getattr(torchvision.models, f"resnet{depth}")
+        setattr(torchvision.models, f"resnet{depth}",
+                lambda pretrained=False, _build=build, **kwargs: _build(weights=None, **kwargs))
+    sys.path.insert(0, str(checkout))
+    import hcformer as original
+    from detectron2.config import get_cfg
+    from detectron2.projects.deeplab import add_deeplab_config
+
+    cfg = get_cfg()
+    add_deeplab_config(cfg)
+    original.add_maskformer2_config(cfg)
+    original.add_hcformer_config(cfg)
+    cfg.merge_from_file(str(checkout / "configs" / config))
+    return cfg
+
+
+def build_ours(config: str):
+    sys.path.insert(0, str(ROOT))
+    from detectron2.config import get_cfg
+
+    from hcformer.config import add_hcformer_config
+
+    cfg = get_cfg()
+    add_hcformer_config(cfg)
+    cfg.merge_from_file(str(ROOT / "configs" / config))
+    return cfg
+
+
+def run_side(side: str, checkout: Path, config: str, output: Path) -> None:
+    """Build one side's model, fill the formula weights, run the reference image, save."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from original_reference import formula_state_dict, reference_image
+
+    cfg = build_original(checkout, config) if side == "original" else build_ours(config)
+    from detectron2.modeling import build_model
+
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg).eval()
+    state = model.state_dict()
+    model.load_state_dict(formula_state_dict(state))
+    with torch.no_grad():
+        (out,) = model([{"image": reference_image().float(), "height": 256, "width": 384}])
+    result = {"layout": {k: list(v.shape) for k, v in state.items()}}
+    if "sem_seg" in out:
+        result["sem_seg"] = out["sem_seg"]
+    if "panoptic_seg" in out:
+        result["panoptic_seg"], result["segments_info"] = out["panoptic_seg"]
+    if "instances" in out:
+        instances = out["instances"]
+        result["instances"] = {"scores": instances.scores, "classes": instances.pred_classes,
+                               "areas": instances.pred_masks.flatten(1).sum(1)}
+    torch.save(result, output)
+
+
+def compare(original: dict, ours: dict) -> dict:
+    report = {
+        "missing": sorted(set(original["layout"]) - set(ours["layout"])),
+        "unexpected": sorted(set(ours["layout"]) - set(original["layout"])),
+        "shape_mismatch": sorted(k for k in set(original["layout"]) & set(ours["layout"])
+                                 if original["layout"][k] != ours["layout"][k]),
+    }
+    if "sem_seg" in original:
+        a, b = ours["sem_seg"], original["sem_seg"]
+        report["sem_seg_max_abs_diff"] = float((a - b).abs().max())
+        report["sem_seg_argmax_pixels_differing"] = int((a.argmax(0) != b.argmax(0)).sum())
+    if "panoptic_seg" in original:
+        report["panoptic_equal"] = bool(torch.equal(ours["panoptic_seg"].int(), original["panoptic_seg"].int())
+                                        and ours["segments_info"] == original["segments_info"])
+    if "instances" in original:
+        a, b = ours["instances"], original["instances"]
+        same_count = len(a["scores"]) == len(b["scores"])
+        report["instances"] = {
+            "count": [len(a["scores"]), len(b["scores"])],
+            "score_max_abs_diff": float((a["scores"] - b["scores"]).abs().max()) if same_count and len(a["scores"]) else 0.0,
+            "classes_equal": same_count and bool(torch.equal(a["classes"], b["classes"])),
+            "areas_equal": same_count and bool(torch.equal(a["areas"].float(), b["areas"].float())),
+        }
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--original", type=Path, required=True, help="a checkout of DensoITLab/HCFormer")
+    parser.add_argument("--side", choices=["original", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("configs", nargs="+")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    if args.side:
+        run_side(args.side, args.original.resolve(), args.configs[0], args.output)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        for config in args.configs:
+            results = {}
+            for side in ("original", "ours"):
+                output = Path(tmp) / f"{side}.pt"
+                subprocess.run([sys.executable, __file__, "--original", str(args.original), "--side", side,
+                                "--output", str(output), config], check=True, stderr=subprocess.DEVNULL)
+                results[side] = torch.load(output, weights_only=False)
+            print(json.dumps({"config": config, **compare(results["original"], results["ours"])}))
+
+
+if __name__ == "__main__":
+    main()
