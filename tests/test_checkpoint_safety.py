@@ -1,6 +1,13 @@
 """Checkpoints: no code run on load, clear errors for bad files and wrong architectures, and a
-crash while saving that loses nothing."""
+crash, a signal or a full disk while saving that loses nothing; files per the umask."""
+import errno
+import os
 import pickle
+import re
+import signal
+import subprocess
+import sys
+import threading
 
 import pytest
 import torch
@@ -10,9 +17,12 @@ from hcformer.checkpoint import (
     ALLOW_PICKLE_ENV,
     CheckpointFileError,
     CheckpointMismatchError,
+    CheckpointWriteError,
     HCFormerCheckpointer,
     PickleNotAllowedError,
 )
+from hcformer.checkpoint.atomic_files import HOST
+from hcformer.engine.interruption import TrainingInterrupted, stop_on_signals
 
 
 def small_model(width: int = 4) -> nn.Module:
@@ -145,8 +155,6 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch)
 def test_crash_while_tagging_keeps_the_previous_tag(tmp_path, monkeypatch):
     checkpointer = HCFormerCheckpointer(small_model(), str(tmp_path))
     checkpointer.save("model_0000001")
-    import os
-
     real_replace = os.replace
     monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError("killed")))
     with pytest.raises(OSError):
@@ -156,15 +164,99 @@ def test_crash_while_tagging_keeps_the_previous_tag(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000001.pth"]
 
 
-def test_resume_removes_the_temporary_file_of_a_killed_save(tmp_path):
+def test_resume_removes_only_the_temporary_files_of_dead_writers(tmp_path):
     checkpointer = HCFormerCheckpointer(small_model(), str(tmp_path))
     checkpointer.save("model_0000001", iteration=1)
-    (tmp_path / ".model_0000002.x1y2z3.tmp").write_bytes(b"half a checkpoint")  # SIGKILL here
-    (tmp_path / "notes.tmp").write_text("not ours")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid names no process now
+    killed = f".model_0000002.pth.{dead.pid}@{HOST}.tmp"  # SIGKILL in the middle of a save
+    kept = [
+        f".model_0000002.pth.{os.getpid()}@{HOST}.tmp",  # a training saving right now: this process runs
+        f".model_0000002.pth.{dead.pid}@another-host.tmp",  # its processes cannot be checked from here
+        ".model_0000002.x1y2z3.tmp",  # an older version's name, which does not say who wrote it
+        "notes.tmp",  # not ours
+    ]
+    for name in [killed, *kept]:
+        (tmp_path / name).write_bytes(b"half a checkpoint")
+    # a process that does not save (--eval-only) removes nothing, not even a dead writer's file
+    HCFormerCheckpointer(small_model(), str(tmp_path), save_to_disk=False).resume_or_load("", resume=True)
+    assert (tmp_path / killed).exists()
+
     extra = HCFormerCheckpointer(small_model(), str(tmp_path)).resume_or_load("", resume=True)
     assert extra["iteration"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "last_checkpoint", "model_0000001.pth", "notes.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["last_checkpoint", "model_0000001.pth", *kept])
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_checkpoints_are_created_per_the_umask(tmp_path, umask):
+    # they used to be 0600 whatever the umask (tempfile.mkstemp), unlike config.yaml and log.txt
+    previous = os.umask(umask)
+    try:
+        HCFormerCheckpointer(small_model(), str(tmp_path)).save("model_0000001")
+    finally:
+        os.umask(previous)
+    for name in ("model_0000001.pth", "last_checkpoint"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_a_full_disk_is_one_error_naming_the_last_complete_checkpoint(tmp_path, monkeypatch):
+    checkpointer = HCFormerCheckpointer(small_model(), str(tmp_path))
+    checkpointer.save("model_0000001", iteration=1)
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"x" * 100)
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:  # what torch's zip writer makes of it
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 100 vs 64")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointWriteError) as error:
+        checkpointer.save("model_0000002", iteration=2, buffer=torch.zeros(2**20))  # 4 MiB
+    message = str(error.value)
+    assert re.fullmatch(
+        re.escape(f"Could not write {tmp_path / 'model_0000002.pth'}: No space left on device ({tmp_path}: ")
+        + r"\d+\.\d MiB free, about 4\.0 MiB needed\). "
+        + re.escape(f"Nothing already written was changed; last complete checkpoint: {tmp_path / 'model_0000001.pth'}. "
+                    "Free some space (or set another OUTPUT_DIR) and run again with --resume to continue from it."),
+        message,
+    ), message
+    assert error.value.__suppress_context__  # one traceback, not three chained ones
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000001.pth"]
+    assert checkpointer.last_complete_checkpoint() == str(tmp_path / "model_0000001.pth")
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signal handlers need the main thread")
+def test_a_signal_during_a_save_removes_its_temporary_file(tmp_path, monkeypatch):
+    checkpointer = HCFormerCheckpointer(small_model(), str(tmp_path))
+    checkpointer.save("model_0000001", iteration=1)
+    real_save = torch.save
+    temporary = []
+
+    def signalled_midway(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        temporary.extend(p.name for p in tmp_path.glob(".*.tmp"))
+        os.kill(os.getpid(), signal.SIGUSR1)  # its handler raises right here
+
+    monkeypatch.setattr(torch, "save", signalled_midway)
+    with stop_on_signals((signal.SIGUSR1,)), pytest.raises(TrainingInterrupted) as stop:
+        checkpointer.save("model_0000002", iteration=2)
+    assert temporary == [f".model_0000002.pth.{os.getpid()}@{HOST}.tmp"]
+    assert (stop.value.signal_name, stop.value.exit_code) == ("SIGUSR1", 128 + signal.SIGUSR1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000001.pth"]
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # restored
+
+
+def test_weights_that_name_a_directory(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(IsADirectoryError) as error:
+        HCFormerCheckpointer(small_model()).load(str(run))
+    assert str(error.value) == f"MODEL.WEIGHTS {run} is a directory, not a checkpoint file; name a .pth or .pkl file"
+    torch.save({"model": small_model().state_dict()}, run / "model_final.pth")
+    with pytest.raises(IsADirectoryError) as error:
+        HCFormerCheckpointer(small_model()).load(str(run))
+    assert str(error.value).endswith(f"name one of the checkpoints in it: {run / 'model_final.pth'}")
 
 
 @pytest.mark.parametrize("tag", ["model_0000099.pth", "", "\n"])

@@ -119,6 +119,12 @@ def test_eval_only_warns_about_a_random_model(tmp_path, caplog, weights, resume,
         main(default_argument_parser().parse_args(argv), NoTest, RecordingCheckpointer)
     finally:
         hcformer_logger.removeHandler(caplog.handler)
-    assert loaded == [(weights, resume)]
+    # --resume: the checkpoint that last_checkpoint names is read once, in setup, and loaded as is
+    evaluated = str(tmp_path / "model_final.pth") if resume else weights
+    assert loaded == [(evaluated, False)]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(m.startswith("MODEL.WEIGHTS is empty: the model is randomly initialised") for m in warnings) == warned
+    # nothing of OUTPUT_DIR written (config.yaml, log.txt): the evaluation has a directory of its own
+    own = "eval_model_final" if resume else "eval_trained" if weights else "eval_random_init"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([own, "last_checkpoint", "model_final.pth"])
+    assert {"config.yaml", "log.txt"} <= {p.name for p in (tmp_path / own).iterdir()}

@@ -1,6 +1,7 @@
 """``train_net.py --eval-only``: a checkpoint written by training is evaluated on its own and
 scores exactly what the training run's final evaluation scored (the weights were loaded, not a
-new random model), with finite PQ, mIoU and mask AP.
+new random model), with finite PQ, mIoU and mask AP; it writes into a directory of its own and
+leaves the training's files alone.
 
 Runs train_net.py in subprocesses, as a user would, with a tiny model on tiny generated shapes.
 """
@@ -27,7 +28,7 @@ Metrics = Dict[str, Dict[str, float]]
 
 def train_net(tmp_path: Path, output: str, *arguments: str) -> Tuple[Metrics, str]:
     """Run train_net.py; return the metrics its log reports (detectron2's "copypaste" lines)
-    and the log."""
+    and the log (with --eval-only, that of OUTPUT_DIR/eval_<checkpoint>)."""
     env = dict(
         os.environ,
         DETECTRON2_DATASETS=str(tmp_path / "datasets"),
@@ -41,7 +42,8 @@ def train_net(tmp_path: Path, output: str, *arguments: str) -> Tuple[Metrics, st
     command += [*arguments, *TINY, "OUTPUT_DIR", str(out)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    log = (out / "log.txt").read_text()
+    (log_file,) = out.glob("eval_*/log.txt") if "--eval-only" in arguments else [out / "log.txt"]
+    log = log_file.read_text()
     return read_copypaste(log), log
 
 
@@ -73,9 +75,11 @@ def test_eval_only_reproduces_the_final_evaluation_of_training(tmp_path):
     assert trained["sem_seg"]["mIoU"] > 0
     weights = tmp_path / "train" / "model_final.pth"
     assert weights.is_file()
+    training_files = {p.name: p.read_bytes() for p in (tmp_path / "train").iterdir() if p.is_file()}
 
-    # no SEED: a model that was not loaded would be a new random one
-    evaluated, log = train_net(tmp_path, "eval", "--eval-only", "MODEL.WEIGHTS", str(weights))
+    # in the training's OUTPUT_DIR, as a user would; no SEED: a model that was not loaded would
+    # be a new random one
+    evaluated, log = train_net(tmp_path, "train", "--eval-only", "MODEL.WEIGHTS", str(weights))
     assert f"Loading from {weights}" in log
     assert "Starting training" not in log
     for task, metric in EXPECTED_METRICS.items():
@@ -85,3 +89,6 @@ def test_eval_only_reproduces_the_final_evaluation_of_training(tmp_path):
     assert set(evaluated["panoptic_seg"]) >= {"PQ", "SQ", "RQ"}
     # Same weights, same images, deterministic CPU inference: the very same numbers.
     assert without_nan(evaluated) == without_nan(trained)
+    # its config.yaml, log.txt and predictions went to train/eval_model_final/
+    assert {p.name: p.read_bytes() for p in (tmp_path / "train").iterdir() if p.is_file()} == training_files
+    assert (tmp_path / "train" / "eval_model_final" / "inference" / "coco_instances_results.json").is_file()

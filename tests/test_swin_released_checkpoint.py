@@ -291,5 +291,7 @@ def test_eval_only_reports_pq_miou_and_mask_ap(released, tmp_path):
     # the ground truth was read with COCO's class mapping: IoU is defined for its two classes only
     scored = {k for k, v in results["sem_seg"].items() if k.startswith("IoU-") and not math.isnan(v)}
     assert scored == {"IoU-person", "IoU-wall-other-merged"}
-    predictions = json.loads((tmp_path / "inference" / "coco_instances_results.json").read_text())
+    # --eval-only writes into OUTPUT_DIR/eval_<checkpoint name>
+    evaluation = tmp_path / f"eval_{released['checkpoint'].stem}"
+    predictions = json.loads((evaluation / "inference" / "coco_instances_results.json").read_text())
     assert {p["image_id"] for p in predictions} == {0, 1}

@@ -1,18 +1,21 @@
 """Checkpointer: local files only, no code run by loading, ImageNet backbones converted on the
 fly, mismatching architectures refused, atomic saves."""
+import contextlib
+import errno
 import os
-import tempfile
+import shutil
 from collections.abc import Mapping
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from .atomic_files import abandoned_temporary_files, write_atomically
 from .resnet_weights import adapt_to_deformable, convert_resnet_state_dict, is_imagenet_resnet
 from .safe_loading import CheckpointFileError, load_checkpoint_file
 from .swin_weights import convert_swin_state_dict, is_imagenet_swin
 
-__all__ = ["HCFormerCheckpointer", "CheckpointMismatchError"]
+__all__ = ["HCFormerCheckpointer", "CheckpointMismatchError", "CheckpointWriteError", "read_last_checkpoint"]
 
 # lines of each list of the mismatch report; longer lists are grouped by module, then cut
 _LISTED_KEYS = 20
@@ -29,6 +32,69 @@ _DERIVED_BUFFERS = frozenset(
 class CheckpointMismatchError(ValueError):
     """The checkpoint was made for another architecture: tensor shapes differ, no tensor of the
     file belongs to the model, or a whole-model checkpoint lacks or adds tensors."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint or the ``last_checkpoint`` tag could not be written for lack of space (or
+    quota, or file size limit); the message names the file, the space, and the last complete
+    checkpoint, which is intact."""
+
+
+# what a full disk looks like: no space, no quota left, or a file size limit reached
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def _storage_error(error: BaseException) -> Optional[OSError]:
+    """The OSError of a full disk behind ``error``, if any. torch.save reports one as a
+    RuntimeError of its zip writer ("unexpected pos ...") raised while handling it."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _STORAGE_ERRNOS:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _tensor_bytes(obj) -> int:
+    """Bytes of the tensors in ``obj`` (nested dicts, lists, tuples): about what saving it takes."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(_tensor_bytes(value) for value in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(value) for value in obj)
+    return 0
+
+
+def _size(num_bytes: int) -> str:
+    return f"{num_bytes / 2**20:.1f} MiB"
+
+
+def read_last_checkpoint(save_dir: str) -> Optional[str]:
+    """The path of the checkpoint that ``save_dir/last_checkpoint`` names; None without that file.
+
+    Raises:
+        FileNotFoundError: the tag is empty or names a missing file (fvcore would hand the
+            missing path, or ``save_dir`` itself for an empty tag, to ``load`` as if it were
+            MODEL.WEIGHTS); the message says what to write into it.
+    """
+    tag = os.path.join(save_dir, "last_checkpoint")
+    if not os.path.isfile(tag):
+        return None
+    with open(tag) as f:
+        name = f.read().strip()
+    if name and os.path.isfile(os.path.join(save_dir, name)):
+        return os.path.join(save_dir, name)
+    saved = sorted(n for n in os.listdir(save_dir) if n.endswith(".pth"))
+    raise FileNotFoundError(
+        f"--resume: {tag} "
+        + (f"names {name}, which does not exist" if name else "is empty")
+        + ". It should hold the file name of the checkpoint to continue from; "
+        + (f"{save_dir} holds {', '.join(saved)}. " if saved else f"{save_dir} holds no checkpoint. ")
+        + "Write the name of one of them into it, delete it to start from MODEL.WEIGHTS, or "
+        "run without --resume."
+    )
 
 
 def _is_derived(key: str) -> bool:
@@ -102,9 +168,14 @@ class HCFormerCheckpointer(DetectionCheckpointer):
     - ``resume_or_load`` refuses a ``last_checkpoint`` that is empty or names a missing file,
       saying so (fvcore would report the missing file as if it were MODEL.WEIGHTS).
     - ``save`` writes to a temporary file and renames it, and so does the ``last_checkpoint``
-      tag, so a crash while saving leaves the previous checkpoint intact and tagged. A
-      process killed in the middle of a save leaves its temporary file behind; the next
-      ``resume_or_load`` of a process that saves deletes such leftovers.
+      tag (``atomic_files.write_atomically``), so a crash, a signal or a full disk while saving
+      leaves the previous checkpoint intact and tagged. Files get the process umask's mode, as
+      the other outputs. A full disk is one ``CheckpointWriteError`` naming the file, the free
+      and the needed space, and the last complete checkpoint.
+    - A process killed outright (SIGKILL) in the middle of a save leaves its temporary file
+      behind, named after its pid and host; ``resume_or_load`` of a process that saves deletes
+      those whose writer is no longer running on this host, and no other: a training may be
+      saving into the same directory right now.
     """
 
     def __init__(
@@ -130,6 +201,13 @@ class HCFormerCheckpointer(DetectionCheckpointer):
                 "Download the file yourself and pass its local path (MODEL.WEIGHTS /path/to/file), "
                 'or MODEL.WEIGHTS "" to start from random initialisation.'
             )
+        if path and os.path.isdir(path):
+            inside = sorted(n for n in os.listdir(path) if n.endswith((".pth", ".pkl")))
+            listed = ", ".join(os.path.join(path, n) for n in inside[:5]) + (" ..." if len(inside) > 5 else "")
+            raise IsADirectoryError(
+                f"MODEL.WEIGHTS {path} is a directory, not a checkpoint file; "
+                + (f"name one of the checkpoints in it: {listed}" if inside else "name a .pth or .pkl file")
+            )
         if path and not os.path.isfile(path):
             raise FileNotFoundError(f"MODEL.WEIGHTS: no such file: {path}")
         self.loading = path
@@ -143,38 +221,28 @@ class HCFormerCheckpointer(DetectionCheckpointer):
         # a resumed run continues this model: every tensor of its checkpoint is loaded
         self._resuming = resume and self.has_checkpoint()
         if self._resuming:
-            self._check_last_checkpoint()
+            read_last_checkpoint(self.save_dir)  # refuses a tag that names no file
         try:
             return super().resume_or_load(path, resume=resume)
         finally:
             self._resuming = False
 
-    def _check_last_checkpoint(self) -> None:
-        """Raise if OUTPUT_DIR/last_checkpoint names no file: fvcore would hand the missing
-        path (or OUTPUT_DIR itself, for an empty tag) to ``load`` as if it were MODEL.WEIGHTS."""
-        tag = os.path.join(self.save_dir, "last_checkpoint")
-        with open(tag) as f:
-            name = f.read().strip()
-        if name and os.path.isfile(os.path.join(self.save_dir, name)):
-            return
-        saved = sorted(n for n in os.listdir(self.save_dir) if n.endswith(".pth"))
-        raise FileNotFoundError(
-            f"--resume: {tag} "
-            + (f"names {name}, which does not exist" if name else "is empty")
-            + ". It should hold the file name of the checkpoint to continue from; "
-            + (f"{self.save_dir} holds {', '.join(saved)}. " if saved else f"{self.save_dir} holds no checkpoint. ")
-            + "Write the name of one of them into it, delete it to start from MODEL.WEIGHTS, or "
-            "run without --resume."
-        )
+    def last_complete_checkpoint(self) -> Optional[str]:
+        """The checkpoint ``--resume`` would continue from (what ``last_checkpoint`` names), or
+        None when there is none."""
+        if not self.save_dir:
+            return None
+        with contextlib.suppress(FileNotFoundError):
+            return read_last_checkpoint(self.save_dir)
+        return None
 
     def remove_interrupted_saves(self) -> None:
-        """Delete the temporary files of saves that a killed process never finished."""
+        """Delete the temporary files of saves whose writer was killed (see the class docstring)."""
         if not self.save_dir or not self.save_to_disk or not os.path.isdir(self.save_dir):
             return
-        for name in os.listdir(self.save_dir):
-            # the names ``save`` and ``tag_last_checkpoint`` give their temporary files
-            if (name.startswith(".") and name.endswith(".tmp")) or name.startswith("last_checkpoint.tmp-"):
-                self.logger.info(f"Removing {name}, left by a save that was interrupted.")
+        for name in abandoned_temporary_files(self.save_dir):
+            self.logger.info(f"Removing {name}, left by a save that was interrupted.")
+            with contextlib.suppress(FileNotFoundError):  # another process removed it first
                 os.unlink(os.path.join(self.save_dir, name))
 
     def _load_file(self, filename: str) -> Dict:
@@ -307,30 +375,31 @@ class HCFormerCheckpointer(DetectionCheckpointer):
         data.update(kwargs)
         path = os.path.join(self.save_dir, f"{name}.pth")
         self.logger.info(f"Saving checkpoint to {path}")
-        fd, tmp = tempfile.mkstemp(dir=self.save_dir, prefix=f".{name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(data, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        self._write(path, lambda f: torch.save(data, f), _tensor_bytes(data))
         self.tag_last_checkpoint(os.path.basename(path))
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         # Rewritten in place, a crash could leave "last_checkpoint" empty and --resume would
         # silently start from scratch: write a temporary file and rename it instead.
-        path = os.path.join(self.save_dir, "last_checkpoint")
-        tmp = f"{path}.tmp-{os.getpid()}"
+        content = last_filename_basename.encode()
+        self._write(os.path.join(self.save_dir, "last_checkpoint"), lambda f: f.write(content), len(content))
+
+    def _write(self, path: str, write: Callable, needed: int) -> None:
+        """``write_atomically``, with a full disk reported as one ``CheckpointWriteError``
+        instead of torch's chained tracebacks."""
         try:
-            with open(tmp, "w") as f:
-                f.write(last_filename_basename)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            write_atomically(path, write)
+        except Exception as error:
+            cause = _storage_error(error)
+            if cause is None:
+                raise
+            # the temporary file is gone by now: what is free is what the next try will have
+            directory = os.path.dirname(path)
+            free = shutil.disk_usage(directory).free
+            last = self.last_complete_checkpoint()
+            raise CheckpointWriteError(
+                f"Could not write {path}: {cause.strerror} ({directory}: {_size(free)} free, about "
+                f"{_size(needed)} needed). Nothing already written was changed; last complete "
+                f"checkpoint: {last or 'none yet'}. Free some space (or set another OUTPUT_DIR) and "
+                + ("run again with --resume to continue from it." if last else "run again.")
+            ) from None

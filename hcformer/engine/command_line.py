@@ -9,6 +9,7 @@ from detectron2.utils import comm
 
 from hcformer.checkpoint import HCFormerCheckpointer
 
+from .interruption import TrainingInterrupted, stop_on_signals
 from .launch import launch
 from .setup import setup
 from .trainer import Trainer
@@ -22,21 +23,30 @@ def main(
     checkpointer_class: Type[HCFormerCheckpointer] = HCFormerCheckpointer,
 ):
     """Train (``--resume`` continues from OUTPUT_DIR/last_checkpoint) or, with ``--eval-only``,
-    evaluate MODEL.WEIGHTS; semantic test-time augmentation when TEST.AUG.ENABLED."""
-    cfg = setup(args)
+    evaluate MODEL.WEIGHTS (``--resume``: the last checkpoint of OUTPUT_DIR) in a directory of
+    its own, ``OUTPUT_DIR/eval_<checkpoint>``; semantic test-time augmentation when
+    TEST.AUG.ENABLED.
+
+    A training stopped by SIGTERM or SIGINT logs the signal and the last complete checkpoint
+    and exits with status 128 + the signal number (``SystemExit``).
+    """
+    cfg = setup(args)  # with --eval-only: OUTPUT_DIR and MODEL.WEIGHTS are the evaluation's
 
     if args.eval_only:
         model = trainer_class.build_model(cfg)
-        # refuses a URL for MODEL.WEIGHTS: weights are never downloaded
-        checkpointer = checkpointer_class(model, save_dir=cfg.OUTPUT_DIR, allow_pickle=cfg.MODEL.ALLOW_PICKLE)
-        if not cfg.MODEL.WEIGHTS and not (args.resume and checkpointer.has_checkpoint()):
+        # refuses a URL for MODEL.WEIGHTS: weights are never downloaded. It writes nothing and
+        # removes nothing: a training may be saving into the directory of the checkpoint
+        checkpointer = checkpointer_class(
+            model, save_dir=cfg.OUTPUT_DIR, save_to_disk=False, allow_pickle=cfg.MODEL.ALLOW_PICKLE
+        )
+        if not cfg.MODEL.WEIGHTS:
             # the scores of a random model look like those of a badly trained one
             logger.warning(
                 "MODEL.WEIGHTS is empty: the model is randomly initialised, and --eval-only "
                 "evaluates it as it is. Set MODEL.WEIGHTS to a trained checkpoint, or add --resume "
                 "to evaluate the last checkpoint of OUTPUT_DIR."
             )
-        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
         results = trainer_class.test(cfg, model)
         if cfg.TEST.AUG.ENABLED:
             results.update(trainer_class.test_with_TTA(cfg, model))
@@ -44,12 +54,23 @@ def main(
             verify_results(cfg, results)
         return results
 
-    trainer = trainer_class(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    if cfg.TEST.AUG.ENABLED:
-        # evaluated once, after training (period 0)
-        trainer.register_hooks([hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))])
-    return trainer.train()
+    trainer = None
+    try:
+        with stop_on_signals():
+            trainer = trainer_class(cfg)
+            trainer.resume_or_load(resume=args.resume)
+            if cfg.TEST.AUG.ENABLED:
+                # evaluated once, after training (period 0)
+                trainer.register_hooks([hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))])
+            return trainer.train()
+    except TrainingInterrupted as stop:
+        last = trainer.checkpointer.last_complete_checkpoint() if trainer is not None else None
+        where = f" at iteration {trainer.iter}" if trainer is not None else ""
+        logger.warning(
+            f"{stop.signal_name} received{where}: training stopped. Last complete checkpoint: "
+            + (f"{last}; --resume continues from it." if last else "none yet.")
+        )
+        raise SystemExit(stop.exit_code) from None
 
 
 def run(

@@ -12,6 +12,7 @@ from detectron2.utils.logger import setup_logger
 from hcformer.config import add_hcformer_config
 
 from .config_validation import merge_config_file, merge_config_list, validate_config
+from .output_dir import take_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,10 @@ def setup(args: argparse.Namespace, extra_config: Sequence[Callable[[CfgNode], N
     """The frozen config of ``args`` (from detectron2's ``default_argument_parser``); sets up
     the output directory and the "detectron2" and "hcformer" loggers.
 
+    A training owns OUTPUT_DIR from here until the process ends; ``--eval-only`` runs in a
+    directory of its own, ``OUTPUT_DIR/eval_<checkpoint>``, which becomes the config's OUTPUT_DIR
+    (see :mod:`hcformer.engine.output_dir`). Nothing is written before that.
+
     ``extra_config``: functions adding a project's keys (e.g. ``add_svit_config``) before the
     file is merged.
 
@@ -42,6 +47,7 @@ def setup(args: argparse.Namespace, extra_config: Sequence[Callable[[CfgNode], N
         UnknownConfigKeyError: a key of the file or the overrides does not exist (the
             message names the nearest ones).
         ConfigError: see :func:`~hcformer.engine.config_validation.validate_config`.
+        OutputDirInUseError: another run owns the output directory.
     """
     cfg = get_cfg()
     add_hcformer_config(cfg)
@@ -51,10 +57,11 @@ def setup(args: argparse.Namespace, extra_config: Sequence[Callable[[CfgNode], N
     merge_config_list(cfg, args.opts)
     resolved = validate_config(cfg)  # also registers the DATASETS.COCO_* / SEM_SEG datasets
     notes = adapt_to_machine(cfg)
+    owned = take_output_dir(cfg, getattr(args, "eval_only", False), getattr(args, "resume", False))
     cfg.freeze()
     default_setup(cfg, args)  # also saves the final config to OUTPUT_DIR/config.yaml
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="hcformer")
-    for line in resolved:
+    for line in resolved + owned:
         logger.info(line)
     for note in notes:
         logger.warning(note)

@@ -10,7 +10,7 @@ from typing import Dict, List, Optional
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader
-from detectron2.engine import DefaultTrainer, HookBase
+from detectron2.engine import DefaultTrainer, HookBase, hooks
 from detectron2.engine import defaults as d2_defaults
 from detectron2.utils import comm
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
@@ -231,6 +231,22 @@ class Trainer(DefaultTrainer):
             trainer=weakref.proxy(self),
         )
         return super().build_hooks()
+
+    def after_train(self) -> None:
+        """detectron2's, except that only a completed training is evaluated.
+
+        detectron2's EvalHook evaluates after training when ``iter + 1 >= max_iter``, which
+        also holds when the last iteration raised or was interrupted (a completed run ends with
+        ``iter == max_iter``): a model stopped halfway through its optimizer step would be
+        evaluated, and a SIGTERM at the last iteration would wait for a whole evaluation.
+        """
+        if self.iter >= self.max_iter:
+            super().after_train()
+            return
+        self.storage.iter = self.iter
+        for hook in self._hooks:
+            if not isinstance(hook, hooks.EvalHook):
+                hook.after_train()
 
     @classmethod
     def test_with_TTA(cls, cfg: CfgNode, model: nn.Module) -> Dict[str, Dict[str, float]]:
