@@ -114,3 +114,36 @@ def test_setup_validates_before_writing_anything(tmp_path):
     with pytest.raises(ConfigError, match="MODEL.HC.LEVEL=5"):
         setup(args)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_base_names_the_config_that_includes_it(tmp_path):
+    (tmp_path / "configs").mkdir()
+    top = tmp_path / "configs" / "top.yaml"
+    middle = tmp_path / "configs" / "middle.yaml"
+    top.write_text("_BASE_: middle.yaml\nSOLVER:\n  MAX_ITER: 3\n")
+    middle.write_text("_BASE_: ../Base-Missing.yaml\n")
+    with pytest.raises(FileNotFoundError) as error:  # detectron2: a bare "No such file" of the base
+        merge_config_file(shapes_cfg(), str(top))
+    assert str(error.value) == (
+        f"_BASE_ '../Base-Missing.yaml' of {middle} does not exist (no file {tmp_path / 'Base-Missing.yaml'}; "
+        f"a _BASE_ is relative to the file that names it); included as {top} > {middle}"
+    )
+    middle.write_text("_BASE_: top.yaml\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        merge_config_file(shapes_cfg(), str(top))
+
+
+def test_an_integer_is_taken_for_a_float_key(tmp_path):
+    # yacs refused it: "Type mismatch (<class 'float'> vs. <class 'int'>) ... SOLVER.BASE_LR"
+    cfg = shapes_cfg()
+    merge_config_list(cfg, ["SOLVER.BASE_LR", "1", "SOLVER.MAX_ITER", "7", "SOLVER.WEIGHT_DECAY", 0])
+    assert (cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_ITER, cfg.SOLVER.WEIGHT_DECAY) == (1.0, 7, 0.0)
+    assert isinstance(cfg.SOLVER.BASE_LR, float) and isinstance(cfg.SOLVER.MAX_ITER, int)
+    path = tmp_path / "integers.yaml"
+    path.write_text(f"_BASE_: {SHAPES}\nSOLVER:\n  BASE_LR: 2\n  GAMMA: 1\n  MAX_ITER: 9\n")
+    cfg = shapes_cfg()
+    merge_config_file(cfg, str(path))
+    assert (cfg.SOLVER.BASE_LR, cfg.SOLVER.GAMMA, cfg.SOLVER.MAX_ITER) == (2.0, 1.0, 9)
+    assert isinstance(cfg.SOLVER.GAMMA, float)
+    with pytest.raises(ValueError, match="Type mismatch"):  # other mismatches are still refused
+        merge_config_list(shapes_cfg(), ["SOLVER.MAX_ITER", "1.5"])

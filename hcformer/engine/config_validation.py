@@ -2,14 +2,18 @@
 
 detectron2 reports an unknown key as ``KeyError: 'Non-existent config key: MODEL.HC.LEVLE'`` and
 an unknown backbone deep inside the model constructor; ``merge_config_file`` /
-``merge_config_list`` add the nearest existing keys to the first, and ``validate_config`` checks
-the names and values that would otherwise fail late (or, for NUM_CLASSES, not at all).
+``merge_config_list`` add the nearest existing keys to the first, name a missing ``_BASE_`` file
+and the config that includes it, and take an integer for a float key (``SOLVER.BASE_LR 1``, which
+yacs refuses); ``validate_config`` checks the names and values that would otherwise fail late
+(or, for NUM_CLASSES, not at all).
 """
+import ast
 import difflib
 import os
 import re
-from typing import Iterator, List, Sequence
+from typing import Any, Iterator, List, Optional, Sequence
 
+import yaml
 from detectron2.config import CfgNode
 
 __all__ = [
@@ -23,6 +27,8 @@ __all__ = [
 
 # yacs: "Non-existent config key: A.B" (merge_from_file), "Non-existent key: A.B" (merge_from_list)
 _UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: ([\w.]+)")
+# yacs: an int given for a float key
+_INT_FOR_FLOAT = re.compile(r"Type mismatch \(<class 'float'> vs\. <class 'int'>\)")
 
 
 # detectron2's read_image takes any PIL mode, but the model is built for colour images (3 input
@@ -71,24 +77,98 @@ def _unknown_key_error(cfg: CfgNode, error: Exception, source: str) -> Exception
     return UnknownConfigKeyError(f"Unknown config key {key} (in {source}): {hint}")
 
 
+def _check_bases(path: str, included_by: Sequence[str] = ()) -> None:
+    """Raise a FileNotFoundError naming a ``_BASE_`` of ``path`` (or of its bases) that does not
+    exist, the file that names it and the chain of includes; detectron2 would report only the
+    missing path. Files yaml cannot read safely are left to detectron2."""
+    try:
+        with open(path) as f:
+            loaded = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return
+    bases = loaded.get("_BASE_") if isinstance(loaded, dict) else None
+    for base in bases if isinstance(bases, list) else [bases] if bases else []:
+        # resolved as fvcore does: relative to the file that names it; URLs are left alone
+        resolved = os.path.expanduser(base) if base.startswith("~") else base
+        if resolved.startswith(("https://", "http://")):
+            continue
+        if not resolved.startswith("/"):
+            resolved = os.path.join(os.path.dirname(path), resolved)
+        if not os.path.isfile(resolved):
+            chain = " > ".join([*included_by, path])
+            raise FileNotFoundError(
+                f"_BASE_ {base!r} of {path} does not exist (no file {os.path.normpath(resolved)}; a _BASE_ is relative "
+                "to the file that names it)" + (f"; included as {chain}" if included_by else "")
+            )
+        if os.path.realpath(resolved) in {os.path.realpath(p) for p in [*included_by, path]}:
+            raise ConfigError(f"_BASE_ {base!r} of {path} includes itself: {' > '.join([*included_by, path, resolved])}")
+        _check_bases(resolved, [*included_by, path])
+
+
+def _value_at(cfg: CfgNode, key: str) -> Optional[Any]:
+    """The value of the dotted ``key`` in ``cfg``, or None if there is no such key."""
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, CfgNode) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _ints_as_floats(loaded: dict, cfg: CfgNode) -> None:
+    """Make the ints of ``loaded`` (a config file's content) floats where ``cfg`` has a float."""
+    for key, value in loaded.items():
+        current = cfg.get(key) if isinstance(cfg, CfgNode) else None
+        if isinstance(value, dict):
+            _ints_as_floats(value, current)
+        elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+            loaded[key] = float(value)
+
+
 def merge_config_file(cfg: CfgNode, path: str) -> None:
-    """``cfg.merge_from_file(path)`` with clear errors for a missing file or an unknown key."""
+    """``cfg.merge_from_file(path)`` with clear errors for a missing file, a missing ``_BASE_`` or an
+    unknown key, and integers taken for float keys."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file not found: {path}")
+    _check_bases(path)
     try:
         cfg.merge_from_file(path)
     except KeyError as e:
         raise _unknown_key_error(cfg, e, f"{path} or a _BASE_ file it includes") from None
+    except ValueError as e:
+        if not _INT_FOR_FLOAT.search(str(e)):
+            raise
+        loaded = cfg.load_yaml_with_base(path, allow_unsafe=True)
+        if loaded.get("VERSION", cfg.VERSION) != cfg.VERSION:
+            raise  # detectron2 upgrades the configs of older versions: not retried here
+        _ints_as_floats(loaded, cfg)
+        cfg.merge_from_other_cfg(type(cfg)(loaded))
+
+
+def _int_as_float(cfg: CfgNode, key: str, value: Any) -> Any:
+    """``value`` (a command-line string or a value) as a float if it is an int for a float key."""
+    if not isinstance(_value_at(cfg, key), float):
+        return value
+    decoded = value
+    if isinstance(value, str):
+        try:
+            decoded = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value
+    return float(decoded) if isinstance(decoded, int) and not isinstance(decoded, bool) else value
 
 
 def merge_config_list(cfg: CfgNode, opts: Sequence[str]) -> None:
-    """``cfg.merge_from_list(opts)`` with clear errors for an unknown key or an odd list."""
+    """``cfg.merge_from_list(opts)`` with clear errors for an unknown key or an odd list, and
+    integers taken for float keys."""
     opts = list(opts or [])
     if len(opts) % 2:
         raise ConfigError(
             f"config overrides come in KEY VALUE pairs; got {len(opts)} items, the last "
             f"({opts[-1]!r}) has no value"
         )
+    for i in range(0, len(opts), 2):
+        opts[i + 1] = _int_as_float(cfg, opts[i], opts[i + 1])
     try:
         cfg.merge_from_list(opts)
     except (KeyError, AssertionError) as e:  # yacs asserts on unknown keys in lists
