@@ -259,3 +259,17 @@ def test_make_readme_figures(tmp_path):
     written = script.main(["--config-file", str(config), "--dataset", "", "--output-dir", str(tmp_path / "images")])
     assert sorted(p.split("/")[-1] for p in written) == ["clusters_voc.png", "hierarchy_voc.png"]
     assert all(Image.open(p).size[0] > 4 * 256 for p in written)  # 4 levels + 1 cell, each ≥ 256 px wide
+
+
+def test_an_unknown_dataset_names_the_closest_registered_ones(tmp_path):
+    # it used to be a KeyError listing all ~60 registered names on one line
+    config = write_task_config(tmp_path, "panoptic")
+    script = load_script("tools/visualize_hierarchy.py")
+    with pytest.raises(ValueError) as error:
+        script.main(["--config-file", str(config), "--dataset", "shapes_val_panoptc", "--output", str(tmp_path / "out")])
+    message = str(error.value)
+    assert message.startswith("--dataset 'shapes_val_panoptc' is not registered; closest: shapes_val_panoptic_with_sem_seg, ")
+    assert "\n" not in message and "ade20k" not in message  # the closest five, not every name
+    assert not (tmp_path / "out").exists()  # refused before anything was built or written
+    with pytest.raises(ValueError, match="none of the .* registered datasets is close to it"):
+        script.main(["--config-file", str(config), "--dataset", "qqqqqqqq", "--output", str(tmp_path / "out")])

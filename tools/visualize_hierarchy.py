@@ -34,6 +34,7 @@ for the query clustering (appendix E), with their means.
         --levels 0 2 --output out/photos MODEL.WEIGHTS <weights>
 """
 import argparse
+import difflib
 import importlib
 import json
 import logging
@@ -135,11 +136,22 @@ def import_project(directory: str) -> ModuleType:
     return importlib.import_module(project_package(directory))
 
 
+def check_dataset(name: str) -> None:
+    """Raise a ValueError naming the registered datasets closest to ``name`` if it is not one."""
+    if name in DatasetCatalog:
+        return
+    registered = sorted(DatasetCatalog)
+    close = difflib.get_close_matches(name, registered, n=5, cutoff=0.5)
+    raise ValueError(
+        f"--dataset {name!r} is not registered; "
+        + (f"closest: {', '.join(close)}" if close else f"none of the {len(registered)} registered datasets is close to it")
+        + " (DATASETS.COCO_INSTANCES / COCO_PANOPTIC / SEM_SEG in the config register your own)"
+    )
+
+
 def iterate_records(args: argparse.Namespace) -> Tuple[List[Dict], Optional[str]]:
     """(records to visualise, dataset name or None): dataset records or one record per file."""
     if args.dataset:
-        if args.dataset not in DatasetCatalog:
-            raise KeyError(f"--dataset {args.dataset!r} is not registered; registered: {sorted(DatasetCatalog)}")
         return DatasetCatalog.get(args.dataset)[: args.num_images], args.dataset
     paths = expand_image_paths(args.input)
     return [{"file_name": p, "image_id": os.path.splitext(os.path.basename(p))[0]} for p in paths], None
@@ -244,7 +256,9 @@ def visualize(args: argparse.Namespace) -> Dict:
     project = args.project or project_dir(args.config_file)
     if project is not None:
         logger.info("Importing the project %s", import_project(project).__name__)
-    cfg = inference_cfg(args.config_file, args.opts)
+    cfg = inference_cfg(args.config_file, args.opts)  # registers the config's own datasets
+    if args.dataset:
+        check_dataset(args.dataset)  # before the model is built and loaded
     model = build_inference_model(cfg)
     if not isinstance(model, HCFormer):
         raise ValueError(
