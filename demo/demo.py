@@ -21,6 +21,9 @@ What ``--confidence-threshold`` filters (default 0.5):
 Runs on the CPU when CUDA is missing. ``--save-predictions`` writes, per image or frame, the
 panoptic PNG (id2rgb) + JSON, the instances as COCO results JSON (RLE masks) and the semantic
 PNG (see hcformer/utils/prediction_files.py).
+
+An image that cannot be read (missing, corrupt, truncated, too large) stops the demo with an
+error naming it; ``--skip-bad-inputs`` logs it and goes on with the others instead.
 """
 import argparse
 import logging
@@ -37,7 +40,7 @@ from detectron2.utils.logger import setup_logger
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # predictor.py, as in detectron2's demo
 import hcformer  # noqa: E402,F401  registers the models
 import hcformer.data  # noqa: E402,F401  registers the datasets (their metadata names the classes)
-from hcformer.data.image_reading import read_image_file  # noqa: E402
+from hcformer.data.image_reading import BadSampleError, read_image_file  # noqa: E402
 from hcformer.engine.inference_model import inference_cfg  # noqa: E402
 from hcformer.utils.image_files import IMAGE_EXTENSIONS, expand_image_paths  # noqa: E402
 from hcformer.utils.prediction_files import save_prediction  # noqa: E402
@@ -72,6 +75,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--save-predictions", action="store_true", help="also write the predictions to files in --output"
+    )
+    parser.add_argument(
+        "--skip-bad-inputs",
+        action="store_true",
+        help="log images that cannot be read and go on with the others (default: stop with an error naming the image)",
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS model.pth")
     args = parser.parse_args(argv)
@@ -126,23 +134,36 @@ def _image_targets(args: argparse.Namespace, paths: List[str]) -> List[Tuple[str
     return [(os.path.join(args.output, f"{name}.png"), os.path.join(args.output, name)) for name in names]
 
 
+def _read_images(paths: List[str], args: argparse.Namespace, max_image_pixels: int) -> Tuple[List[str], List[np.ndarray]]:
+    """(paths, BGR images) of the images of ``paths`` that could be read: upright (EXIF), 3
+    channels, 8 bits, at most INPUT.MAX_IMAGE_PIXELS. Another image raises an error naming it,
+    or with --skip-bad-inputs is logged and left out."""
+    read, images = [], []
+    for path in paths:
+        try:
+            images.append(read_image_file(path, "BGR", max_image_pixels, role="--input image"))
+        except BadSampleError as error:
+            if not args.skip_bad_inputs:
+                raise
+            logger.warning("Skipped (--skip-bad-inputs): %s", error)
+            continue
+        read.append(path)
+    return read, images
+
+
 def run_on_images(demo: VisualizationDemo, args: argparse.Namespace, max_image_pixels: int = 0) -> List[str]:
     paths = expand_image_paths(args.input)
     if not paths:
         raise FileNotFoundError(f"--input {args.input}: no images found")
     targets = dict(zip(paths, _image_targets(args, paths))) if args.output else {}
-    written = []
+    written, done = [], 0
     with tqdm.tqdm(total=len(paths), desc="images", unit="image", disable=not args.output) as progress:
         for batch in _chunks(paths, args.batch_size):
             start = time.perf_counter()
-            # upright (EXIF), 3 channels, 8 bits, at most INPUT.MAX_IMAGE_PIXELS; else an error naming the file
-            images = [
-                read_image_file(path, "BGR", max_image_pixels, role="--input image")
-                for path in batch
-            ]
-            results = demo.run_on_images(images)
-            logger.info("%d image(s) in %.2f s", len(batch), time.perf_counter() - start)
-            for path, (prediction, picture) in zip(batch, results):
+            batch_read, images = _read_images(batch, args, max_image_pixels)
+            results = demo.run_on_images(images) if images else []
+            logger.info("%d image(s) in %.2f s", len(batch_read), time.perf_counter() - start)
+            for path, (prediction, picture) in zip(batch_read, results):
                 _log_prediction(path, prediction)
                 if not args.output:
                     if not show(picture[:, :, ::-1], wait_ms=0):
@@ -155,7 +176,10 @@ def run_on_images(demo: VisualizationDemo, args: argparse.Namespace, max_image_p
                 if args.save_predictions:
                     name = os.path.basename(stem)
                     written += save_prediction(prediction, stem, demo.metadata, image_id=name)
+            done += len(batch_read)
             progress.update(len(batch))
+    if done < len(paths):
+        logger.warning("%d of %d images could not be read and were skipped (see above)", len(paths) - done, len(paths))
     return written
 
 
@@ -176,16 +200,38 @@ def _video_target(args: argparse.Namespace, default_name: str) -> str:
     return args.output
 
 
+def open_video(path: str) -> cv2.VideoCapture:
+    """An opened capture of the video file ``path``, or an error saying why there is none: the
+    file is missing, cannot be read, is empty, or OpenCV cannot decode it."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--video-input: no such file: {path}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"--video-input {path} is a directory, not a video file")
+    try:
+        with open(path, "rb") as f:
+            empty = not f.read(1)
+    except OSError as error:
+        raise type(error)(f"--video-input {path} cannot be read: {error.strerror}") from None
+    if empty:
+        raise ValueError(f"--video-input {path} is empty (0 bytes)")
+    capture = cv2.VideoCapture(path)
+    if not capture.isOpened():
+        backends = [cv2.videoio_registry.getBackendName(b) for b in cv2.videoio_registry.getStreamBackends()]
+        raise ValueError(
+            f"--video-input {path}: OpenCV cannot decode it: it is not a video, or its codec is not in "
+            f"this OpenCV build (video backends: {', '.join(backends) or 'none'})"
+        )
+    return capture
+
+
 def run_on_video(demo: VisualizationDemo, args: argparse.Namespace) -> List[str]:
     if args.webcam:
         capture, name, batch_size = cv2.VideoCapture(0), "webcam", 1  # one frame at a time: no lag
     else:
-        if not os.path.isfile(args.video_input):
-            raise FileNotFoundError(f"--video-input: no such file: {args.video_input}")
-        capture = cv2.VideoCapture(args.video_input)
+        capture = open_video(args.video_input)
         name, batch_size = os.path.splitext(os.path.basename(args.video_input))[0], args.batch_size
     if not capture.isOpened():
-        raise RuntimeError(f"OpenCV could not open {'the webcam' if args.webcam else args.video_input}")
+        raise RuntimeError("OpenCV could not open the webcam")
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     num_frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
 

@@ -3,6 +3,8 @@
 The model is the tiny random HCFormer of conftest.py, configured for each task as configs/ does.
 """
 import json
+import logging
+import os
 
 import cv2
 import numpy as np
@@ -143,3 +145,56 @@ def test_arguments_are_checked(demo, tmp_path):
         demo.parse_args(["--config-file", "x.yaml", "--input", "a.png", "--save-predictions"])  # no --output
     with pytest.raises(FileNotFoundError, match="nothing_here"):
         _run(demo, tmp_path, "semantic", "--input", str(tmp_path / "nothing_here*.png"))
+
+
+def test_a_corrupt_image_stops_the_batch_unless_bad_inputs_are_skipped(demo, tmp_path, images):
+    (tmp_path / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)  # a header, no image
+    with pytest.raises(demo.BadSampleError, match="broken.png"):  # the default: the clear error, nothing skipped
+        _run(demo, tmp_path, "semantic", "--input", str(tmp_path / "images"))
+
+    hcformer_logger = logging.getLogger("hcformer")  # setup_logger stops propagation to caplog's handler
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    hcformer_logger.addHandler(handler)
+    try:
+        out, written = _run(demo, tmp_path, "semantic", "--input", str(tmp_path / "images"), "--batch-size", "2",
+                            "--skip-bad-inputs")
+    finally:
+        hcformer_logger.removeHandler(handler)
+    assert sorted(p.rsplit("/", 1)[-1] for p in written) == ["img0.png", "img1.png", "img2.png"]
+    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING and "MODEL.WEIGHTS" not in r.getMessage()]
+    assert len(warnings) == 2
+    assert warnings[0].startswith("Skipped (--skip-bad-inputs): --input image ") and "broken.png" in warnings[0]
+    assert warnings[1] == "1 of 4 images could not be read and were skipped (see above)"
+
+
+def test_a_video_that_cannot_be_opened_says_why(demo, tmp_path):
+    config = write_task_config(tmp_path, "semantic")
+
+    def open_video(path):
+        demo.main(["--config-file", str(config), "--video-input", str(path), "--output", str(tmp_path / "out.mp4")])
+
+    with pytest.raises(FileNotFoundError, match="--video-input: no such file: .*missing.mp4"):
+        open_video(tmp_path / "missing.mp4")
+    with pytest.raises(IsADirectoryError, match=f"--video-input {tmp_path} is a directory, not a video file"):
+        open_video(tmp_path)
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.mp4 is empty"):
+        open_video(tmp_path / "empty.mp4")
+    (tmp_path / "notes.mp4").write_text("not a video at all\n")
+    with pytest.raises(ValueError) as error:
+        open_video(tmp_path / "notes.mp4")
+    assert str(error.value).startswith(f"--video-input {tmp_path / 'notes.mp4'}: OpenCV cannot decode it: it is not "
+                                       "a video, or its codec is not in this OpenCV build (video backends: ")
+    assert not (tmp_path / "out.mp4").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_an_unreadable_video_is_called_unreadable(demo, tmp_path):
+    config = write_task_config(tmp_path, "semantic")
+    video = tmp_path / "private.mp4"
+    video.write_bytes(b"\x00" * 16)
+    video.chmod(0)
+    with pytest.raises(PermissionError, match="private.mp4 cannot be read: Permission denied"):
+        demo.main(["--config-file", str(config), "--video-input", str(video), "--output", str(tmp_path / "out.mp4")])
