@@ -164,9 +164,10 @@ def _release_all() -> None:
 
 
 def _own(directory: str, role: str) -> List[str]:
-    """Own ``directory`` for the rest of this process (again: a no-op); lines to log."""
+    """Own ``directory`` for the rest of this process (again, or no directory: a no-op); lines
+    to log."""
     key = os.path.realpath(directory)
-    if key in _OWNED:
+    if not directory or key in _OWNED:
         return []
     lock = OutputDirLock(directory, role)
     previous = lock.acquire()
@@ -198,6 +199,8 @@ def _evaluation_plan(cfg: CfgNode, resume: bool) -> Tuple[str, str, List[str]]:
     if last is not None:
         weights = last
         lines.append(f"--eval-only --resume: evaluating {last}, the last checkpoint of {cfg.OUTPUT_DIR}")
+    if not cfg.OUTPUT_DIR:  # no output directory: nothing is written
+        return weights, "", lines
     directory = evaluation_dir(cfg.OUTPUT_DIR, weights)
     lines.append(
         f"--eval-only: config.yaml, log.txt and evaluation results go to {directory}; the training "
