@@ -20,6 +20,7 @@ from hcformer.checkpoint import (
     CheckpointWriteError,
     HCFormerCheckpointer,
     PickleNotAllowedError,
+    last_complete_checkpoint,
 )
 from hcformer.checkpoint.atomic_files import HOST
 from hcformer.engine.interruption import TrainingInterrupted, stop_on_signals
@@ -223,7 +224,7 @@ def test_a_full_disk_is_one_error_naming_the_last_complete_checkpoint(tmp_path, 
     ), message
     assert error.value.__suppress_context__  # one traceback, not three chained ones
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000001.pth"]
-    assert checkpointer.last_complete_checkpoint() == str(tmp_path / "model_0000001.pth")
+    assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "model_0000001.pth")
 
 
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signal handlers need the main thread")

@@ -15,7 +15,13 @@ from .resnet_weights import adapt_to_deformable, convert_resnet_state_dict, is_i
 from .safe_loading import CheckpointFileError, load_checkpoint_file
 from .swin_weights import convert_swin_state_dict, is_imagenet_swin
 
-__all__ = ["HCFormerCheckpointer", "CheckpointMismatchError", "CheckpointWriteError", "read_last_checkpoint"]
+__all__ = [
+    "HCFormerCheckpointer",
+    "CheckpointMismatchError",
+    "CheckpointWriteError",
+    "last_complete_checkpoint",
+    "read_last_checkpoint",
+]
 
 # lines of each list of the mismatch report; longer lists are grouped by module, then cut
 _LISTED_KEYS = 20
@@ -95,6 +101,16 @@ def read_last_checkpoint(save_dir: str) -> Optional[str]:
         + "Write the name of one of them into it, delete it to start from MODEL.WEIGHTS, or "
         "run without --resume."
     )
+
+
+def last_complete_checkpoint(save_dir: str) -> Optional[str]:
+    """The checkpoint ``--resume`` would continue from (what ``save_dir/last_checkpoint``
+    names), or None when there is none."""
+    if not save_dir:
+        return None
+    with contextlib.suppress(FileNotFoundError):
+        return read_last_checkpoint(save_dir)
+    return None
 
 
 def _is_derived(key: str) -> bool:
@@ -226,15 +242,6 @@ class HCFormerCheckpointer(DetectionCheckpointer):
             return super().resume_or_load(path, resume=resume)
         finally:
             self._resuming = False
-
-    def last_complete_checkpoint(self) -> Optional[str]:
-        """The checkpoint ``--resume`` would continue from (what ``last_checkpoint`` names), or
-        None when there is none."""
-        if not self.save_dir:
-            return None
-        with contextlib.suppress(FileNotFoundError):
-            return read_last_checkpoint(self.save_dir)
-        return None
 
     def remove_interrupted_saves(self) -> None:
         """Delete the temporary files of saves whose writer was killed (see the class docstring)."""
@@ -396,7 +403,7 @@ class HCFormerCheckpointer(DetectionCheckpointer):
             # the temporary file is gone by now: what is free is what the next try will have
             directory = os.path.dirname(path)
             free = shutil.disk_usage(directory).free
-            last = self.last_complete_checkpoint()
+            last = last_complete_checkpoint(self.save_dir)
             raise CheckpointWriteError(
                 f"Could not write {path}: {cause.strerror} ({directory}: {_size(free)} free, about "
                 f"{_size(needed)} needed). Nothing already written was changed; last complete "

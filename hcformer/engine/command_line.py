@@ -7,7 +7,7 @@ from detectron2.engine import default_argument_parser, hooks
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
-from hcformer.checkpoint import HCFormerCheckpointer
+from hcformer.checkpoint import HCFormerCheckpointer, last_complete_checkpoint
 
 from .interruption import TrainingInterrupted, stop_on_signals
 from .launch import launch
@@ -34,8 +34,8 @@ def main(
 
     if args.eval_only:
         model = trainer_class.build_model(cfg)
-        # refuses a URL for MODEL.WEIGHTS: weights are never downloaded. It writes nothing and
-        # removes nothing: a training may be saving into the directory of the checkpoint
+        # refuses a URL for MODEL.WEIGHTS: weights are never downloaded; it neither saves nor
+        # removes temporary files (a training may be saving next to the checkpoint)
         checkpointer = checkpointer_class(
             model, save_dir=cfg.OUTPUT_DIR, save_to_disk=False, allow_pickle=cfg.MODEL.ALLOW_PICKLE
         )
@@ -64,7 +64,7 @@ def main(
                 trainer.register_hooks([hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))])
             return trainer.train()
     except TrainingInterrupted as stop:
-        last = trainer.checkpointer.last_complete_checkpoint() if trainer is not None else None
+        last = last_complete_checkpoint(cfg.OUTPUT_DIR)
         where = f" at iteration {trainer.iter}" if trainer is not None else ""
         logger.warning(
             f"{stop.signal_name} received{where}: training stopped. Last complete checkpoint: "
