@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import List
 
@@ -22,6 +23,7 @@ from detectron2.config import get_cfg
 
 from hcformer.checkpoint.atomic_files import HOST
 from hcformer.engine import output_dir
+from hcformer.engine.interruption import TrainingInterrupted, stop_on_signals
 from hcformer.engine.output_dir import LOCK_FILE, OutputDirInUseError, OutputDirLock, take_output_dir
 from tiny_configs import ROOT, SHAPES_CONFIG, TINY_SHAPES_OVERRIDES
 
@@ -255,6 +257,36 @@ def test_a_signal_stops_training_with_a_log_line_and_no_temporary_file(tmp_path,
     assert not temporary_files(out) and not (out / LOCK_FILE).exists()
     assert sorted(p.name for p in out.glob("*.pth")) == ["model_0000001.pth"]
     assert (out / "last_checkpoint").read_text() == "model_0000001.pth"
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signal handlers need the main thread")
+def test_a_training_stopped_in_its_last_iteration_is_not_evaluated(tmp_path):
+    # detectron2's EvalHook evaluates after training when iter + 1 >= max_iter, also after an
+    # exception or a signal in the last iteration: a half-stepped model, and an evaluation
+    # that a SIGTERM would have to wait for
+    from hcformer.engine.trainer import Trainer
+    from test_training_recovery import tiny_shapes_cfg
+
+    cfg = tiny_shapes_cfg(tmp_path, "stopped_shapes", "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "100",
+                          "DATASETS.TEST", "('stopped_shapes_val_panoptic_with_sem_seg',)", "TEST.EVAL_PERIOD", "0",
+                          num_train=2)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    forward = trainer.model.forward
+    signalled = []
+
+    def signalled_in_the_last_iteration(*args, **kwargs):
+        if trainer.iter == 1 and not signalled:  # once: a second SIGUSR1 would end the process
+            signalled.append(True)
+            os.kill(os.getpid(), signal.SIGUSR1)  # raises here, through stop_on_signals
+        return forward(*args, **kwargs)
+
+    trainer.model.forward = signalled_in_the_last_iteration
+    with stop_on_signals((signal.SIGUSR1,)), pytest.raises(TrainingInterrupted):
+        trainer.train()
+    assert trainer.iter == 1 and not hasattr(trainer, "_last_eval_results")  # not evaluated
+    assert not list((tmp_path / "out").glob("*.pth"))  # and nothing of that state saved
+    assert (tmp_path / "out" / "metrics.json").is_file()  # the writers were closed as usual
 
 
 def _can_mount_a_tmpfs(directory: Path) -> str:

@@ -402,10 +402,13 @@ class HCFormerCheckpointer(DetectionCheckpointer):
                 raise
             # the temporary file is gone by now: what is free is what the next try will have
             directory = os.path.dirname(path)
-            free = shutil.disk_usage(directory).free
+            try:
+                free = _size(shutil.disk_usage(directory).free)
+            except OSError:
+                free = "unknown space"
             last = last_complete_checkpoint(self.save_dir)
             raise CheckpointWriteError(
-                f"Could not write {path}: {cause.strerror} ({directory}: {_size(free)} free, about "
+                f"Could not write {path}: {cause.strerror} ({directory}: {free} free, about "
                 f"{_size(needed)} needed). Nothing already written was changed; last complete "
                 f"checkpoint: {last or 'none yet'}. Free some space (or set another OUTPUT_DIR) and "
                 + ("run again with --resume to continue from it." if last else "run again.")
