@@ -6,6 +6,7 @@ The end-to-end tests run train_net.py in subprocesses on tiny generated shapes; 
 caught in the middle of a save" is tests/pausing_train_net.py, which stops itself (SIGSTOP)
 with its temporary checkpoint file written and not yet renamed.
 """
+import errno
 import json
 import os
 import shlex
@@ -145,6 +146,18 @@ def test_a_lock_file_left_by_a_killed_run_is_taken_over(tmp_path):
         assert "on host elsewhere" in line and "does not share locks between machines" in line
     finally:
         output_dir._release_all()
+
+
+def test_a_file_system_without_locks_is_named(tmp_path, monkeypatch):
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(output_dir.fcntl, "lockf", no_locks)
+    with pytest.raises(OSError) as error:
+        OutputDirLock(str(tmp_path), "training").acquire()
+    assert error.value.errno == errno.ENOLCK
+    assert error.value.strerror.startswith(f"cannot lock {tmp_path / LOCK_FILE} (No locks available): the file "
+                                           f"system of {tmp_path} offers no locks")
 
 
 def test_eval_only_gets_a_directory_of_its_own(tmp_path):

@@ -91,7 +91,12 @@ class OutputDirLock:
                 os.close(fd)
                 if error.errno in (errno.EACCES, errno.EAGAIN):
                     raise OutputDirInUseError(self._in_use_message()) from None
-                raise
+                raise OSError(
+                    error.errno,
+                    f"cannot lock {self.path} ({error.strerror}): the file system of {self.directory} "
+                    "offers no locks, so two runs there could not be kept apart; choose an output "
+                    "directory on one that does (a local disk, NFS with its lock service)",
+                ) from None
             # the owner we waited for may have removed the file (release) between our open and
             # our lock: then we hold the lock of a deleted file, and must lock the new one
             with contextlib.suppress(FileNotFoundError):
