@@ -12,21 +12,27 @@ from hcformer.config import add_hcformer_config
 from hcformer.engine.setup import adapt_to_machine, setup
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only fallbacks")
 
 
-@no_cuda
 def test_cpu_only_machine_turns_off_cuda_and_amp():
     cfg = get_cfg()
     add_hcformer_config(cfg)
     cfg.MODEL.DEVICE = "cuda"
     cfg.SOLVER.AMP.ENABLED = True
-    notes = adapt_to_machine(cfg)
+    notes = adapt_to_machine(cfg, cuda_available=False)  # a CPU-only machine, also where a GPU is
     assert cfg.MODEL.DEVICE == "cpu" and not cfg.SOLVER.AMP.ENABLED
     assert len(notes) == 2 and "AMP" in notes[1]
 
 
-@no_cuda
+def test_cuda_machine_keeps_cuda_and_amp():
+    cfg = get_cfg()
+    add_hcformer_config(cfg)
+    cfg.MODEL.DEVICE = "cuda"
+    cfg.SOLVER.AMP.ENABLED = True
+    assert adapt_to_machine(cfg, cuda_available=True) == []
+    assert cfg.MODEL.DEVICE == "cuda" and cfg.SOLVER.AMP.ENABLED
+
+
 def test_setup(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     config = CONFIGS / "coco/panoptic-segmentation"
     args = default_argument_parser().parse_args(
@@ -37,6 +43,8 @@ def test_setup(tmp_path: Path, caplog: pytest.LogCaptureFixture):
             str(tmp_path),
             "SOLVER.MAX_ITER",
             "7",
+            "MODEL.DEVICE",  # the CPU explicitly: AMP (on in the config) is turned off on any machine
+            "cpu",
         ]
     )
     # setup_logger() stops "hcformer" records from propagating to the root (caplog's) handler
@@ -54,7 +62,6 @@ def test_setup(tmp_path: Path, caplog: pytest.LogCaptureFixture):
 
 @pytest.mark.slow
 def test_trainer_runs_on_shapes(tmp_path: Path):
-    pytest.importorskip("hcformer.data.build")
     from detectron2.utils.events import TensorboardXWriter
 
     from hcformer.checkpoint import HCFormerCheckpointer

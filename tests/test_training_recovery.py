@@ -36,6 +36,9 @@ def subprocess_env(datasets: Path) -> dict:
         HCFORMER_SHAPES_VAL="1",
         OMP_NUM_THREADS="1",
         PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+        # CPU processes (gloo) also on a machine with GPUs: the launcher picks NCCL and one
+        # process per GPU wherever torch sees CUDA
+        CUDA_VISIBLE_DEVICES="",
     )
     return env
 

@@ -1,7 +1,7 @@
 """The config of a command-line run: file + overrides, adjusted to the machine, logged."""
 import argparse
 import logging
-from typing import Callable, List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 from detectron2.config import CfgNode, get_cfg
@@ -17,13 +17,16 @@ from .output_dir import take_output_dir
 logger = logging.getLogger(__name__)
 
 
-def adapt_to_machine(cfg: CfgNode) -> List[str]:
+def adapt_to_machine(cfg: CfgNode, cuda_available: Optional[bool] = None) -> List[str]:
     """Without CUDA, run on the CPU and without AMP (detectron2 v0.6's AMPTrainer asserts CUDA).
 
     Changes ``cfg`` in place and returns one message per change, to be logged.
+    ``cuda_available`` defaults to what torch sees on this machine.
     """
+    if cuda_available is None:
+        cuda_available = torch.cuda.is_available()
     notes = []
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+    if cfg.MODEL.DEVICE.startswith("cuda") and not cuda_available:
         cfg.MODEL.DEVICE = "cpu"
         notes.append("CUDA is not available: running on the CPU (MODEL.DEVICE cpu).")
     if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
