@@ -242,6 +242,31 @@ def test_two_cpu_processes_train_one_model(tmp_path):
 
 
 @pytest.mark.slow
+def test_two_processes_train_the_weights_of_one(tmp_path):
+    """Two gloo processes with one image each end with the weights of one process with both:
+    the same images (detectron2's sampler shards one stream), the same random points (per-image
+    generators), loss normalisers summed over processes (SetCriterion) and averaged gradients
+    (DDP). FrozenBN, as the R50 configs: BN normalises each process's images alone, as in
+    detectron2; naiveSyncBN / SyncBN share the statistics (README, "Several processes")."""
+    def train(output_dir: Path, *launch: str) -> dict:
+        command = [
+            sys.executable, str(ROOT / "train_net.py"), *launch, "--config-file", str(SHAPES_CONFIG), *TINY,
+            "SEED", "3", "MODEL.RESNETS.NORM", "FrozenBN", "SOLVER.IMS_PER_BATCH", "2",
+            "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "100", "OUTPUT_DIR", str(output_dir),
+        ]
+        result = subprocess.run(command, env=subprocess_env(tmp_path / "datasets"), capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return torch.load(output_dir / "model_final.pth", weights_only=True)["model"]
+
+    one = train(tmp_path / "one")
+    two = train(tmp_path / "two", "--num-gpus", "2", "--dist-url", "auto")
+    assert sorted(one) == sorted(two)
+    worst = {k: float((one[k].double() - two[k].double()).abs().max()) for k in one if one[k].is_floating_point()}
+    assert max(worst.values()) < 1e-5, sorted(worst.items(), key=lambda kv: -kv[1])[:5]
+
+
+@pytest.mark.slow
 def test_nan_on_one_of_two_processes_stops_both(tmp_path):
     out = tmp_path / "out"
     command = [

@@ -110,7 +110,16 @@ class Trainer(DefaultTrainer):
         # the random streams (point sampling, augmentations): a resumed run continues them and
         # ends with the weights of the uninterrupted run (tests/test_training_recovery.py)
         state["random_state"] = capture_random_state()
+        point_generator = self._point_generator()
+        if point_generator is not None:
+            state["point_sampling_state"] = point_generator.get_state()
         return state
+
+    def _point_generator(self) -> Optional[torch.Generator]:
+        """The criterion's stream of point-sampling seeds (with a fixed SEED), the same on every
+        process (``SetCriterion.point_generator``)."""
+        criterion = getattr(getattr(self.model, "module", self.model), "criterion", None)
+        return getattr(criterion, "point_generator", None)
 
     def load_state_dict(self, state: Dict) -> None:
         super().load_state_dict(state)
@@ -128,6 +137,9 @@ class Trainer(DefaultTrainer):
         self._trainer.load_state_dict(trainer_state)
         if "random_state" in state and comm.get_rank() == 0:  # the streams of rank 0 (the one that saves)
             restore_random_state(state["random_state"])
+        point_generator = self._point_generator()
+        if point_generator is not None and "point_sampling_state" in state:  # every process: one stream
+            point_generator.set_state(state["point_sampling_state"])
 
     def resume_or_load(self, resume: bool = True) -> None:
         """detectron2's, and a resumed run reads on in its sampler's stream where the

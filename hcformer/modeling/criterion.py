@@ -72,13 +72,20 @@ class SetCriterion(nn.Module):
     Each prediction (final and auxiliary) is matched to the targets by ``matcher``; then
 
     - ``loss_ce``: cross-entropy over K + 1 classes for every query, unmatched queries labelled
-      "no object" (index K) and down-weighted by ``eos_coef``;
+      "no object" (index K) and down-weighted by ``eos_coef`` (a weighted mean, its weights
+      summed over all processes);
     - ``loss_mask`` / ``loss_dice``: sigmoid BCE / dice between matched masks, evaluated on
       ``num_points`` points per mask chosen by importance sampling on the predicted logits.
 
     Mask losses are normalised by the number of target masks per worker (averaged over
     distributed workers, at least 1). The returned losses are unweighted: multiply them by
     ``self.weight_dict`` (losses absent from it are meant to be dropped).
+
+    With ``point_seed``, the random points of an image (matching and losses, every layer) come
+    from a generator of its own, seeded with a per-step seed drawn from ``point_seed``'s stream
+    plus the image's index in the batch of all processes: the points of a global batch are the
+    same whether one process or several compute it, so N processes train the weights of one
+    (tests/test_training_recovery.py). Without it they come from torch's global generator.
     """
 
     def __init__(
@@ -91,6 +98,7 @@ class SetCriterion(nn.Module):
         num_points: int = 12544,
         oversample_ratio: float = 3.0,
         importance_sample_ratio: float = 0.75,
+        point_seed: Optional[int] = None,
     ):
         super().__init__()
         self.num_classes = num_classes
@@ -110,6 +118,8 @@ class SetCriterion(nn.Module):
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = eos_coef
         self.register_buffer("empty_weight", empty_weight)
+        # the stream of per-step seeds: the same on every process; in checkpoints via the trainer
+        self.point_generator = None if point_seed is None else torch.Generator().manual_seed(point_seed)
 
     def forward(
         self,
@@ -136,13 +146,23 @@ class SetCriterion(nn.Module):
             "loss_ce_i", ... for the i-th auxiliary prediction.
         """
         targets = pad_target_masks(targets)
-        num_masks = self._num_masks(targets, device=outputs["pred_logits"].device)
+        device = outputs["pred_logits"].device
+        num_masks = self._num_masks(targets, device=device)
+        generators = self.image_generators(len(targets), device)
         final = {k: v for k, v in outputs.items() if k != "aux_outputs"}
-        losses = self._losses(final, targets, num_masks, hierarchy)
+        losses = self._losses(final, targets, num_masks, hierarchy, generators)
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
-            aux_losses = self._losses(aux, targets, num_masks, hierarchy)
+            aux_losses = self._losses(aux, targets, num_masks, hierarchy, generators)
             losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})
         return losses
+
+    def image_generators(self, num_images: int, device: torch.device) -> Optional[List[torch.Generator]]:
+        """One generator per image of this process's batch (see the class docstring), or None."""
+        if self.point_generator is None:
+            return None
+        step_seed = int(torch.randint(2**62, (), generator=self.point_generator))
+        first = comm.get_rank() * num_images  # every process holds IMS_PER_BATCH / world size images
+        return [torch.Generator(device=device).manual_seed(step_seed + first + i) for i in range(num_images)]
 
     def _losses(
         self,
@@ -150,13 +170,14 @@ class SetCriterion(nn.Module):
         targets: List[Dict[str, Tensor]],
         num_masks: float,
         hierarchy: Optional[Hierarchy],
+        generators: Optional[List[torch.Generator]] = None,
     ) -> Dict[str, Tensor]:
-        indices = self.matcher(outputs, targets, hierarchy)
+        indices = self.matcher(outputs, targets, hierarchy, generators)
         losses = {}
         if "labels" in self.losses:
             losses.update(self.loss_labels(outputs, targets, indices))
         if "masks" in self.losses:
-            losses.update(self.loss_masks(outputs, targets, indices, num_masks, hierarchy))
+            losses.update(self.loss_masks(outputs, targets, indices, num_masks, hierarchy, generators))
         return losses
 
     @staticmethod
@@ -180,8 +201,15 @@ class SetCriterion(nn.Module):
         batch_idx, query_idx = _prediction_index(indices)
         matched_labels = [t["labels"][tgt] for t, (_, tgt) in zip(targets, indices)]
         target_classes[batch_idx, query_idx] = torch.cat(matched_labels).to(logits.device)
-        loss = F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight)
-        return {"loss_ce": loss}
+        # The weighted mean Σ w·CE / Σ w, with Σ w over the queries of all processes (divided
+        # by their number), as the mask losses' num_masks: the loss of a batch is then the same
+        # however it is split over processes. (The original divides by its own process's Σ w.)
+        summed = F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight, reduction="sum")
+        total_weight = self.empty_weight[target_classes].sum().detach()
+        world_size = comm.get_world_size()
+        if world_size > 1:
+            dist.all_reduce(total_weight)
+        return {"loss_ce": summed / (total_weight / world_size)}
 
     def loss_masks(
         self,
@@ -190,6 +218,7 @@ class SetCriterion(nn.Module):
         indices: Indices,
         num_masks: float,
         hierarchy: Optional[Hierarchy] = None,
+        generators: Optional[List[torch.Generator]] = None,
     ) -> Dict[str, Tensor]:
         """Point-sampled BCE and dice between matched predicted and target masks."""
         pred_masks = outputs["pred_masks"]  # (B, Q, H, W), or the coarsest grid of ``hierarchy``
@@ -215,13 +244,16 @@ class SetCriterion(nn.Module):
 
         with torch.no_grad():
             # Where to look depends on the prediction only; sampling is not differentiated.
-            points = get_uncertain_point_coords_with_randomness(
-                src,
-                logit_uncertainty,
-                self.num_points,
-                self.oversample_ratio,
-                self.importance_sample_ratio,
-            )
+            # the matched masks are in image order: each image's points from its own generator
+            per_image = [len(query) for query, _ in indices]
+            points = torch.cat([
+                get_uncertain_point_coords_with_randomness(
+                    masks, logit_uncertainty, self.num_points, self.oversample_ratio,
+                    self.importance_sample_ratio, generator,
+                )
+                for masks, generator in zip(src.split(per_image), generators or [None] * len(per_image))
+                if len(masks)
+            ])
             point_labels = point_sample(tgt, points)[:, 0]  # (M, P)
         point_logits = point_sample(src, points)[:, 0]  # (M, P)
         return {

@@ -1,6 +1,6 @@
 """Bipartite matching between predicted masks and ground-truth segments (Mask2Former cost)."""
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -93,6 +93,7 @@ class HungarianMatcher(nn.Module):
         outputs: Dict[str, Tensor],
         targets: List[Dict[str, Tensor]],
         hierarchy: Optional[Hierarchy] = None,
+        generators: Optional[Sequence[torch.Generator]] = None,
     ) -> List[Tuple[Tensor, Tensor]]:
         """
         Args:
@@ -102,6 +103,8 @@ class HungarianMatcher(nn.Module):
                 H', W' may differ from H, W (points are in normalised coordinates).
             hierarchy: if given, "pred_masks" are on its coarsest grid and are decoded here,
                 without autograd: the full maps live only while this prediction is matched.
+            generators: one per image, where its points are drawn from (torch's global
+                generator if None).
 
         Returns:
             B pairs (query_indices, target_indices) of equal length min(Q, T_b), int64 on the
@@ -114,12 +117,12 @@ class HungarianMatcher(nn.Module):
         # Under AMP the matrix products below would run in half precision even on fp32 inputs.
         with torch.autocast(device_type=pred_masks.device.type, enabled=False):
             return [
-                self._match_image(pred_logits[b], pred_masks[b], target)
+                self._match_image(pred_logits[b], pred_masks[b], target, generators[b] if generators else None)
                 for b, target in enumerate(targets)
             ]
 
     def _match_image(
-        self, logits: Tensor, masks: Tensor, target: Dict[str, Tensor]
+        self, logits: Tensor, masks: Tensor, target: Dict[str, Tensor], generator: Optional[torch.Generator]
     ) -> Tuple[Tensor, Tensor]:
         """Match one image: logits (Q, K+1), masks (Q, H, W)."""
         labels = target["labels"]
@@ -134,7 +137,7 @@ class HungarianMatcher(nn.Module):
 
         masks = masks.float()[:, None]  # (Q, 1, H, W)
         tgt_masks = target["masks"].to(masks)[:, None]  # (T, 1, H', W')
-        points = torch.rand(1, self.num_points, 2, device=masks.device)
+        points = torch.rand(1, self.num_points, 2, device=masks.device, generator=generator)
         pred_points = point_sample(masks, points.expand(len(masks), -1, -1))[:, 0]  # (Q, P)
         target_points = point_sample(tgt_masks, points.expand(len(tgt_masks), -1, -1))[:, 0]
 

@@ -87,6 +87,8 @@ class HCFormer(nn.Module):
             num_points=mf.TRAIN_NUM_POINTS,
             oversample_ratio=mf.OVERSAMPLE_RATIO,
             importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
+            # with a fixed SEED, the points do not depend on how many processes train
+            point_seed=cfg.SEED if cfg.SEED >= 0 else None,
         )
         test = mf.TEST
         metadata = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None

@@ -5,7 +5,7 @@ points per mask. Points live in normalised image coordinates, [0, 1]² with (x, 
 prediction and a target of different resolutions are compared at the same places in the image.
 """
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,7 @@ def get_uncertain_point_coords_with_randomness(
     num_points: int,
     oversample_ratio: float,
     importance_sample_ratio: float,
+    generator: Optional[torch.Generator] = None,
 ) -> Tensor:
     """Pick points biased towards uncertain regions, plus uniformly random ones.
 
@@ -50,6 +51,8 @@ def get_uncertain_point_coords_with_randomness(
         num_points: points to return per mask.
         oversample_ratio: >= 1, candidates drawn per returned point.
         importance_sample_ratio: in [0, 1], fraction of the points chosen by uncertainty.
+        generator: where the uniform draws come from (torch's global generator if None); on
+            the device of ``logits``.
 
     Returns:
         (N, num_points, 2) coordinates in [0, 1]², on the device of ``logits``.
@@ -65,10 +68,10 @@ def get_uncertain_point_coords_with_randomness(
     num_uncertain = int(importance_sample_ratio * num_points)
     num_random = num_points - num_uncertain
 
-    candidates = torch.rand(n, num_candidates, 2, device=logits.device)
+    candidates = torch.rand(n, num_candidates, 2, device=logits.device, generator=generator)
     uncertainty = uncertainty_fn(point_sample(logits, candidates))[:, 0, :]  # (N, num_candidates)
     top = uncertainty.topk(num_uncertain, dim=1).indices  # (N, num_uncertain)
     coords = candidates.gather(1, top.unsqueeze(-1).expand(-1, -1, 2))
     if num_random > 0:
-        coords = torch.cat([coords, torch.rand(n, num_random, 2, device=logits.device)], dim=1)
+        coords = torch.cat([coords, torch.rand(n, num_random, 2, device=logits.device, generator=generator)], dim=1)
     return coords
