@@ -28,10 +28,11 @@ from hcformer.engine.interruption import TrainingInterrupted, stop_on_signals
 from hcformer.engine.output_dir import LOCK_FILE, OutputDirInUseError, OutputDirLock, take_output_dir
 from tiny_configs import ROOT, SHAPES_CONFIG, TINY_SHAPES_OVERRIDES
 
-# four iterations of batch 1; checkpoints after iterations 1 and 3 (and model_final after 3)
+# four iterations of batch 1; checkpoints after iterations 1 and 3 (and model_final after 3),
+# a third of the size with the ResNet frozen (no optimizer state for it)
 TINY = TINY_SHAPES_OVERRIDES + [
     "SOLVER.WARMUP_ITERS", "2", "DATASETS.TEST", "()", "SOLVER.IMS_PER_BATCH", "1",
-    "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2", "SEED", "0",
+    "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2", "SEED", "0", "MODEL.BACKBONE.FREEZE_AT", "5",
 ]
 
 
@@ -250,7 +251,7 @@ def test_eval_only_and_a_second_training_leave_a_running_training_alone(tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_stops_training_with_a_log_line_and_no_temporary_file(tmp_path, signum):
     out = tmp_path / "out"
     process = start(pausing_train_net(out, iteration=3), subprocess_env(tmp_path), tmp_path / "output.txt")
