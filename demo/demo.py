@@ -134,7 +134,9 @@ def _image_targets(args: argparse.Namespace, paths: List[str]) -> List[Tuple[str
     return [(os.path.join(args.output, f"{name}.png"), os.path.join(args.output, name)) for name in names]
 
 
-def _read_images(paths: List[str], args: argparse.Namespace, max_image_pixels: int) -> Tuple[List[str], List[np.ndarray]]:
+def _read_images(
+    paths: List[str], args: argparse.Namespace, max_image_pixels: int
+) -> Tuple[List[str], List[np.ndarray]]:
     """(paths, BGR images) of the images of ``paths`` that could be read: upright (EXIF), 3
     channels, 8 bits, at most INPUT.MAX_IMAGE_PIXELS. Another image raises an error naming it,
     or with --skip-bad-inputs is logged and left out."""

@@ -111,7 +111,8 @@ def test_a_second_owner_is_refused_with_the_first_one_named(tmp_path):
     assert lock.acquire() is None  # makes the directory; no previous owner
     try:
         message = acquire_in_another_process(out)
-        assert message.startswith(f"{out} is in use by another training: pid {os.getpid()} on this machine ({HOST}), started ")
+        owner = f"pid {os.getpid()} on this machine ({HOST}), started "
+        assert message.startswith(f"{out} is in use by another training: {owner}")
         assert f"(lock file {out / LOCK_FILE})" in message and "give this run another OUTPUT_DIR" in message
         assert "\n" not in message
     finally:
@@ -273,7 +274,8 @@ def test_a_signal_stops_training_with_a_log_line_and_no_temporary_file(tmp_path,
     assert (out / "last_checkpoint").read_text() == "model_0000001.pth"
 
 
-@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signal handlers need the main thread")
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                    reason="signal handlers need the main thread")
 def test_a_training_stopped_in_its_last_iteration_is_not_evaluated(tmp_path):
     # detectron2's EvalHook evaluates after training when iter + 1 >= max_iter, also after an
     # exception or a signal in the last iteration: a half-stepped model, and an evaluation

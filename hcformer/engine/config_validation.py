@@ -88,21 +88,23 @@ def _check_bases(path: str, included_by: Sequence[str] = ()) -> None:
         return
     bases = loaded.get("_BASE_") if isinstance(loaded, dict) else None
     for base in bases if isinstance(bases, list) else [bases] if bases else []:
-        # resolved as fvcore does: relative to the file that names it; URLs are left alone
-        resolved = os.path.expanduser(base) if base.startswith("~") else base
-        if resolved.startswith(("https://", "http://")):
+        # resolved as fvcore does: relative to the file that names it; URLs (and values that
+        # are no path at all) are left to detectron2
+        if not isinstance(base, str) or base.startswith(("https://", "http://")):
             continue
+        resolved = os.path.expanduser(base) if base.startswith("~") else base
         if not resolved.startswith("/"):
             resolved = os.path.join(os.path.dirname(path), resolved)
+        chain = [*included_by, path]
         if not os.path.isfile(resolved):
-            chain = " > ".join([*included_by, path])
             raise FileNotFoundError(
-                f"_BASE_ {base!r} of {path} does not exist (no file {os.path.normpath(resolved)}; a _BASE_ is relative "
-                "to the file that names it)" + (f"; included as {chain}" if included_by else "")
+                f"_BASE_ {base!r} of {path} does not exist (no file {os.path.normpath(resolved)}; a "
+                "_BASE_ is relative to the file that names it)"
+                + (f"; included as {' > '.join(chain)}" if included_by else "")
             )
-        if os.path.realpath(resolved) in {os.path.realpath(p) for p in [*included_by, path]}:
-            raise ConfigError(f"_BASE_ {base!r} of {path} includes itself: {' > '.join([*included_by, path, resolved])}")
-        _check_bases(resolved, [*included_by, path])
+        if os.path.realpath(resolved) in {os.path.realpath(p) for p in chain}:
+            raise ConfigError(f"_BASE_ {base!r} of {path} includes itself: {' > '.join([*chain, resolved])}")
+        _check_bases(resolved, chain)
 
 
 def _value_at(cfg: CfgNode, key: str) -> Optional[Any]:
