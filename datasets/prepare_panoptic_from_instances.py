@@ -56,7 +56,11 @@ from hcformer.data.dataset_mappers.mask_former_instance_dataset_mapper import (
     check_rle_sizes,
 )
 from hcformer.data.datasets.atomic_dir import build_directory_once, read_marker
-from hcformer.data.datasets.coco_panoptic_files import ensure_instances_json, ensure_semantic_pngs
+from hcformer.data.datasets.coco_panoptic_files import (
+    ensure_instances_json,
+    ensure_semantic_pngs,
+    require_entries,
+)
 from hcformer.data.image_reading import check_record_size, read_image_file
 
 _VERSION = 1
@@ -75,21 +79,9 @@ def read_instances_json(path: str) -> Dict:
         content = json.load(f)
     if not isinstance(content.get("annotations"), list):
         raise ConversionError(f"{path} has no 'annotations' list; expected COCO instance format")
-    for list_name, keys in (
-        ("categories", ("id", "name")),
-        ("annotations", ("image_id", "category_id", "segmentation")),
-    ):
-        for i, entry in enumerate(content[list_name]):
-            missing = [k for k in keys if not isinstance(entry, dict) or k not in entry]
-            if missing:
-                raise ConversionError(
-                    f"{path}: entry {i} of {list_name!r} lacks {missing} ({str(entry)[:100]}); "
-                    f"every entry needs {list(keys)}"
-                )
-    for list_name in ("images", "categories"):
-        ids = [entry["id"] for entry in content[list_name]]
-        if len(set(ids)) < len(ids):
-            raise ConversionError(f"{path}: two entries of {list_name!r} have the same id")
+    require_entries(path, "images", content["images"], ("id",), unique_ids=True)
+    require_entries(path, "categories", content["categories"], ("id", "name"), unique_ids=True)
+    require_entries(path, "annotations", content["annotations"], ("image_id", "category_id", "segmentation"))
     return content
 
 

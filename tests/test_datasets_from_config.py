@@ -224,7 +224,7 @@ def test_a_name_means_one_set_of_files(shapes, tmp_path, dataset_names):
     register_datasets_from_config(config(COCO_INSTANCES=[first]))  # the same files: fine
     with pytest.raises(DatasetConfigError, match="'cfg_twice' of DATASETS.COCO_INSTANCES is already registered from the config"):
         register_datasets_from_config(config(COCO_INSTANCES=[["cfg_twice", str(tmp_path / "other.json"), images]]))
-    with pytest.raises(DatasetConfigError, match="already registered by detectron2 or hcformer"):
+    with pytest.raises(DatasetConfigError, match=r"already registered otherwise \(a builtin dataset"):
         register_datasets_from_config(config(COCO_INSTANCES=[["coco_2017_val", first[1], images]]))
     assert MetadataCatalog.get("cfg_twice").json_file == first[1]
 
@@ -240,3 +240,20 @@ def test_num_classes_that_disagree_with_the_data_names_the_right_number(shapes, 
     cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = -1
     with pytest.raises(ConfigError, match="takes the number of classes from DATASETS.TRAIN, which is empty"):
         validate_config(cfg)
+
+
+def test_annotation_files_of_the_wrong_content_are_named_at_registration(shapes, tmp_path):
+    panoptic = json.loads((shapes / "annotations" / "panoptic_val.json").read_text())
+    panoptic["annotations"][1]["segments_info"][0]["category_id"] = 99
+    (tmp_path / "panoptic.json").write_text(json.dumps(panoptic))
+    entry = ["bad_panoptic", str(tmp_path / "panoptic.json"), str(shapes / "panoptic_val"), str(shapes / "images" / "val")]
+    with pytest.raises(DatasetConfigError, match=r"COCO_PANOPTIC\[0\] \('bad_panoptic'\): .*panoptic.json: segment \d+ of '\w+.png' has category_id 99, which is not in 'categories'"):
+        register_datasets_from_config(config(COCO_PANOPTIC=[entry]))
+
+    instances = json.loads((shapes / "annotations" / "instances_val.json").read_text())
+    instances["categories"].append(dict(instances["categories"][0], name="again"))
+    (tmp_path / "instances.json").write_text(json.dumps(instances))
+    entry = ["bad_instances", str(tmp_path / "instances.json"), str(shapes / "images" / "val")]
+    with pytest.raises(DatasetConfigError, match=r"instances.json: two entries of 'categories' have the id 1"):
+        register_datasets_from_config(config(COCO_INSTANCES=[entry]))
+    assert "bad_panoptic" not in DatasetCatalog and "bad_instances" not in DatasetCatalog

@@ -48,6 +48,7 @@ from .register_coco_panoptic_annos_semseg import panoptic_metadata_from_categori
 __all__ = [
     "IGNORE_LABEL",
     "contiguous_ids",
+    "require_entries",
     "read_panoptic_json",
     "panoptic_metadata",
     "panoptic_semantic_labels",
@@ -72,7 +73,13 @@ def contiguous_ids(categories: List[Dict]) -> Dict[int, int]:
     return {category_id: i for i, category_id in enumerate(ids)}
 
 
-def _require_entry_keys(path: str, list_name: str, entries: List, keys) -> None:
+def require_entries(path: str, list_name: str, entries: List, keys, unique_ids: bool = False) -> None:
+    """Every entry of the list ``list_name`` of the JSON ``path`` must be an object with ``keys``
+    (and, with ``unique_ids``, an "id" no other entry has).
+
+    Raises:
+        DatasetLoadError: naming the file, the list and the first bad entry.
+    """
     for i, entry in enumerate(entries):
         missing = [k for k in keys if not isinstance(entry, dict) or k not in entry]
         if missing:
@@ -80,6 +87,12 @@ def _require_entry_keys(path: str, list_name: str, entries: List, keys) -> None:
                 f"{path}: entry {i} of {list_name!r} lacks {missing} ({str(entry)[:100]}); every "
                 f"entry needs {list(keys)}"
             )
+    if unique_ids:
+        seen = set()
+        for entry in entries:
+            if entry["id"] in seen:
+                raise DatasetLoadError(f"{path}: two entries of {list_name!r} have the id {entry['id']!r}")
+            seen.add(entry["id"])
 
 
 def read_panoptic_json(path: str) -> Dict[str, Any]:
@@ -100,12 +113,10 @@ def read_panoptic_json(path: str) -> Dict[str, Any]:
         raise DatasetLoadError(
             f"{path} has no 'images' list; a COCO-panoptic JSON names each image's file there"
         )
-    _require_entry_keys(path, "images", content["images"], ("id", "file_name"))
-    _require_entry_keys(path, "categories", content["categories"], ("id", "name", "isthing"))
+    require_entries(path, "images", content["images"], ("id", "file_name"), unique_ids=True)
+    require_entries(path, "categories", content["categories"], ("id", "name", "isthing"), unique_ids=True)
     image_ids = {image["id"] for image in content["images"]}
     category_ids = {c["id"] for c in content["categories"]}
-    if len(category_ids) < len(content["categories"]):
-        raise DatasetLoadError(f"{path}: two entries of 'categories' have the same id")
     for annotation in content["annotations"]:
         if annotation["image_id"] not in image_ids:
             raise DatasetLoadError(

@@ -31,23 +31,24 @@ error: a dataset name always means one set of files.
 """
 
 import json
-import logging
 import os
+from collections import Counter
 from typing import Any, Dict, List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_sem_seg, register_coco_instances
 
 from ..dataset_loading import _json_problem
-from .catalog_utils import MissingDatasetError, require_matching_sem_seg_files, run_before_loading
+from .catalog_utils import MissingDatasetError, require_matching_sem_seg_files
 from .coco_panoptic_files import (
-    ensure_instances_json,
-    ensure_semantic_pngs,
     derived_instances_json,
     derived_semantic_root,
+    ensure_instances_json,
+    ensure_semantic_pngs,
     load_panoptic_records,
     panoptic_metadata,
     read_panoptic_json,
+    require_entries,
 )
 
 __all__ = [
@@ -58,8 +59,6 @@ __all__ = [
     "register_sem_seg_from_files",
     "register_datasets_from_config",
 ]
-
-logger = logging.getLogger(__name__)
 
 # image extensions a semantic dataset's image folder may use (one per folder)
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -92,7 +91,7 @@ def _claim_name(name: str, entry: List[str]) -> bool:
     registered = MetadataCatalog.get(name).get("config_entry", None)
     if registered == entry:
         return False
-    what = f"from the config as {registered}" if registered else "by detectron2 or hcformer (a builtin dataset)"
+    what = f"from the config as {registered}" if registered else "otherwise (a builtin dataset or one of Python code)"
     raise DatasetConfigError(
         f"Dataset name {name!r} of {entry[0]} is already registered {what}; {entry[1:]} would give "
         "it other files. Choose another name"
@@ -106,16 +105,12 @@ def _classes_from_instances_json(json_file: str, where: str) -> List[Dict]:
         raise DatasetConfigError(f"{where}: {problem}")
     with open(json_file) as f:
         categories = json.load(f)["categories"]
-    for i, category in enumerate(categories):
-        if not isinstance(category, dict) or "id" not in category or "name" not in category:
-            raise DatasetConfigError(
-                f"{where}: entry {i} of 'categories' in {json_file} needs an 'id' and a 'name', "
-                f"got {str(category)[:100]}"
-            )
     if not categories:
         raise DatasetConfigError(f"{where}: {json_file} has an empty 'categories' list")
-    if len({c["id"] for c in categories}) < len(categories):
-        raise DatasetConfigError(f"{where}: two entries of 'categories' in {json_file} have the same id")
+    try:
+        require_entries(json_file, "categories", categories, ("id", "name"), unique_ids=True)
+    except ValueError as e:
+        raise DatasetConfigError(f"{where}: {e}") from None
     return sorted(categories, key=lambda c: c["id"])
 
 
@@ -204,7 +199,7 @@ def _read_classes(classes_txt: str, where: str) -> List[str]:
         problems.append("it lists no class")
     if "" in names:
         problems.append(f"line {names.index('') + 1} is empty")
-    duplicates = sorted({n for n in names if names.count(n) > 1 and n})
+    duplicates = sorted(n for n, count in Counter(names).items() if count > 1 and n)
     if duplicates:
         problems.append(f"{duplicates} appear more than once")
     if len(names) > 255:
