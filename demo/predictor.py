@@ -1,8 +1,8 @@
 """Batch prediction and drawing for the demo: images in, (predictions, picture) out.
 
 Kept next to demo.py, as in detectron2, because it is glue: the pieces it glues are in the
-library (model building in ``hcformer.engine.inference_model``, the hierarchy in
-``hcformer.evaluation.clusterings``, drawing in ``hcformer.utils.hierarchy_visualization``).
+library (model building in ``hcformer.engine.inference_model``, the clusterings the model
+returns on request, drawing in ``hcformer.utils.hierarchy_visualization``).
 """
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
@@ -13,7 +13,6 @@ from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 
 from hcformer.engine.inference_model import build_inference_model
-from hcformer.evaluation.clusterings import forward_with_hierarchy, image_clusterings, level_stride
 from hcformer.utils.hierarchy_visualization import add_title, draw_boundaries, draw_prediction, visualization_metadata
 
 
@@ -65,15 +64,15 @@ class BatchPredictor:
         if self.hierarchy_level is None:
             with torch.no_grad():
                 return self.model(inputs)
-        outputs, forward = forward_with_hierarchy(self.model, inputs)
         level = self.hierarchy_level
         try:
-            clusterings = list(image_clusterings(forward, inputs, levels=[level], queries=False))
+            with torch.no_grad():
+                outputs = self.model(inputs, clusterings=[f"level{level}"])
         except ValueError as e:
             raise ValueError(f"--show-level {level}: {e}") from None
-        self.hierarchy_stride = level_stride(forward.hierarchy, level)
-        for output, clustering in zip(outputs, clusterings):
-            output["hierarchy_level"] = clustering[f"level{level}"]
+        self.hierarchy_stride = outputs[0]["level_strides"][level]
+        for output in outputs:
+            output["hierarchy_level"] = output["clusterings"][f"level{level}"]
         return outputs
 
 

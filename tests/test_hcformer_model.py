@@ -41,7 +41,8 @@ def test_decoded_masks_have_the_stride_of_the_finest_level(make_cfg):
         images = model.preprocess([{"image": torch.rand(3, 64, 96) * 255}])
         with torch.no_grad():
             outputs, hierarchy = model.run(images)
-        assert outputs["pred_masks"].shape[-2:] == (64 // stride, 96 // stride)
+        assert outputs["pred_masks"].shape[-2:] == (2, 3)  # the head's masks: on the stride-32 grid
+        assert hierarchy.decode(outputs["pred_masks"]).shape[-2:] == (64 // stride, 96 // stride)
         assert hierarchy.num_levels == level
 
 

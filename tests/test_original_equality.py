@@ -39,7 +39,8 @@ def outputs(reference):
     model.load_state_dict(formula_state_dict(state))
     image = reference_image().float()
     with torch.no_grad():
-        head, _ = model.run(model.preprocess([{"image": image}]))
+        head, hierarchy = model.run(model.preprocess([{"image": image}]))
+        head["pred_masks"] = hierarchy.decode(head["pred_masks"])  # stride 32 → stride 4
         (result,) = model([{"image": image, "height": 256, "width": 384}])
     return {"layout": layout, "head": head, "result": result}
 

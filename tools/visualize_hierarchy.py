@@ -56,14 +56,7 @@ from tqdm import tqdm
 import hcformer  # noqa: F401  registers the models
 import hcformer.data  # noqa: F401  registers the datasets
 from hcformer.engine.inference_model import build_inference_model, inference_cfg
-from hcformer.evaluation import (
-    forward_with_hierarchy,
-    ground_truth_kind,
-    image_clusterings,
-    load_segment_ground_truth,
-    undersegmentation_counts,
-)
-from hcformer.evaluation.clusterings import level_stride
+from hcformer.evaluation import ground_truth_kind, load_segment_ground_truth, undersegmentation_counts
 from hcformer.modeling import HCFormer
 from hcformer.utils.hierarchy_visualization import LevelMap, draw_hierarchy, visualization_metadata
 from hcformer.utils.image_files import expand_image_paths
@@ -197,18 +190,20 @@ def visualize_image(
 ) -> Dict:
     """Write the two panels of one image; return its entry of the JSON summary."""
     inputs = [mapper(dict(record))]
-    outputs, forward = forward_with_hierarchy(model, inputs)
-    hierarchy = forward.hierarchy
-    levels = args.levels if args.levels is not None else list(range(hierarchy.num_levels + 1))
-
     gt, ignore_label, kind = None, None, None
     if dataset is not None:
         dataset_metadata = MetadataCatalog.get(dataset)
         kind = ground_truth_kind(record, dataset_metadata.get("evaluator_type", ""))
         gt, ignore_label = load_segment_ground_truth(record, kind, dataset_metadata.get("ignore_label", 255))
+    requested = ["levels"] if args.levels is None else [f"level{k}" for k in args.levels]
     # the query clustering is a (Q, H, W) computation: only worth it when it is scored
-    clusterings = next(image_clusterings(forward, inputs, levels, queries=gt is not None))
-    level_maps = [LevelMap(k, clusterings[f"level{k}"].cpu().numpy(), level_stride(hierarchy, k)) for k in levels]
+    if gt is not None:
+        requested.append("queries")
+    with torch.no_grad():
+        outputs = model(inputs, clusterings=requested)
+    clusterings, strides = outputs[0]["clusterings"], outputs[0]["level_strides"]
+    levels = sorted(int(name[5:]) for name in clusterings if name.startswith("level"))
+    level_maps = [LevelMap(k, clusterings[f"level{k}"].cpu().numpy(), strides[k]) for k in levels]
     figure = draw_hierarchy(
         read_image(record["file_name"], format="RGB"),
         level_maps,

@@ -1,9 +1,9 @@
 """Evaluation: pick detectron2 evaluators per dataset (see ``build_evaluator``), and score the
-clustering hierarchy by undersegmentation error (see ``undersegmentation``, ``HierarchyEvaluator``;
-``clusterings`` and ``segment_ground_truth`` give the id maps it compares)."""
+clustering hierarchy by undersegmentation error (see ``undersegmentation``, ``HierarchyEvaluator``:
+the model returns its clusterings, ``segment_ground_truth`` gives the segments they are scored
+against)."""
 from .build_evaluator import EVALUATOR_TYPES, ThingsCOCOEvaluator, build_evaluator
 from .checked_evaluators import CheckedCOCOPanopticEvaluator, CheckedSemSegEvaluator
-from .clusterings import HierarchyRecorder, forward_with_hierarchy, image_clusterings, query_clustering
 from .hierarchy_evaluator import HierarchyEvaluator
 from .segment_ground_truth import ground_truth_kind, load_segment_ground_truth
 from .undersegmentation import (
@@ -21,10 +21,6 @@ __all__ = [
     "CheckedCOCOPanopticEvaluator",
     "CheckedSemSegEvaluator",
     "HierarchyEvaluator",
-    "HierarchyRecorder",
-    "forward_with_hierarchy",
-    "image_clusterings",
-    "query_clustering",
     "ground_truth_kind",
     "load_segment_ground_truth",
     "UndersegmentationCounts",

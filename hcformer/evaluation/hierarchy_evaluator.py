@@ -2,8 +2,9 @@
 
 HCFormer's masks are decoded through a hierarchy of clusterings (§2.3 of the paper): a mask can
 only be right if no cluster straddles two ground-truth segments. This evaluator measures that for
-every level of the hierarchy and for the final assignment of pixels to mask queries (see
-:mod:`hcformer.evaluation.clusterings` for both), with the superpixel scores of
+every level of the hierarchy and for the final assignment of pixels to mask queries (the
+"clusterings" the model returns with TEST.HIERARCHY_EVAL, see ``HCFormer.forward`` and
+:mod:`hcformer.modeling.postprocess`), with the superpixel scores of
 :mod:`hcformer.evaluation.undersegmentation`, at the original image size, against the segments of
 :mod:`hcformer.evaluation.segment_ground_truth`:
 
@@ -16,21 +17,17 @@ every level of the hierarchy and for the final assignment of pixels to mask quer
 
 Scores are pixel-weighted over the dataset: Σ numerators / Σ N over all images of all workers.
 
-Getting the hierarchy without a second forward pass: between ``reset()`` and ``evaluate()`` a
-:class:`~hcformer.evaluation.clusterings.HierarchyRecorder` keeps forward hooks on the model, so
-``process`` reuses what the inference forward computed; it only decodes the Q mask logits once
-more through the hierarchy (a few gathers, small next to the backbone). If ``process`` cannot be
-matched to exactly one preceding inference forward of the same batch size (e.g. under test-time
-augmentation, which runs several), it re-runs ``model.preprocess`` + ``model.run`` on the inputs.
+The clusterings come with the outputs, from the forward pass that made the predictions. Outputs
+without them (a model built without TEST.HIERARCHY_EVAL, or test-time augmentation, whose
+several forward passes have no one hierarchy) make ``process`` run the model once more on the
+inputs, asking for them.
 
 The query clustering is computed from the predictions rather than read from the "panoptic_seg"
 output: panoptic inference drops low-confidence queries, merges stuff queries of a class and
 leaves pixels unassigned, so it is a clustering of a different model, and semantic-only models
 have no such output.
 
-Cost (1024×2048 image, 100 queries, 2 CPU cores): ``process`` takes about 2.5 s, mostly the
-(Q, H, W) sigmoid and argmax of the query clustering; the five UE / ASA evaluations take about
-0.3 s. The ResNet-18 model's own forward pass takes 8–10 s there.
+Cost (1024×2048 image, 2 CPU cores): the five UE / ASA evaluations take about 0.3 s per image.
 """
 import itertools
 import json
@@ -43,16 +40,18 @@ import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
+from detectron2.evaluation.evaluator import inference_context
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .clusterings import HierarchyRecorder, image_clusterings, query_clustering, rerun_for_hierarchy
+from hcformer.modeling.meta_arch import ALL_CLUSTERINGS
+
 from .segment_ground_truth import GROUND_TRUTH_KINDS, load_segment_ground_truth
 from .undersegmentation import undersegmentation_counts
 
-__all__ = ["HierarchyEvaluator", "query_clustering"]
+__all__ = ["HierarchyEvaluator"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +70,8 @@ class HierarchyEvaluator(DatasetEvaluator):
     Args:
         dataset_name: a registered dataset; its records (or the model inputs) give the
             ground-truth of every image, matched by ``file_name``.
-        model: the HCFormer being evaluated (possibly wrapped in DistributedDataParallel):
-            it needs ``backbone``, ``sem_seg_head``, ``preprocess`` and ``run``.
+        model: the HCFormer being evaluated (possibly wrapped in DistributedDataParallel),
+            run again on the inputs whose outputs hold no "clusterings".
         output_dir: where to write per-image scores; nothing is written if None.
         ground_truth: "panoptic", "semantic" or "instance"; by default "panoptic" if the
             dataset's ``evaluator_type`` contains "panoptic", "instance" if it is "coco" or
@@ -104,18 +103,18 @@ class HierarchyEvaluator(DatasetEvaluator):
         self._ground_truth = ground_truth
         self._semantic_ignore_label = metadata.get("ignore_label", 255)
         self._records_by_file: Optional[Dict[str, Dict]] = None  # the dataset's, read when needed
-        self._recorder = HierarchyRecorder(self._model)
         self._results: List[Dict] = []
 
     def reset(self) -> None:
         self._results = []
-        self._recorder.attach()
 
     # ------------------------------------------------------------------ evaluation
     def process(self, inputs: List[Dict], outputs: List[Dict]) -> None:
-        forward = self._recorder.take(len(inputs)) or rerun_for_hierarchy(self._model, inputs)
+        if any("clusterings" not in output for output in outputs):
+            with inference_context(self._model), torch.no_grad():
+                outputs = self._model(inputs, clusterings=ALL_CLUSTERINGS)
         with torch.no_grad():
-            for x, clusterings in zip(inputs, image_clusterings(forward, inputs)):
+            for x, clusterings in zip(inputs, (output["clusterings"] for output in outputs)):
                 gt, ignore_label = self._load_ground_truth(x)
                 out_size = tuple(clusterings["queries"].shape)
                 if gt.shape != out_size:
@@ -135,7 +134,6 @@ class HierarchyEvaluator(DatasetEvaluator):
                 )
 
     def evaluate(self) -> Dict[str, Dict[str, float]]:
-        self._recorder.detach()
         results = list(itertools.chain(*comm.gather(self._results, dst=0)))
         if not comm.is_main_process():
             return {}

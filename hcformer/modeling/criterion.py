@@ -126,6 +126,7 @@ class SetCriterion(nn.Module):
         outputs: Dict[str, object],
         targets: List[Dict[str, Tensor]],
         hierarchy: Optional[Hierarchy] = None,
+        decode_all: bool = False,
     ) -> Dict[str, Tensor]:
         """
         Args:
@@ -140,11 +141,17 @@ class SetCriterion(nn.Module):
                 to match them, the matched ones with autograd for the mask losses. The
                 losses are those of decoding every prediction first, for a fraction of the
                 memory (``MODEL.HC.POINT_DECODING``).
+            decode_all: with ``hierarchy``, decode every prediction's masks first (with
+                autograd) and compute the losses on them: the same values as without, for the
+                memory of all B × Q × layers maps at stride 4 (MODEL.HC.POINT_DECODING False,
+                the baseline of tests/test_point_decoding.py and benchmarks/bench_model.py).
 
         Returns:
             "loss_ce", "loss_mask", "loss_dice" (scalars) for the final prediction, plus
             "loss_ce_i", ... for the i-th auxiliary prediction.
         """
+        if decode_all and hierarchy is not None:
+            outputs, hierarchy = decode_every_prediction(outputs, hierarchy), None
         targets = pad_target_masks(targets)
         device = outputs["pred_logits"].device
         num_masks = self._num_masks(targets, device=device)
@@ -267,6 +274,17 @@ class SetCriterion(nn.Module):
             f"num_points={self.num_points}, oversample_ratio={self.oversample_ratio}, "
             f"importance_sample_ratio={self.importance_sample_ratio}"
         )
+
+
+def decode_every_prediction(outputs: Dict[str, object], hierarchy: Hierarchy) -> Dict[str, object]:
+    """``outputs`` (final and auxiliary predictions) with every "pred_masks" decoded through
+    ``hierarchy``, in one decode (the assignments are read once); the input is not changed."""
+    predictions = [outputs] + list(outputs.get("aux_outputs", []))
+    num_queries = outputs["pred_masks"].shape[1]
+    stacked = torch.cat([p["pred_masks"] for p in predictions], dim=1)
+    decoded = [{**p, "pred_masks": masks}
+               for p, masks in zip(predictions, hierarchy.decode(stacked).split(num_queries, dim=1))]
+    return {**decoded[0], "aux_outputs": decoded[1:]}
 
 
 def _prediction_index(indices: Indices) -> Tuple[Tensor, Tensor]:

@@ -1,5 +1,5 @@
 """HCFormer: backbone with clustering → decoder on the coarsest map → masks decoded by the hierarchy."""
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +13,17 @@ from torch import Tensor, nn
 from .criterion import SetCriterion, build_weight_dict
 from .hierarchy import Hierarchy
 from .matcher import HungarianMatcher
-from .postprocess import instance_inference, panoptic_inference, semantic_inference
+from .postprocess import (
+    instance_inference,
+    level_clusterings,
+    level_strides,
+    panoptic_inference,
+    query_clustering,
+    semantic_inference,
+)
+
+# what ``HCFormer.forward(..., clusterings=ALL_CLUSTERINGS)`` returns: every level and the queries
+ALL_CLUSTERINGS = "all"
 
 
 @META_ARCH_REGISTRY.register()
@@ -22,7 +32,8 @@ class HCFormer(nn.Module):
 
     Training returns the loss dict (set criterion of every decoder layer + the scale
     regulariser λ_reg·Σ_i|s_i|); inference returns one dict per image with "sem_seg",
-    "panoptic_seg" and / or "instances", as detectron2 evaluators expect.
+    "panoptic_seg" and / or "instances", as detectron2 evaluators expect, and on request the
+    clusterings of that forward pass (see :meth:`forward`).
     """
 
     @configurable
@@ -46,6 +57,7 @@ class HCFormer(nn.Module):
         test_topk_per_image: int,
         scale_reg_weight: float,
         point_decoding: bool = True,
+        clusterings: Optional[Union[str, Sequence[str]]] = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -63,6 +75,7 @@ class HCFormer(nn.Module):
         self.test_topk_per_image = test_topk_per_image
         self.scale_reg_weight = scale_reg_weight
         self.point_decoding = point_decoding
+        self.clusterings = clusterings  # what every inference returns unless asked otherwise
         if not (semantic_on or panoptic_on or instance_on):
             raise ValueError("MODEL.MASK_FORMER.TEST: at least one of SEMANTIC_ON / PANOPTIC_ON / INSTANCE_ON must be True")
 
@@ -112,6 +125,8 @@ class HCFormer(nn.Module):
             "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,  # the instance top-k, as the original
             "scale_reg_weight": cfg.MODEL.HC.L1_WEIGHT,
             "point_decoding": cfg.MODEL.HC.POINT_DECODING,
+            # HierarchyEvaluator scores every clustering of the forward pass it evaluates
+            "clusterings": ALL_CLUSTERINGS if cfg.TEST.HIERARCHY_EVAL else None,
         }
 
     @property
@@ -123,33 +138,30 @@ class HCFormer(nn.Module):
         images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
         return ImageList.from_tensors(images, self.size_divisibility)
 
-    def run(self, images: ImageList):
-        """Backbone + head + decoding of every prediction to the finest level.
-
-        Returns (outputs, hierarchy): outputs as the decoder's, masks at the finest stride;
-        in training with ``point_decoding``, masks stay on the coarsest grid and the criterion
-        decodes only what its losses sample (9 predictions × Q queries at stride 4 would be
-        the largest tensors of the step otherwise).
-        """
+    def run(self, images: ImageList) -> Tuple[Dict[str, object], Hierarchy]:
+        """Backbone + head: the decoder's outputs, mask logits on the coarsest grid, and the
+        hierarchy that decodes them (``hierarchy.decode(outputs["pred_masks"])``: stride 4)."""
         features = self.backbone(images.tensor, image_sizes=images.image_sizes)
-        hierarchy: Hierarchy = features["assign"]
-        outputs = self.sem_seg_head(features)
-        if self.training and self.point_decoding:
-            return outputs, hierarchy
-        predictions = [outputs] + list(outputs.get("aux_outputs", [])) if self.training else [outputs]
-        # One decode for all layers' masks: the assignments are read once.
-        stacked = torch.cat([p["pred_masks"] for p in predictions], dim=1)
-        decoded = hierarchy.decode(stacked).split(self.num_queries, dim=1)
-        for p, masks in zip(predictions, decoded):
-            p["pred_masks"] = masks
-        return outputs, hierarchy
+        return self.sem_seg_head(features), features["assign"]
 
-    def forward(self, batched_inputs: List[Dict]):
+    def forward(self, batched_inputs: List[Dict], clusterings: Optional[Union[str, Sequence[str]]] = None):
+        """Losses (training) or one result dict per image (inference).
+
+        Args:
+            clusterings: inference only: also return, per image, "clusterings": {name: (height,
+                width) int64 cluster ids} for each name — "level<k>" for level k of the
+                hierarchy (``postprocess.level_clusterings``), "queries" for the query
+                clustering of appendix E (``postprocess.query_clustering``), "levels" for every
+                level, "all" for every level and the queries — and "level_strides": {k: grid
+                stride of level k, None for segments}. From
+                the same forward pass as the predictions. Default: the model's
+                ``clusterings`` (all with TEST.HIERARCHY_EVAL, else none).
+        """
         images = self.preprocess(batched_inputs)
         outputs, hierarchy = self.run(images)
         if self.training:
             targets = self.prepare_targets(batched_inputs, images)
-            losses = self.criterion(outputs, targets, hierarchy if self.point_decoding else None)
+            losses = self.criterion(outputs, targets, hierarchy, decode_all=not self.point_decoding)
             for k in list(losses):
                 if k in self.criterion.weight_dict:
                     losses[k] = losses[k] * self.criterion.weight_dict[k]
@@ -157,7 +169,8 @@ class HCFormer(nn.Module):
                     losses.pop(k)
             losses["loss_scale_reg"] = self.scale_reg_weight * self.scale_regulariser()
             return losses
-        return self.inference(batched_inputs, images, outputs)
+        requested = self.clusterings if clusterings is None else clusterings
+        return self.inference(batched_inputs, images, outputs, hierarchy, requested)
 
     def scale_regulariser(self) -> Tensor:
         """Σ_i |s_i| over the clustering scales (the paper's L_reg; the original used |Σ_i s_i|)."""
@@ -180,19 +193,32 @@ class HCFormer(nn.Module):
         return targets
 
     # ------------------------------------------------------------------ inference
-    def inference(self, batched_inputs: List[Dict], images: ImageList, outputs) -> List[Dict]:
+    def inference(
+        self,
+        batched_inputs: List[Dict],
+        images: ImageList,
+        outputs: Dict[str, object],
+        hierarchy: Hierarchy,
+        clusterings: Optional[Union[str, Sequence[str]]] = None,
+    ) -> List[Dict]:
+        """Masks decoded through the hierarchy to stride 4 (eq. (5)), upsampled to the padded
+        size, then per image: crop and resize to the output size, and post-processing."""
         mask_cls_results = outputs["pred_logits"]
         mask_pred_results = F.interpolate(
-            outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
+            hierarchy.decode(outputs["pred_masks"]), size=images.tensor.shape[-2:], mode="bilinear",
+            align_corners=False,
         )
+        levels, queries = self._parse_clusterings(clusterings, hierarchy)
+        output_sizes = [(x.get("height", size[0]), x.get("width", size[1]))
+                        for x, size in zip(batched_inputs, images.image_sizes)]
+        level_maps = level_clusterings(hierarchy, levels, tuple(images.tensor.shape[-2:]), images.image_sizes,
+                                       output_sizes)
         thing_ids = set(getattr(self.metadata, "thing_dataset_id_to_contiguous_id", {}).values())
         num_classes = self.sem_seg_head.predictor.class_embed.out_features - 1
         results = []
-        for mask_cls, mask_pred, x, image_size in zip(
-            mask_cls_results, mask_pred_results, batched_inputs, images.image_sizes
+        for mask_cls, mask_pred, image_size, (height, width), maps in zip(
+            mask_cls_results, mask_pred_results, images.image_sizes, output_sizes, level_maps
         ):
-            height = x.get("height", image_size[0])
-            width = x.get("width", image_size[1])
             r = {}
             if self.sem_seg_postprocess_before_inference:
                 mask_pred = resize_to_output(mask_pred, image_size, height, width)
@@ -215,8 +241,34 @@ class HCFormer(nn.Module):
                     mask_cls, mask_pred, num_classes, self.num_queries, self.test_topk_per_image,
                     thing_ids, self.panoptic_on, mask_probs,
                 )
+            if levels or queries:
+                if queries:
+                    if self.sem_seg_postprocess_before_inference:
+                        maps["queries"] = query_clustering(mask_cls, mask_pred, mask_probs)
+                    else:  # masks still at the padded size
+                        maps["queries"] = query_clustering(mask_cls, resize_to_output(mask_pred, image_size, height, width))
+                r["clusterings"] = maps
+                r["level_strides"] = level_strides(hierarchy)
             results.append(r)
         return results
+
+    @staticmethod
+    def _parse_clusterings(requested: Optional[Union[str, Sequence[str]]], hierarchy: Hierarchy) -> Tuple[List[int], bool]:
+        """("all" | names: "levels", "level2", "queries") → (levels, whether the queries')."""
+        if requested is None:
+            return [], False
+        names = [requested] if isinstance(requested, str) else list(requested)
+        every_level = list(range(hierarchy.num_levels + 1))
+        levels = []
+        for name in names:
+            if name in (ALL_CLUSTERINGS, "levels"):
+                levels += every_level
+            elif name.startswith("level") and name[5:].isdigit():
+                levels.append(int(name[5:]))
+            elif name != "queries":
+                raise ValueError(f"clusterings: {name!r} is none of 'all', 'levels', 'queries', 'level<k>' "
+                                 f"(k = 0..{hierarchy.num_levels})")
+        return sorted(set(levels)), ALL_CLUSTERINGS in names or "queries" in names
 
 
 def resize_to_output(masks: Tensor, image_size, height: int, width: int) -> Tensor:

@@ -8,12 +8,15 @@ original image) is detectron2's and is re-exported here so that callers find all
 in one place.
 """
 
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
+import torch.nn.functional as F
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import Boxes, Instances
 from torch import Tensor
+
+from .hierarchy import Hierarchy
 
 __all__ = [
     "sem_seg_postprocess",
@@ -21,6 +24,9 @@ __all__ = [
     "panoptic_inference",
     "instance_inference",
     "masks_to_boxes",
+    "query_clustering",
+    "level_clusterings",
+    "level_strides",
 ]
 
 
@@ -185,3 +191,83 @@ def masks_to_boxes(masks: Tensor) -> Tensor:
     nonempty = cols.any(1)
     boxes[nonempty] = torch.stack([x0, y0, x1, y1], dim=1)[nonempty].float()
     return boxes
+
+
+# ---------------------------------------------------------------------------- clusterings
+# What the hierarchy tools (HierarchyEvaluator, tools/visualize_hierarchy.py, the demo's
+# --show-level) look at: per image, an (H, W) int64 map of cluster ids at the original size for
+# every level of the hierarchy and for the queries. The model returns them on request
+# (``HCFormer.forward(..., clusterings=...)``), from the forward pass that made its predictions.
+
+
+def query_clustering(mask_cls: Tensor, mask_pred: Tensor, mask_probs: Optional[Tensor] = None) -> Tensor:
+    """Assign every pixel to a mask query: argmax_{i: c_i ≠ ∅} P_{i,c_i} · sigmoid(M_ji).
+
+    P = softmax(mask_cls) and c_i = argmax_c P_ic over the K classes and "no object" (∅): the arg
+    max of the paper's appendix E, under which the segmentation head is itself a clustering of
+    the pixels with the queries as prototypes. If every query predicts ∅ (an untrained model),
+    all queries compete with their best non-void probability instead.
+
+    Args:
+        mask_cls: (Q, K+1) class logits, "no object" last.
+        mask_pred: (Q, H, W) mask logits; ``mask_probs`` their sigmoid if already computed.
+
+    Returns:
+        (H, W) int64 index of the winning query.
+    """
+    probs = mask_cls.softmax(-1)
+    scores = probs[:, :-1].max(-1).values  # = P_{i,c_i} for the queries kept below
+    kept = (probs.argmax(-1) != probs.shape[-1] - 1).nonzero()[:, 0]
+    if len(kept) == 0:
+        kept = torch.arange(len(probs), device=probs.device)
+    if mask_probs is not None:
+        similarity = mask_probs[kept] * scores[kept, None, None]
+    else:
+        # in place: at 1024×2048 with 100 queries, each (Q, H, W) temporary is 800 MB
+        similarity = mask_pred[kept].sigmoid_().mul_(scores[kept, None, None])
+    return kept[similarity.argmax(0)]
+
+
+def level_clusterings(
+    hierarchy: Hierarchy,
+    levels: Sequence[int],
+    padded_size: Tuple[int, int],
+    image_sizes: Sequence[Tuple[int, int]],
+    output_sizes: Sequence[Tuple[int, int]],
+) -> List[Dict[str, Tensor]]:
+    """Per image, {"level<k>": (height, width) int64 ids} of the hard clustering of each level.
+
+    Level k composes the argmax assignments of the k finest clusterings
+    (``Hierarchy.hard_labels``): level 0 is the finest grid itself, level ``num_levels`` the
+    coarsest. The maps are made at the padded input size (nearest), cropped to each image and
+    resized (nearest) to its output size, as the predictions are.
+
+    Args:
+        padded_size: (H, W) of the padded batch; ``image_sizes`` the fed size of every image,
+            ``output_sizes`` the size its outputs have.
+    """
+    for k in levels:
+        if not 0 <= k <= hierarchy.num_levels:
+            raise ValueError(f"level {k} does not exist: the hierarchy has levels 0..{hierarchy.num_levels}")
+    # (B, H_pad, W_pad) per level; a hierarchy without assignments has no batch dimension
+    maps = {k: hierarchy.hard_labels(k, output_size=padded_size).expand(len(image_sizes), -1, -1) for k in levels}
+    return [
+        {f"level{k}": _crop_and_resize_ids(labels[i], image_size, out_size) for k, labels in maps.items()}
+        for i, (image_size, out_size) in enumerate(zip(image_sizes, output_sizes))
+    ]
+
+
+def level_strides(hierarchy: Hierarchy) -> Dict[int, Optional[int]]:
+    """{level: side of the grid cells its clusters are made of}, finest stride · 2^level; None
+    for a hierarchy of segments rather than grid cells (CAST)."""
+    finest = getattr(hierarchy, "finest_stride", None)
+    return {k: None if finest is None else finest * 2**k for k in range(hierarchy.num_levels + 1)}
+
+
+def _crop_and_resize_ids(ids: Tensor, image_size: Tuple[int, int], out_size: Tuple[int, int]) -> Tensor:
+    """Crop (H_pad, W_pad) ids to the image and resize them (nearest) to the output size."""
+    ids = ids[: image_size[0], : image_size[1]]
+    if tuple(ids.shape) == tuple(out_size):
+        return ids
+    # float64 keeps every id exact (float32 would round ids above 2^24)
+    return F.interpolate(ids[None, None].double(), size=out_size, mode="nearest")[0, 0].long()

@@ -1,8 +1,8 @@
 """Pictures of HCFormer's clustering hierarchy, laid out like Fig. 5, III and IV of the paper.
 
 Every picture is an RGB uint8 numpy array; nothing here reads or writes files or runs a model.
-The inputs are an image, the hard clustering of each level at the image size (see
-:func:`hcformer.evaluation.image_clusterings`), optionally the ground-truth segments (see
+The inputs are an image, the hard clustering of each level at the image size (the
+"clusterings" the model returns on request, see ``HCFormer.forward``), optionally the ground-truth segments (see
 :func:`hcformer.evaluation.load_segment_ground_truth`) and the model's prediction for the image.
 
 :func:`draw_hierarchy` returns two panels. Columns go from the finest level (0: the finest grid,

@@ -62,16 +62,18 @@ def test_model_trains_and_predicts_through_the_cast_hierarchy(decode_stride):
 
 def test_clusterings_and_undersegmentation_on_a_cast_hierarchy():
     from hcformer.evaluation import undersegmentation_error
-    from hcformer.evaluation.clusterings import forward_with_hierarchy, image_clusterings, level_stride
 
     torch.manual_seed(0)
     model = build_model(_cfg()).eval()
     inputs = _inputs()
-    _, forward = forward_with_hierarchy(model, inputs)
-    assert isinstance(forward.hierarchy, CASTHierarchy)
-    assert level_stride(forward.hierarchy, 1) is None  # segments, not grid cells
-    for x, maps in zip(inputs, image_clusterings(forward, inputs)):
-        assert set(maps) == {f"level{k}" for k in range(forward.hierarchy.num_levels + 1)} | {"queries"}
+    with torch.no_grad():
+        _, hierarchy = model.run(model.preprocess(inputs))
+        outputs = model(inputs, clusterings="all")
+    assert isinstance(hierarchy, CASTHierarchy)
+    for x, output in zip(inputs, outputs):
+        maps = output["clusterings"]
+        assert output["level_strides"][1] is None  # segments, not grid cells
+        assert set(maps) == {f"level{k}" for k in range(hierarchy.num_levels + 1)} | {"queries"}
         assert all(m.shape == (128, x["width"]) for m in maps.values())
         gt = x["instances"].gt_masks.tensor.long().argmax(0)
         errors = [undersegmentation_error(gt.numpy(), maps[f"level{k}"].numpy()) for k in range(4)]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hcformer.evaluation import undersegmentation_error
-from hcformer.evaluation.clusterings import HierarchyForward, image_clusterings
+from hcformer.modeling.postprocess import level_clusterings
 from hcformer.layers.local_clustering import candidate_offsets
 from hcformer.modeling.hierarchy import LocalGridHierarchy
 from svit import SViT, SuperTokenAttention, stage_super_tokens, super_token_hierarchy
@@ -50,8 +50,8 @@ def test_clusterings_and_undersegmentation_error_of_super_tokens():
     model = tiny_svit()
     images = torch.randn(1, 3, 64, 48)
     hierarchy = stage_super_tokens(model, images, stage=1)  # stride 8, grid 2: stride-16 super tokens
-    forward = HierarchyForward(padded_size=(64, 48), batch_size=1, hierarchy=hierarchy)
-    (clusterings,) = image_clusterings(forward, [{"image": images[0], "height": 32, "width": 24}], queries=False)
+    (clusterings,) = level_clusterings(hierarchy, [0, 1], padded_size=(64, 48), image_sizes=[(64, 48)],
+                                       output_sizes=[(32, 24)])
     assert set(clusterings) == {"level0", "level1"}
     assert clusterings["level1"].shape == (32, 24)
     assert clusterings["level1"].unique().numel() <= 4 * 3
