@@ -89,21 +89,27 @@ def test_coco_panoptic_key_on_a_converted_real_photo(tmp_path, dataset_names):
     assert "NUM_CLASSES -1: 21 classes" in train_log  # 20 VOC classes + background
     assert {"panoptic_seg", "sem_seg", "segm"} <= set(trained)
 
-    # the visualiser sees the dataset too, from the same config file
-    visualizer = load_script("tools/visualize_hierarchy.py")
+    # the visualiser and the demo see the dataset too, from the same config file
     cwd = os.getcwd()
     os.chdir(tmp_path)
     dataset_names.append("voc")
     try:
-        summary = visualizer.main([
+        summary = load_script("tools/visualize_hierarchy.py").main([
             "--config-file", "train/config.yaml", "--dataset", "voc", "--num-images", "1",
             "--output", "panels", "MODEL.WEIGHTS", "train/model_final.pth",
+        ])
+        load_script("demo/demo.py").main([
+            "--config-file", "train/config.yaml", "--input", "voc/images/voc_sample.jpg", "--output", "demo",
+            "--save-predictions", "--confidence-threshold", "0", "MODEL.WEIGHTS", "train/model_final.pth",
         ])
     finally:
         os.chdir(cwd)
     (image,) = summary["images"]
     assert image["ground_truth"] == "panoptic" and 0 <= image["scores"]["level0"]["UE"] <= 1
     assert (tmp_path / "panels" / "1_hierarchy.png").is_file()
+    # the demo's instances carry the dataset's own category ids, VOC's 1..20 (contiguous: 0..19)
+    instances = json.loads((tmp_path / "demo" / "voc_sample_instances.json").read_text())
+    assert instances and {i["category_id"] for i in instances} <= set(range(1, 21))
 
 
 @pytest.mark.slow
