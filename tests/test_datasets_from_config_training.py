@@ -1,7 +1,8 @@
 """Each DATASETS.COCO_INSTANCES / COCO_PANOPTIC / SEM_SEG key end to end, as a user runs it:
 ``train_net.py`` trains a few iterations on a dataset given only on the command line, with
 MODEL.SEM_SEG_HEAD.NUM_CLASSES -1, and ``--eval-only`` — started from the config.yaml training
-saved, or in two processes — scores exactly what training's final evaluation scored.
+saved, or in two processes — scores exactly what training's final evaluation scored; the
+visualiser and the demo find the dataset in that config too.
 """
 import json
 import os
