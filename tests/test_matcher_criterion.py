@@ -320,24 +320,13 @@ def test_batch_without_any_target():
     assert outputs["pred_masks"].grad is not None
 
 
-def test_targets_of_different_sizes_are_padded_bottom_right():
-    """An image whose masks were not padded to the batch size still lines up with its prediction."""
-    torch.manual_seed(0)
-    small = {
-        "labels": torch.tensor([2]),
-        "masks": rectangle_masks([(8, 16, 0, 16)], height=16, width=16),
-    }
+def test_targets_of_different_sizes_are_refused():
+    """Masks must be padded to the batch (prepare_targets does): a smaller one would not line up."""
+    small = {"labels": torch.tensor([2]), "masks": rectangle_masks([(8, 16, 0, 16)], height=16, width=16)}
     large = {"labels": torch.tensor([1]), "masks": rectangle_masks([BOXES[1]])}
-    # The prediction for the small image covers the 32x32 padded canvas.
-    padded_small = {"labels": small["labels"], "masks": F.pad(small["masks"], (0, 16, 0, 16))}
-    preds = [perfect_prediction(padded_small, [0], 3), perfect_prediction(large, [1], 3)]
-    criterion = make_criterion(importance_sample_ratio=0.0)
-    losses = criterion(_outputs_from(preds), [small, large])
-    assert losses["loss_mask"].item() < 0.1 and losses["loss_dice"].item() < 0.1
-    # Padding at the top/left instead would misplace the small image's mask.
-    misplaced = {"labels": small["labels"], "masks": F.pad(small["masks"], (16, 0, 16, 0))}
-    losses = criterion(_outputs_from(preds), [misplaced, large])
-    assert losses["loss_mask"].item() > 0.3 and losses["loss_dice"].item() > 0.4
+    preds = [perfect_prediction(large, [0], 3), perfect_prediction(large, [1], 3)]
+    with pytest.raises(ValueError, match=r"target masks of 2 sizes \[\(16, 16\), \(32, 32\)\]"):
+        make_criterion()(_outputs_from(preds), [small, large])
 
 
 def test_half_precision_outputs_give_fp32_losses():

@@ -45,6 +45,7 @@ def subprocess_env(tmp_path: Path) -> dict:
         HCFORMER_SHAPES_VAL="1",
         OMP_NUM_THREADS="1",
         PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        CUDA_VISIBLE_DEVICES="",  # gloo CPU processes also where GPUs are (the launcher would pick NCCL)
     )
 
 

@@ -133,8 +133,7 @@ class SetCriterion(nn.Module):
             outputs: "pred_logits" (B, Q, K+1), "pred_masks" (B, Q, H, W) mask logits and,
                 optionally, "aux_outputs": a list of dicts with the same two keys.
             targets: B dicts with "labels" (T_b,) int64 in [0, K) and "masks" (T_b, H', W')
-                binary (bool or float) masks, normally padded to the batched image size;
-                smaller ones are zero-padded at the bottom/right to the largest. H', W' may
+                binary (bool or float) masks, all of the batch's padded size. H', W' may
                 differ from H, W: predictions and targets are compared at normalised points.
             hierarchy: if given, every "pred_masks" is on the coarsest grid of this hierarchy
                 and only what the losses sample is decoded: all queries without autograd
@@ -152,7 +151,10 @@ class SetCriterion(nn.Module):
         """
         if decode_all and hierarchy is not None:
             outputs, hierarchy = decode_every_prediction(outputs, hierarchy), None
-        targets = pad_target_masks(targets)
+        sizes = {tuple(t["masks"].shape[-2:]) for t in targets}
+        if len(sizes) > 1:
+            raise ValueError(f"SetCriterion: target masks of {len(sizes)} sizes {sorted(sizes)}; pad them to "
+                             "the batch's padded size, as HCFormer.prepare_targets does")
         device = outputs["pred_logits"].device
         num_masks = self._num_masks(targets, device=device)
         generators = self.image_generators(len(targets), device)
@@ -292,23 +294,3 @@ def _prediction_index(indices: Indices) -> Tuple[Tensor, Tensor]:
     batch_idx = torch.cat([torch.full_like(src, b) for b, (src, _) in enumerate(indices)])
     query_idx = torch.cat([src for src, _ in indices])
     return batch_idx, query_idx
-
-
-def pad_target_masks(targets: List[Dict[str, Tensor]]) -> List[Dict[str, Tensor]]:
-    """Zero-pad every image's masks at the bottom/right to the largest mask size in the batch.
-
-    A batch of images is padded that way (``ImageList``), and predictions cover the padded
-    canvas: masks padded alike make normalised coordinates mean the same pixel in both.
-    Targets already of one size are returned as they are, without copies.
-    """
-    height = max(t["masks"].shape[-2] for t in targets)
-    width = max(t["masks"].shape[-1] for t in targets)
-    padded = []
-    for t in targets:
-        masks = t["masks"]
-        if masks.shape[-2:] != (height, width):
-            canvas = masks.new_zeros((masks.shape[0], height, width))
-            canvas[:, : masks.shape[-2], : masks.shape[-1]] = masks
-            t = {**t, "masks": canvas}
-        padded.append(t)
-    return padded
