@@ -119,6 +119,20 @@ def test_analyze_model_tool_json():
         assert counts["other"] >= 0
 
 
+@pytest.mark.slow
+def test_analyze_model_opens_a_projects_config():
+    """A config under projects/<P>/ gets its project imported, as in every other tool (its
+    MODEL.SVIT keys and D2HCSViT backbone exist only then)."""
+    root = Path(__file__).resolve().parents[1]
+    config = root / "projects/SViT/configs/ade20k/semantic-segmentation/hcformer_svit_small_bs16_160k.yaml"
+    command = [sys.executable, str(root / "tools/analyze_model.py"), "--config-file", str(config),
+               "--tasks", "parameter", "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=root, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    parameters = json.loads(done.stdout)["parameters"]
+    assert parameters["backbone"] > 20_000_000  # SViT-S
+
+
 def test_local_clustering_is_counted_as_multiply_adds():
     from hcformer.layers.local_clustering import affinity, gather, scatter
 

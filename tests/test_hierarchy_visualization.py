@@ -16,6 +16,7 @@ from detectron2.evaluation import inference_on_dataset
 from detectron2.modeling import build_model
 from PIL import Image
 
+from hcformer.engine import projects
 from hcformer.evaluation import (
     HierarchyEvaluator,
     achievable_segmentation_accuracy,
@@ -203,7 +204,7 @@ PROJECTS = ROOT / "projects"
 
 
 def test_a_config_under_projects_names_its_project(tmp_path):
-    script = load_script("tools/visualize_hierarchy.py")
+    script = projects  # hcformer.engine.projects: every entry point opens a config through it
     deep = PROJECTS / "CAST" / "configs" / "ade20k" / "semantic-segmentation" / "hcformer_cast_small_bs16_160k.yaml"
     assert script.project_dir(str(deep)) == PROJECTS / "CAST"
     assert script.project_dir(str(ROOT / "configs" / "shapes" / "Base-Shapes.yaml")) is None
@@ -226,8 +227,8 @@ def test_visualize_hierarchy_on_a_paca_config(tmp_path, monkeypatch):
     has no hierarchy, is refused with a message."""
     script = load_script("tools/visualize_hierarchy.py")
     imported = []
-    import_project = script.import_project
-    monkeypatch.setattr(script, "import_project", lambda d: imported.append(d) or import_project(d))
+    import_project = projects.import_project
+    monkeypatch.setattr(projects, "import_project", lambda d: imported.append(d) or import_project(d))
     image = tmp_path / "photo.png"
     Image.fromarray((np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)).save(image)
     configs = PROJECTS / "PaCa" / "configs" / "shapes"

@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterator, Tuple
 
 import numpy as np
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
@@ -32,12 +32,12 @@ from torch import nn
 
 import hcformer  # noqa: F401  registers the models
 import hcformer.data  # noqa: F401  registers the datasets
-from hcformer.config import add_hcformer_config
 from hcformer.engine.analysis import (
     InferenceWrapper,
     activation_count_analysis,
     flop_count_analysis,
 )
+from hcformer.engine.inference_model import inference_cfg
 
 logger = logging.getLogger("hcformer.analyze_model")
 
@@ -55,6 +55,9 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument(
+        "--project", metavar="DIR", help="a project to import, e.g. projects/PaCa (default: the config file's)"
+    )
     parser.add_argument(
         "--tasks",
         nargs="+",
@@ -85,12 +88,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    cfg = get_cfg()
-    add_hcformer_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
+    """The config as every tool opens it (its project imported, on the CPU without CUDA)."""
+    cfg = inference_cfg(args.config_file, args.opts, freeze=False, project=args.project)
     cfg.DATALOADER.NUM_WORKERS = 0
     cfg.freeze()
     return cfg

@@ -35,14 +35,12 @@ for the query clustering (appendix E), with their means.
 """
 import argparse
 import difflib
-import importlib
 import json
 import logging
 import os
 import re
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Dict, List, Optional, Tuple
 
 import cv2
@@ -91,42 +89,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if args.num_images < 1:
         parser.error(f"--num-images must be at least 1, got {args.num_images}")
     return args
-
-
-PROJECTS = Path(__file__).resolve().parents[1] / "projects"
-# directories of a project that are not its package
-_NOT_PACKAGES = {"configs", "tests", "tools"}
-
-
-def project_dir(config_file: str) -> Optional[Path]:
-    """``projects/<Project>`` of this repository when ``config_file`` lies in one (at any
-    depth), else None. Only this repository's: any other folder may be called "projects"."""
-    path = Path(config_file).resolve()
-    if PROJECTS not in path.parents:
-        return None
-    project = PROJECTS / path.relative_to(PROJECTS).parts[0]
-    return project if project.is_dir() else None  # not a file lying in projects/ itself
-
-
-def project_package(directory: str) -> str:
-    """The name of a project's one package, e.g. "paca" for ``projects/PaCa``."""
-    directory = Path(directory)
-    packages = sorted(
-        p.name for p in directory.iterdir() if (p / "__init__.py").is_file() and p.name not in _NOT_PACKAGES
-    )
-    if len(packages) != 1:
-        raise ValueError(f"Expected one package in the project {directory}, found {packages or 'none'}")
-    return packages[0]
-
-
-def import_project(directory: str) -> ModuleType:
-    """Import a detectron2-style project: its directory goes on sys.path (as its own scripts
-    do) and its package is imported, which registers its models and its config keys
-    (``hcformer.config.register_config_extension``)."""
-    directory = str(Path(directory).resolve())
-    if directory not in sys.path:
-        sys.path.insert(0, directory)
-    return importlib.import_module(project_package(directory))
 
 
 def check_dataset(name: str) -> None:
@@ -250,10 +212,7 @@ def visualize_image(
 
 def visualize(args: argparse.Namespace) -> Dict:
     """Write the panels of every image and, with --json, the summary; return the summary."""
-    project = args.project or project_dir(args.config_file)
-    if project is not None:
-        logger.info("Importing the project %s", import_project(project).__name__)
-    cfg = inference_cfg(args.config_file, args.opts)  # registers the config's own datasets
+    cfg = inference_cfg(args.config_file, args.opts, project=args.project)  # registers the config's own datasets
     if args.dataset:
         check_dataset(args.dataset)  # before the model is built and loaded
     model = build_inference_model(cfg)

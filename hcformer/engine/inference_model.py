@@ -10,6 +10,7 @@ from hcformer.checkpoint import HCFormerCheckpointer
 from hcformer.config import add_hcformer_config
 
 from .config_validation import merge_config_file, merge_config_list, validate_config
+from .projects import import_project_of
 from .setup import adapt_to_machine
 
 __all__ = ["inference_cfg", "build_inference_model"]
@@ -17,12 +18,18 @@ __all__ = ["inference_cfg", "build_inference_model"]
 logger = logging.getLogger(__name__)
 
 
-def inference_cfg(config_file: str, opts: Optional[List[str]] = None, freeze: bool = True) -> CfgNode:
-    """The config of ``config_file`` with ``opts`` overrides, on the CPU when CUDA is missing.
+def inference_cfg(
+    config_file: str, opts: Optional[List[str]] = None, freeze: bool = True, project: Optional[str] = None
+) -> CfgNode:
+    """The config of ``config_file`` with ``opts`` overrides, on the CPU when CUDA is missing;
+    the config's project (or ``project``, a directory) is imported first (``engine.projects``).
 
     Unlike :func:`hcformer.engine.setup`, it does not set up an output directory or log files:
     a demo should not write anything it was not asked to.
     """
+    module = import_project_of(config_file, project)
+    if module is not None:
+        logger.info("Imported the project %s", module.__name__)
     cfg = get_cfg()
     add_hcformer_config(cfg)
     merge_config_file(cfg, config_file)

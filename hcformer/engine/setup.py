@@ -12,6 +12,7 @@ from detectron2.utils.logger import setup_logger
 from hcformer.config import add_hcformer_config
 
 from .config_validation import merge_config_file, merge_config_list, validate_config
+from .projects import import_project_of
 from .output_dir import take_output_dir
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ def setup(args: argparse.Namespace, extra_config: Sequence[Callable[[CfgNode], N
         ConfigError: see :func:`~hcformer.engine.config_validation.validate_config`.
         OutputDirInUseError: another run owns the output directory.
     """
+    import_project_of(args.config_file, getattr(args, "project", None))  # its keys and models
     cfg = get_cfg()
     add_hcformer_config(cfg)
     for add_config in extra_config:
