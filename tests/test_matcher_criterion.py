@@ -81,7 +81,7 @@ def test_point_sample_reads_pixel_centres_in_xy_order():
     image = torch.randn(2, 3, 5, 7)
     ys, xs = torch.meshgrid(torch.arange(5), torch.arange(7), indexing="ij")
     coords = torch.stack([(xs + 0.5) / 7, (ys + 0.5) / 5], dim=-1).reshape(1, -1, 2).repeat(2, 1, 1)
-    out = point_sample(image, coords)
+    out = point_sample(image, coords, align_corners=False)
     assert out.shape == (2, 3, 35)
     torch.testing.assert_close(out, image.flatten(2))
 
@@ -91,7 +91,7 @@ def test_point_sample_interpolates_linearly():
     x = torch.linspace(0.1, 0.9, 11)
     coords = torch.stack([x, torch.full_like(x, 0.5)], dim=-1)[None]
     # With align_corners=False, pixel j's centre sits at x = (j + 0.5) / W.
-    torch.testing.assert_close(point_sample(ramp, coords)[0, 0], x * 8 - 0.5)
+    torch.testing.assert_close(point_sample(ramp, coords, align_corners=False)[0, 0], x * 8 - 0.5)
 
 
 def test_uncertain_points_concentrate_on_the_decision_boundary():
@@ -109,7 +109,7 @@ def test_uncertain_points_concentrate_on_the_decision_boundary():
     assert coords.min() >= 0 and coords.max() <= 1
     distance = (coords[..., 0] - 0.3).abs()
     # The 300 most uncertain of 1200 uniform candidates have |logit| below ~100/8 ...
-    assert point_sample(logits, coords)[:, 0, :300].abs().max() < 16
+    assert point_sample(logits, coords, align_corners=False)[:, 0, :300].abs().max() < 16
     # ... which puts them near the boundary, except for a few in the half-pixel band along the
     # top/bottom edges, where zero padding pulls the logits towards 0.
     assert (distance[:, :300] < 0.16).float().mean() > 0.95

@@ -263,8 +263,8 @@ class SetCriterion(nn.Module):
                 for masks, generator in zip(src.split(per_image), generators or [None] * len(per_image))
                 if len(masks)
             ])
-            point_labels = point_sample(tgt, points)[:, 0]  # (M, P)
-        point_logits = point_sample(src, points)[:, 0]  # (M, P)
+            point_labels = point_sample(tgt, points, align_corners=False)[:, 0]  # (M, P)
+        point_logits = point_sample(src, points, align_corners=False)[:, 0]  # (M, P)
         return {
             "loss_mask": sigmoid_ce_loss(point_logits, point_labels, num_masks),
             "loss_dice": dice_loss(point_logits, point_labels, num_masks),

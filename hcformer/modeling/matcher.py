@@ -138,8 +138,8 @@ class HungarianMatcher(nn.Module):
         masks = masks.float()[:, None]  # (Q, 1, H, W)
         tgt_masks = target["masks"].to(masks)[:, None]  # (T, 1, H', W')
         points = torch.rand(1, self.num_points, 2, device=masks.device, generator=generator)
-        pred_points = point_sample(masks, points.expand(len(masks), -1, -1))[:, 0]  # (Q, P)
-        target_points = point_sample(tgt_masks, points.expand(len(tgt_masks), -1, -1))[:, 0]
+        pred_points = point_sample(masks, points.expand(len(masks), -1, -1), align_corners=False)[:, 0]  # (Q, P)
+        target_points = point_sample(tgt_masks, points.expand(len(tgt_masks), -1, -1), align_corners=False)[:, 0]
 
         cost = (
             self.cost_class * cost_class

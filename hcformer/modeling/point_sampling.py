@@ -1,33 +1,22 @@
-"""Sampling mask logits at continuous points (PointRend-style).
+"""Where the mask losses look: importance sampling of points (PointRend-style).
 
 The mask losses and the matching cost are not evaluated on every pixel but on a few thousand
 points per mask. Points live in normalised image coordinates, [0, 1]² with (x, y) order, so a
-prediction and a target of different resolutions are compared at the same places in the image.
+prediction and a target of different resolutions are compared at the same places in the image;
+they are read with detectron2's PointRend ``point_sample`` (re-exported here). The choice of
+points is PointRend's ``get_uncertain_point_coords_with_randomness`` with one addition: the
+uniform draws can come from a generator of the caller's, which makes the points of an image
+independent of the other images of the batch and of the number of processes
+(``SetCriterion.image_generators``); detectron2's draws from the global generator only.
 """
 
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
+from detectron2.projects.point_rend.point_features import point_sample
 from torch import Tensor
 
-
-def point_sample(input: Tensor, coords: Tensor, align_corners: bool = False) -> Tensor:
-    """Bilinearly read ``input`` at normalised point coordinates.
-
-    Args:
-        input: (N, C, H, W) feature map or mask logits.
-        coords: (N, P, 2) points as (x, y) in [0, 1]², where (0, 0) is the top-left corner of
-            the image (not the centre of the top-left pixel, with ``align_corners=False``).
-        align_corners: forwarded to :func:`torch.nn.functional.grid_sample`.
-
-    Returns:
-        (N, C, P) values at the points; points outside the image read zeros.
-    """
-    # grid_sample wants a (N, H_out, W_out, 2) grid in [-1, 1]; a (N, P, 1, 2) grid gives
-    # the points as a column of height P.
-    grid = (2.0 * coords - 1.0).unsqueeze(2).to(input.dtype)
-    return F.grid_sample(input, grid, mode="bilinear", align_corners=align_corners).squeeze(3)
+__all__ = ["point_sample", "get_uncertain_point_coords_with_randomness"]
 
 
 def get_uncertain_point_coords_with_randomness(
@@ -69,7 +58,7 @@ def get_uncertain_point_coords_with_randomness(
     num_random = num_points - num_uncertain
 
     candidates = torch.rand(n, num_candidates, 2, device=logits.device, generator=generator)
-    uncertainty = uncertainty_fn(point_sample(logits, candidates))[:, 0, :]  # (N, num_candidates)
+    uncertainty = uncertainty_fn(point_sample(logits, candidates, align_corners=False))[:, 0, :]  # (N, num_candidates)
     top = uncertainty.topk(num_uncertain, dim=1).indices  # (N, num_uncertain)
     coords = candidates.gather(1, top.unsqueeze(-1).expand(-1, -1, 2))
     if num_random > 0:
