@@ -45,8 +45,7 @@ class BatchPredictor:
         self.resize = T.ResizeShortestEdge(
             [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
         )
-        if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
-            raise ValueError(f"INPUT.FORMAT must be RGB or BGR for the demo, got {cfg.INPUT.FORMAT!r}")
+        # INPUT.FORMAT is RGB or BGR: validate_config (inference_cfg) checked it
         self.input_format = cfg.INPUT.FORMAT
         self.hierarchy_level = hierarchy_level
         self.hierarchy_stride: Optional[int] = None  # known after the first batch
