@@ -37,7 +37,6 @@ it asks to delete OUT_DIR first, and an existing folder that is not empty is nev
 """
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -59,6 +58,7 @@ from hcformer.data.datasets.atomic_dir import build_directory_once, read_marker
 from hcformer.data.datasets.coco_panoptic_files import (
     ensure_instances_json,
     ensure_semantic_pngs,
+    file_sha256,
     require_entries,
 )
 from hcformer.data.image_reading import check_record_size, read_image_file
@@ -82,6 +82,9 @@ def read_instances_json(path: str) -> Dict:
     require_entries(path, "images", content["images"], ("id",), unique_ids=True)
     require_entries(path, "categories", content["categories"], ("id", "name"), unique_ids=True)
     require_entries(path, "annotations", content["annotations"], ("image_id", "category_id", "segmentation"))
+    ids = [c["id"] for c in content["categories"]]
+    if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ConversionError(f"{path}: expected a non-empty 'categories' list with integer ids, got ids {ids[:10]}")
     return content
 
 
@@ -194,11 +197,6 @@ def convert_image(
     return segment_ids, segments, dropped
 
 
-def _sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
 def convert(
     json_path: str, image_root: str, out_dir: str, stuff_name: Optional[str] = "background"
 ) -> Dict:
@@ -240,7 +238,7 @@ def convert(
     png_names = _png_names(content["images"], json_path)
 
     manifest = {
-        "converted_from_sha256": _sha256(json_path),
+        "converted_from_sha256": file_sha256(json_path),
         "image_root": os.path.abspath(image_root),
         "stuff": stuff_name,
         "version": _VERSION,

@@ -184,6 +184,10 @@ def clashing_stuff_name(content, images):
     content["categories"][0]["name"] = "background"
 
 
+def no_categories(content, images):
+    content["categories"], content["annotations"] = [], []
+
+
 def wider_image(content, images):
     Image.new("RGB", (WIDTH + 6, HEIGHT)).save(images / "scene.png")
 
@@ -198,6 +202,7 @@ def missing_image(content, images):
         (break_polygon, "annotation 12 of image 'scene.png': polygon 0 is [1, 2, 3, 4, 5]; expected a flat list"),
         (unknown_category, "annotation 13 has category_id 77, which is not in 'categories'"),
         (clashing_stuff_name, "is already called 'background'; give the pixels in no annotation another name"),
+        (no_categories, "expected a non-empty 'categories' list with integer ids, got ids []"),
         (wider_image, "scene.png is 30 x 20 but its dataset record (annotation JSON) says 24 x 20"),
         (missing_image, "image not found: "),
     ],

@@ -55,6 +55,7 @@ __all__ = [
     "load_panoptic_records",
     "derived_semantic_root",
     "derived_instances_json",
+    "file_sha256",
     "ensure_semantic_pngs",
     "ensure_instances_json",
 ]
@@ -221,7 +222,8 @@ def derived_instances_json(panoptic_root: str) -> str:
     return os.path.join(os.path.normpath(panoptic_root) + "_instances", "instances.json")
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file's bytes (what the derived files record of their source)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -233,7 +235,7 @@ def _derive_once(
     directory: str, panoptic_json: str, what: str, build: Callable[[str], None]
 ) -> None:
     """Build ``directory`` with ``build`` unless it was derived from this ``panoptic_json``."""
-    manifest = {"derived": what, "from_sha256": _sha256(panoptic_json), "version": _VERSION}
+    manifest = {"derived": what, "from_sha256": file_sha256(panoptic_json), "version": _VERSION}
     found = read_marker(directory) if os.path.isdir(directory) else {}
     if os.path.exists(directory) and not found:
         raise DatasetLoadError(
