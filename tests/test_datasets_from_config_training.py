@@ -33,7 +33,9 @@ def shapes(tmp_path_factory) -> Path:
 def train_net(tmp_path: Path, config: Path, output: str, *arguments: str):
     """Run train_net.py in tmp_path (relative dataset paths are taken from there); return the
     metrics of its log and the log."""
-    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), OMP_NUM_THREADS="1")
+    # CUDA hidden: the two-process test runs gloo CPU processes also where GPUs are
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), OMP_NUM_THREADS="1",
+               CUDA_VISIBLE_DEVICES="")
     command = [sys.executable, str(ROOT / "train_net.py"), "--config-file", str(config), *arguments]
     command += [*TINY_SHAPES_OVERRIDES, "OUTPUT_DIR", output]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
