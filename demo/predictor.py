@@ -61,8 +61,8 @@ class BatchPredictor:
         """Outputs of the model for (H, W, 3) uint8 BGR images (as OpenCV reads them)."""
         inputs = [self._model_input(image) for image in images_bgr]
         if self.hierarchy_level is None:
-            with torch.no_grad():
-                return self.model(inputs)
+            with torch.no_grad():  # no clusterings, even with TEST.HIERARCHY_EVAL in the config
+                return self.model(inputs, clusterings=[])
         level = self.hierarchy_level
         try:
             with torch.no_grad():

@@ -44,6 +44,15 @@ def test_config_runs_one_inference(path: Path):
             ("sem_seg", test.SEMANTIC_ON),
             ("panoptic_seg", test.PANOPTIC_ON),
             ("instances", test.INSTANCE_ON),
+            # HierarchyEvaluator's input: every level's and the queries' clustering of this forward
+            ("clusterings", cfg.TEST.HIERARCHY_EVAL),
+            ("level_strides", cfg.TEST.HIERARCHY_EVAL),
         ]
         if on
     }
+    if cfg.TEST.HIERARCHY_EVAL:
+        levels = model.backbone.level if hasattr(model.backbone, "level") else None
+        assert "queries" in outputs["clusterings"]
+        assert all(ids.shape == (height, width) for ids in outputs["clusterings"].values())
+        if levels is not None:
+            assert len(outputs["clusterings"]) == levels + 2
