@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Speed, peak memory and effective bandwidth of the local clustering primitive.
 
-``affinity``, ``gather`` and ``scatter`` (hcformer.layers.local_clustering), forward and
-backward, against
+``affinity``, ``gather`` and ``scatter`` (hcformer.layers.local_clustering) with the default
+"blocked" backend (``ours``), forward and backward, against
 
-- ``loop``: the previous implementation (benchmarks/legacy_local_clustering.py), a loop of
-  broadcast multiply-adds over the K candidates;
+- ``loop``: the "reference" backend, the definition as a loop of broadcast multiply-adds over
+  the K candidates (the project's implementation before the blocked one);
 - ``unfold``: the straightforward implementation of the paper's appendix B listings, written
   here: unfold the K candidates of every coarse cell and the G pixels of every fine window,
   one einsum, fold back;
@@ -40,11 +40,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from hcformer.layers import local_clustering  # noqa: E402
-from hcformer.layers.local_clustering import affinity, candidate_offsets, gather, scatter  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import legacy_local_clustering as legacy  # noqa: E402
+from hcformer.layers import local_clustering_blocked  # noqa: E402
+from hcformer.layers.local_clustering import affinity, candidate_offsets, gather, scatter, use_backend  # noqa: E402
 
 OPS = ("affinity", "gather", "scatter")
 IMPLS = ("ours", "loop", "unfold", "dense")
@@ -136,25 +133,24 @@ def dense_scatter(fine, weights, grid, kernel):
     return (A.transpose(1, 2) @ fine.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(B, C, h, w)
 
 
-def ours_affinity(fine, coarse, grid, kernel):
-    return affinity(fine, coarse, grid, kernel)
-
-
-def ours_gather(values, weights, grid, kernel):
-    return gather(values, weights, grid, kernel)
-
-
-def ours_scatter(fine, weights, grid, kernel):
+def primitive_scatter(fine, weights, grid, kernel):
     return scatter(fine, weights, (fine.shape[-2] // grid, fine.shape[-1] // grid), grid, kernel)[0]
 
 
-def loop_scatter(fine, weights, grid, kernel):
-    return legacy.scatter(fine, weights, (fine.shape[-2] // grid, fine.shape[-1] // grid), grid, kernel)[0]
+def with_backend(name: str, fn: Callable) -> Callable:
+    """``fn`` run with the primitive's backend ``name``."""
+
+    def run(*args):
+        with use_backend(name):
+            return fn(*args)
+
+    return run
 
 
+PRIMITIVE = {"affinity": affinity, "gather": gather, "scatter": primitive_scatter}
 FUNCTIONS: Dict[str, Dict[str, Callable]] = {
-    "ours": {"affinity": ours_affinity, "gather": ours_gather, "scatter": ours_scatter},
-    "loop": {"affinity": legacy.affinity, "gather": legacy.gather, "scatter": loop_scatter},
+    "ours": {op: with_backend("blocked", fn) for op, fn in PRIMITIVE.items()},
+    "loop": {op: with_backend("reference", fn) for op, fn in PRIMITIVE.items()},
     "unfold": {"affinity": unfold_affinity, "gather": unfold_gather, "scatter": unfold_scatter},
     "dense": {"affinity": dense_affinity, "gather": dense_gather, "scatter": dense_scatter},
 }
@@ -167,13 +163,13 @@ def function(impl: str, op: str) -> Callable:
     chunk_bytes, fn = int(impl[5:]), FUNCTIONS["ours"][op]
 
     def with_chunks(*args):
-        saved = dict(local_clustering.CHUNK_BYTES)
-        local_clustering.CHUNK_BYTES.update({k: chunk_bytes for k in ("cpu", "cuda")})
+        saved = dict(local_clustering_blocked.CHUNK_BYTES)
+        local_clustering_blocked.CHUNK_BYTES.update({k: chunk_bytes for k in ("cpu", "cuda")})
         try:
             return fn(*args)
         finally:
-            local_clustering.CHUNK_BYTES.clear()
-            local_clustering.CHUNK_BYTES.update(saved)
+            local_clustering_blocked.CHUNK_BYTES.clear()
+            local_clustering_blocked.CHUNK_BYTES.update(saved)
 
     return with_chunks
 

@@ -8,7 +8,7 @@
 - train: one forward + backward (no optimiser step, no AMP) of a batch of 2 images of
   512×512 with synthetic segments, time and peak memory, with MODEL.HC.POINT_DECODING on
   (decode only what the losses sample) and off (decode every prediction), and off with the
-  previous clustering primitive (benchmarks/legacy_local_clustering.py): the state before.
+  clustering primitive's "reference" backend (the loop implementation of before).
 
 Times are medians of interleaved repetitions (every model / mode once per round, in alternating order). Peak
 memory is measured in one child process per model or mode, as in bench_local_clustering.py:
@@ -36,8 +36,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-import legacy_local_clustering  # noqa: E402
 from bench_local_clustering import PeakMemory, machine_info, synchronize  # noqa: E402
+
+from hcformer.layers.local_clustering import use_backend  # noqa: E402
 
 PANOPTIC = "configs/coco/panoptic-segmentation"
 # inference models: name → (config relative to the repository, project package to import)
@@ -165,7 +166,7 @@ def train_workload(args, mode: str):
             features = model.backbone(images)
             sum(v.sum() for k, v in features.items() if k.startswith("res")).backward()
         elif previous_primitive:
-            with legacy_local_clustering.used_by_the_model():
+            with use_backend("reference"):
                 train_step(model, batch)
         else:
             train_step(model, batch)

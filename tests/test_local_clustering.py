@@ -1,9 +1,18 @@
-"""The local clustering primitive against a dense O(N·M) reference."""
+"""The local clustering primitive against a dense O(N·M) reference, with both backends, and
+the two backends against each other."""
 import pytest
 import torch
 
-from hcformer.layers import local_clustering
-from hcformer.layers.local_clustering import affinity, candidate_offsets, gather, hard_assignment, scatter
+from hcformer.layers import local_clustering_blocked
+from hcformer.layers.local_clustering import (
+    affinity,
+    candidate_offsets,
+    gather,
+    hard_assignment,
+    scatter,
+    set_backend,
+    use_backend,
+)
 
 
 def dense_candidates(H, W, h, w, grid, kernel, coarse_valid=None):
@@ -35,11 +44,16 @@ def dense_matrix(weights, index, hw):
     return torch.stack(mats)
 
 
-@pytest.fixture(params=[1, 2**13, 2**30], ids=["one-row-blocks", "few-row-blocks", "whole-batch"])
-def chunk_bytes(request, monkeypatch):
-    """Work in blocks of one coarse row, of a few rows, or all images at once."""
-    monkeypatch.setitem(local_clustering.CHUNK_BYTES, "cpu", request.param)
-    return request.param
+@pytest.fixture(params=[("reference", None), ("blocked", 1), ("blocked", 2**13), ("blocked", 2**30)],
+                ids=["reference", "blocked-one-row-blocks", "blocked-few-row-blocks", "blocked-whole-batch"])
+def backend(request, monkeypatch):
+    """The reference backend, or the blocked one working in blocks of one coarse row, of a
+    few rows, or on all images at once."""
+    name, chunk_bytes = request.param
+    if chunk_bytes is not None:
+        monkeypatch.setitem(local_clustering_blocked.CHUNK_BYTES, "cpu", chunk_bytes)
+    with use_backend(name):
+        yield name
 
 
 def with_layout(x, layout):
@@ -69,7 +83,7 @@ def _coarse_hw(H, W, grid):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("B,C,H,W,grid,kernel", CASES)
-def test_affinity_matches_dense(B, C, H, W, grid, kernel, layout, chunk_bytes):
+def test_affinity_matches_dense(B, C, H, W, grid, kernel, layout, backend):
     torch.manual_seed(0)
     h, w = _coarse_hw(H, W, grid)
     fine = torch.randn(B, C, H, W, dtype=torch.float64, requires_grad=True)
@@ -88,7 +102,7 @@ def test_affinity_matches_dense(B, C, H, W, grid, kernel, layout, chunk_bytes):
         torch.testing.assert_close(a, b)
 
 
-def test_affinity_masks_padding_cells_but_keeps_parent():
+def test_affinity_masks_padding_cells_but_keeps_parent(backend):
     fine = torch.randn(1, 3, 8, 8)
     coarse = torch.randn(1, 3, 4, 4)
     valid = torch.ones(1, 1, 4, 4, dtype=torch.bool)
@@ -101,7 +115,7 @@ def test_affinity_masks_padding_cells_but_keeps_parent():
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("B,C,H,W,grid,kernel", CASES)
-def test_gather_and_scatter_match_dense(B, C, H, W, grid, kernel, layout, chunk_bytes):
+def test_gather_and_scatter_match_dense(B, C, H, W, grid, kernel, layout, backend):
     torch.manual_seed(1)
     h, w = _coarse_hw(H, W, grid)
     index = dense_candidates(H, W, h, w, grid, kernel)
@@ -133,7 +147,7 @@ def test_gather_and_scatter_match_dense(B, C, H, W, grid, kernel, layout, chunk_
         torch.testing.assert_close(a, b)
 
 
-def test_gather_keeps_channels_last():
+def test_blocked_gather_keeps_channels_last():
     values = torch.randn(2, 6, 5, 4).contiguous(memory_format=torch.channels_last)
     weights = torch.randn(2, 9, 10, 8).softmax(1)
     out = gather(values, weights)
@@ -142,7 +156,7 @@ def test_gather_keeps_channels_last():
 
 
 @pytest.mark.parametrize("grid,kernel", [(2, 3), ((3, 2), 5)])
-def test_gradients_and_double_backward(grid, kernel, chunk_bytes):
+def test_gradients_and_double_backward(grid, kernel, backend):
     """gradcheck / gradgradcheck: the fused backward passes, and the composed ones that
     double backward goes through, against finite differences."""
     torch.manual_seed(5)
@@ -163,7 +177,7 @@ def test_gradients_and_double_backward(grid, kernel, chunk_bytes):
         assert torch.autograd.gradgradcheck(fn, inputs, fast_mode=True), name
 
 
-def test_scatter_is_transpose_of_gather():
+def test_scatter_is_transpose_of_gather(backend):
     torch.manual_seed(2)
     weights = torch.randn(2, 9, 11, 13).softmax(1)
     x = torch.randn(2, 4, 6, 7)
@@ -173,7 +187,7 @@ def test_scatter_is_transpose_of_gather():
     torch.testing.assert_close(lhs, rhs)
 
 
-def test_bf16_autocast_close_to_fp32():
+def test_bf16_autocast_close_to_fp32(backend):
     torch.manual_seed(3)
     fine = torch.randn(2, 16, 15, 17)
     coarse = torch.randn(2, 16, 8, 9)
@@ -200,3 +214,37 @@ def test_hard_assignment_points_to_argmax_candidate():
 def test_size_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match="does not match coarse map"):
         affinity(torch.randn(1, 2, 8, 8), torch.randn(1, 2, 3, 4))
+
+
+@pytest.mark.parametrize("B,C,H,W,grid,kernel", CASES + [(2, 6, 13, 11, 2, 7)])  # + Expedit's λ = 7
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_blocked_backend_computes_the_reference(B, C, H, W, grid, kernel, dtype):
+    """The two backends: same values and gradients of all three products (with padding cells)."""
+    torch.manual_seed(6)
+    h, w = _coarse_hw(H, W, grid)
+    K = kernel * kernel
+    fine, coarse = torch.randn(B, C, H, W, dtype=dtype), torch.randn(B, C, h, w, dtype=dtype)
+    valid = torch.rand(B, 1, h, w) > 0.3
+    out_grads = [torch.randn(B, K, H, W, dtype=dtype), torch.randn(B, C, H, W, dtype=dtype),
+                 torch.randn(B, C, h, w, dtype=dtype)]
+
+    def run(name):
+        inputs = [t.clone().requires_grad_() for t in (fine, coarse)]
+        with use_backend(name):
+            weights = affinity(*inputs, grid, kernel, coarse_valid=valid).softmax(1)
+            outputs = [weights, gather(inputs[1], weights, grid, kernel), scatter(inputs[0], weights, (h, w), grid, kernel)[0]]
+            grads = torch.autograd.grad(outputs, inputs, out_grads)
+        return [o.detach() for o in outputs] + list(grads)
+
+    tolerance = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else {}
+    for got, want in zip(run("blocked"), run("reference")):
+        torch.testing.assert_close(got, want, **tolerance)
+
+
+def test_backend_switch():
+    with use_backend("reference"):
+        assert set_backend("blocked") == "reference"  # set_backend returns the previous one
+        assert set_backend("reference") == "blocked"
+    assert set_backend("blocked") == "blocked"  # the context manager restored the default
+    with pytest.raises(ValueError, match="unknown local clustering backend 'fast'"):
+        set_backend("fast")

@@ -1,74 +1,47 @@
 """Local clustering between a fine and a coarse grid: the one primitive of the project.
 
-A fine pixel (i, j) has the parent cell (i // g, j // g) on the coarse grid (g = grid size)
-and k×k candidate clusters: the coarse cells at parent + (dy, dx), dy, dx ∈ [-k//2, k//2],
-in row-major (dy, dx) order. Everything here works on that K = k·k candidate axis:
+A fine pixel p = (i, j) has the parent cell (i // g_y, j // g_x) on the coarse grid (g: the
+grid size) and K = k·k candidate clusters c_d(p) = parent(p) + d, one per offset
+d = (dy, dx) ∈ [-k//2, k//2]², row-major (``candidate_offsets``). Everything here works on
+that candidate axis:
 
-- ``affinity``: similarity of each fine pixel with its K candidates (logits, out-of-image
-  candidates set to -inf so that a softmax excludes them);
-- ``gather``: coarse values → fine values through per-pixel weights (HCFormer's decoding,
-  eq. (5) of the paper, SViT's and Expedit's reconstruction);
-- ``scatter``: the transpose, fine values → coarse sums (cluster-centre updates).
+    affinity (B, K, H, W):  logits[p, d] = ⟨fine[p], coarse[c_d(p)]⟩
+    gather   (B, C, H, W):  out[p]       = Σ_d weights[p, d] · values[c_d(p)]
+    scatter  (B, C, h, w):  sums[c]      = Σ_{p, d : c_d(p) = c} weights[p, d] · fine[p]
 
-HCFormer (2×2 windows, 3×3 candidates), SViT super tokens and Expedit token clustering are
-this operation with other grid sizes. Candidates outside the coarse grid read zeros.
+Candidates outside the coarse grid read zeros; ``affinity`` gives them -inf logits, as it
+does cells marked invalid (batch padding), so that a softmax excludes them. ``gather`` is
+HCFormer's decoding (eq. (5) of the paper) and SViT's and Expedit's reconstruction;
+``scatter``, its transpose, sums fine values into cluster centres. HCFormer (g = 2, k = 3),
+SViT super tokens (g = 4, 8) and Expedit token clustering (k = 7) are this operation; no
+other file computes a neighbourhood.
 
-Implementation
---------------
-All three are one small matrix product per coarse cell. The g_y·g_x fine pixels of a cell
-form a (G = g_y·g_x) × C block, the K candidate cells a K × C block, and
+Backends
+--------
+The three products have two implementations, which give the same values and gradients
+(tests/test_local_clustering.py compares them); ``set_backend(name)`` or
+``with use_backend(name):`` selects one:
 
-    gather:   out_cell (G × C)  = weights_cell (G × K) @ candidates (K × C)
-    affinity: logits_cell (G × K) = fine_cell (G × C) @ candidatesᵀ (C × K)
-    scatter:  to_candidates (K × C) = weights_cellᵀ (K × G) @ fine_cell (G × C)
-
-so each is a single ``torch.bmm`` over the cells, in which the C channels are the contiguous
-axis (channels last). The candidate blocks are never copied K times: the coarse map is laid
-out once as "column windows", ``windows[i, j, d] = coarse[i + d - r, j - r]`` for
-d ∈ [0, k) over a grid padded by r = k // 2, so that the K candidates of cell (i, j) are the
-K consecutive rows starting at window (i, j) (in (dx, dy) order). The per-cell K × C
-blocks are then overlapping views of that buffer (``as_strided``), k times the coarse map
-rather than K times. Cells are numbered along the padded rows so that the batch stride is
-uniform; the 2r pad columns at the end of every row are computed and dropped.
-
-The work is done in blocks of coarse rows whose staging buffers fit in the CPU caches
-(``CHUNK_BYTES``); the block loop runs a few dozen times at most. Channels-last fine maps
-are read or written once, straight from or into the blocks, and gather keeps the memory
-format of its values. A channels-first (NCHW) fine map goes through a channels-last buffer
-one image at a time: PyTorch's tiled 2-D transpose is 2–3× faster on CPU than the permuted
-copy that staging it directly would be. Backward passes are the same three products (the
-gradient of each operation is made of the other two), computed in one sweep that stages
-the inputs once, and nothing larger than the inputs is saved for backward.
+- "reference": the definition above, as written below: a loop over the K offsets with
+  broadcast multiply-adds, differentiated by autograd;
+- "blocked" (the default): ``local_clustering_blocked``, one small matrix product per coarse
+  cell, in cache-sized blocks, with hand-written backward passes; several times faster and
+  lighter than the reference (benchmarks/RESULTS.md).
 """
-import math
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+import contextlib
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import local_clustering_blocked as blocked
+
 Grid = Union[int, Sequence[int]]
 
-__all__ = ["affinity", "gather", "scatter", "hard_assignment", "candidate_offsets"]
-
-# Staging buffers per chunk, in bytes. On CPU they should stay in the L2/L3 cache (measured
-# on a Zen 5 / 2 MiB L2: 1–4 MiB is the plateau, see benchmarks/RESULTS.md); on GPUs a chunk
-# costs a few kernel launches, so chunks are large and bound only the extra memory.
-CHUNK_BYTES = {"cpu": 2 * 2**20}
-DEFAULT_CHUNK_BYTES = 64 * 2**20
-
-
-def _hw(x: Tensor) -> Tuple[int, int]:
-    # Plain ints: under tracing (fvcore's FLOP counts), sizes read from tensors are tracked
-    # values, which the tracer cannot follow into the arguments of an autograd function.
-    return int(x.shape[-2]), int(x.shape[-1])
-
-
-def _pair(grid: Grid) -> Tuple[int, int]:
-    if isinstance(grid, int):
-        return grid, grid
-    gy, gx = grid
-    return int(gy), int(gx)
+__all__ = [
+    "affinity", "gather", "scatter", "hard_assignment", "candidate_offsets", "set_backend", "use_backend",
+]
 
 
 def candidate_offsets(kernel: int) -> List[Tuple[int, int]]:
@@ -77,6 +50,116 @@ def candidate_offsets(kernel: int) -> List[Tuple[int, int]]:
         raise ValueError(f"kernel must be a positive odd number, got {kernel}")
     r = kernel // 2
     return [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
+
+
+# ---------------------------------------------------------------------------- the definition
+def _cells(x: Tensor, coarse_hw: Tuple[int, int], grid: Tuple[int, int]) -> Tensor:
+    """(B, C, H, W) → (B, C, h, g_y, w, g_x): the fine pixels of every coarse cell, zeros
+    past the fine map (whose sides need not be multiples of g)."""
+    (h, w), (gy, gx) = coarse_hw, grid
+    if tuple(x.shape[-2:]) != (h * gy, w * gx):
+        x = F.pad(x, (0, w * gx - x.shape[-1], 0, h * gy - x.shape[-2]))
+    return x.unflatten(3, (w, gx)).unflatten(2, (h, gy))
+
+
+def _uncells(x: Tensor, fine_hw: Tuple[int, int]) -> Tensor:
+    """(B, C, h, g_y, w, g_x) → (B, C, H, W): the inverse of ``_cells``."""
+    B, C, h, gy, w, gx = x.shape
+    return x.reshape(B, C, h * gy, w * gx)[:, :, : fine_hw[0], : fine_hw[1]]
+
+
+def _candidates(coarse: Tensor, kernel: int) -> Iterator[Tensor]:
+    """For each offset d: coarse[c_d] of every coarse cell, a (B, C, h, w) view (zeros outside)."""
+    h, w = coarse.shape[-2:]
+    r = kernel // 2
+    padded = F.pad(coarse, (r, r, r, r))
+    for dy, dx in candidate_offsets(kernel):
+        yield padded[:, :, r + dy : r + dy + h, r + dx : r + dx + w]
+
+
+def _shifted_sum(maps: Iterable[Tensor], kernel: int) -> Tensor:
+    """Σ_d of the (B, C, h, w) map of offset d moved to cell + d: the transpose of ``_candidates``."""
+    r = kernel // 2
+    total = None
+    for (dy, dx), x in zip(candidate_offsets(kernel), maps):
+        if total is None:
+            h, w = x.shape[-2:]
+            total = x.new_zeros(x.shape[0], x.shape[1], h + 2 * r, w + 2 * r)
+        total[:, :, r + dy : r + dy + h, r + dx : r + dx + w] += x
+    return total[:, :, r : r + h, r : r + w]
+
+
+def reference_affinity(fine: Tensor, coarse: Tensor, grid: Tuple[int, int], kernel: int) -> Tensor:
+    """Unmasked logits (B, K, H, W)."""
+    cells = _cells(fine, coarse.shape[-2:], grid)
+    logits = [(cells * c[..., None, :, None]).sum(1) for c in _candidates(coarse, kernel)]
+    return _uncells(torch.stack(logits, dim=1), fine.shape[-2:])
+
+
+def reference_gather(values: Tensor, weights: Tensor, grid: Tuple[int, int], kernel: int) -> Tensor:
+    """(B, C, H, W)."""
+    a = _cells(weights, values.shape[-2:], grid)
+    out = sum(a[:, d : d + 1] * c[..., None, :, None] for d, c in enumerate(_candidates(values, kernel)))
+    return _uncells(out, weights.shape[-2:])
+
+
+def reference_scatter(
+    fine: Tensor, weights: Tensor, coarse_hw: Tuple[int, int], grid: Tuple[int, int], kernel: int
+) -> Tensor:
+    """Sums (B, C, h, w)."""
+    x, a = _cells(fine, coarse_hw, grid), _cells(weights, coarse_hw, grid)
+    return _shifted_sum(((a[:, d : d + 1] * x).sum((3, 5)) for d in range(kernel * kernel)), kernel)
+
+
+# ---------------------------------------------------------------------------- backends
+class Backend(NamedTuple):
+    """The three products on checked inputs of one dtype, grid (g_y, g_x); unmasked logits."""
+
+    affinity: Callable[..., Tensor]
+    gather: Callable[..., Tensor]
+    scatter: Callable[..., Tensor]
+
+
+BACKENDS: Dict[str, Backend] = {
+    "reference": Backend(reference_affinity, reference_gather, reference_scatter),
+    "blocked": Backend(blocked.affinity, blocked.gather, blocked.scatter),
+}
+_selected = "blocked"
+
+
+def set_backend(name: str) -> str:
+    """Compute the products with backend ``name`` from now on (process-wide); returns the
+    name of the previous one."""
+    global _selected
+    if name not in BACKENDS:
+        raise ValueError(f"unknown local clustering backend {name!r}; choose from {sorted(BACKENDS)}")
+    previous, _selected = _selected, name
+    return previous
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Compute the products of the ``with`` block with backend ``name``."""
+    previous = set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+def _compute(product: str, *args) -> Tensor:
+    # In the dtype of the inputs: autocast would otherwise run the blocked ``bmm`` in half
+    # precision, or the reference's sums in fp32, whatever the caller chose.
+    with torch.autocast(device_type=args[0].device.type, enabled=False):
+        return getattr(BACKENDS[_selected], product)(*args)
+
+
+# ---------------------------------------------------------------------------- public API
+def _pair(grid: Grid) -> Tuple[int, int]:
+    if isinstance(grid, int):
+        return grid, grid
+    gy, gx = grid
+    return int(gy), int(gx)
 
 
 def _check_sizes(fine_hw: Tuple[int, int], coarse_hw: Tuple[int, int], grid: Tuple[int, int]):
@@ -88,392 +171,23 @@ def _check_sizes(fine_hw: Tuple[int, int], coarse_hw: Tuple[int, int], grid: Tup
         )
 
 
-def _candidate_valid(
-    coarse_hw: Tuple[int, int],
-    kernel: int,
-    coarse_valid: Optional[Tensor],
-    device: torch.device,
-) -> Tensor:
-    """Bool (B or 1, K, h, w): candidate k of coarse cell (i, j) is inside the image.
+def _check_kernel(weights: Tensor, kernel: int) -> None:
+    if weights.shape[1] != len(candidate_offsets(kernel)):
+        raise ValueError(f"weights have {weights.shape[1]} candidates, kernel {kernel} needs {kernel * kernel}")
+
+
+def _candidate_valid(coarse_valid: Tensor, kernel: int) -> Tensor:
+    """Bool (B, K, h, w): candidate d of coarse cell c is a cell inside the image.
 
     ``coarse_valid`` (B, 1, h, w) marks the cells inside the image (not padding added for
     size divisibility). The centre candidate (the parent) is always kept so that every fine
     pixel has at least one cluster.
     """
-    h, w = coarse_hw
-    r = kernel // 2
-    if coarse_valid is None:
-        coarse_valid = torch.ones(1, 1, h, w, dtype=torch.bool, device=device)
-    padded = F.pad(coarse_valid.to(torch.bool), (r, r, r, r), value=False)
-    masks = [padded[:, :, r + dy : r + dy + h, r + dx : r + dx + w] for dy, dx in candidate_offsets(kernel)]
-    valid = torch.cat(masks, dim=1)
-    valid[:, len(masks) // 2] = True
+    valid = torch.cat(list(_candidates(coarse_valid.to(torch.bool), kernel)), dim=1)
+    valid[:, valid.shape[1] // 2] = True
     return valid
 
 
-# ---------------------------------------------------------------------------- cell layout
-class _Cells:
-    """Chunked channels-last layout of the cells of one (fine, coarse) pair of grids.
-
-    Work is split into groups of images and, within a group, blocks of coarse rows
-    [i0, i1); the cells of a block (image, row, padded column) are numbered row-major over
-    the padded width ``wp = w + 2r``. Staging buffers are flat and reused from block to
-    block; per block they hold, channels last:
-
-    - windows ``(cells, k, C)``: the column windows of a coarse map (module docstring);
-    - fine blocks ``(cells, G, C)``: the G fine pixels of each cell, row-major;
-    - weights ``(cells, G, K)``: per-pixel candidate weights, candidates in (dx, dy) order,
-      the order in which they lie in the windows.
-
-    Buffers start as zeros and the pad columns of fine blocks and weights are never
-    written, so pad cells have zero weights and add nothing to a scatter. Fine maps and
-    weights are read from / written to channels-last images (nb, H, W, C) of the group.
-    """
-
-    def __init__(self, coarse_hw: Tuple[int, int], grid: Tuple[int, int], kernel: int, batch: int):
-        self.h, self.w = coarse_hw
-        self.gy, self.gx = grid
-        self.k = kernel
-        self.r = kernel // 2
-        self.K = kernel * kernel
-        self.G = self.gy * self.gx
-        self.wp = self.w + 2 * self.r
-        self.batch = batch
-
-    def groups(self, bytes_per_cell: int, device: torch.device) -> List[Tuple[int, int, List[Tuple[int, int]]]]:
-        """(b0, b1, row blocks) such that the largest staging buffer fits ``CHUNK_BYTES``:
-        blocks of rows of one image, or several whole images as one block."""
-        budget = CHUNK_BYTES.get(device.type, DEFAULT_CHUNK_BYTES)
-        rows = max(1, budget // max(1, bytes_per_cell * self.wp))
-        if rows >= self.h:
-            step = rows // self.h
-            return [(b0, min(b0 + step, self.batch), [(0, self.h)]) for b0 in range(0, self.batch, step)]
-        blocks = [(i0, min(i0 + rows, self.h)) for i0 in range(0, self.h, rows)]
-        return [(b, b + 1, blocks) for b in range(self.batch)]
-
-    def cells(self, images: int, rows: int) -> int:
-        """Cells of a block, pad columns included."""
-        return images * rows * self.wp
-
-    def computed(self, images: int, rows: int) -> int:
-        # The windows of the last 2r cells (pad columns of the last row) would run past the
-        # window buffer; they are pad cells, so they are simply not computed.
-        return self.cells(images, rows) - 2 * self.r
-
-    # --------------------------------------------------------------- coarse maps
-    def pad(self, coarse: Tensor) -> Tensor:
-        """(B, C, h, w) → zero-bordered channels-last copy (B, h + 2r, wp, C)."""
-        B, C = coarse.shape[:2]
-        r = self.r
-        padded = coarse.new_zeros(B, self.h + 2 * r, self.wp, C)
-        padded[:, r : r + self.h, r : r + self.w].copy_(_channels_last(coarse, 0, B))
-        return padded
-
-    def load_windows(self, buf: Tensor, padded: Tensor, b0: int, b1: int, i0: int, i1: int) -> Tensor:
-        """Copy the column windows of a block from ``pad(coarse)`` into the flat ``buf``;
-        returns the (cells, K, C) candidate blocks, overlapping views of ``buf``."""
-        C = padded.shape[-1]
-        s_img, s_row = padded.stride(0), padded.stride(1)
-        shape = (b1 - b0, i1 - i0, self.wp, self.k, C)
-        # window (i, j) slot d is padded row i + d: an overlapping view, one copy
-        src = padded.as_strided(shape, (s_img, s_row, C, s_row, 1), padded.storage_offset() + b0 * s_img + i0 * s_row)
-        buf[: math.prod(shape)].view(shape).copy_(src)
-        return buf.as_strided((self.computed(b1 - b0, i1 - i0), self.K, C), (self.k * C, C, 1))
-
-    def fold_windows(self, acc: Tensor, to_candidates: Tensor, buf: Tensor, b0: int, b1: int, i0: int, i1: int):
-        """Add the (cells, K, C) per-candidate sums of a block into the padded coarse
-        accumulator ``acc`` (B, h + 2r, wp, C): the transpose of ``load_windows``."""
-        C, n = acc.shape[-1], to_candidates.shape[0]
-        win = buf[: self.cells(b1 - b0, i1 - i0) * self.k * C].view(-1, self.k, C).zero_()
-        per_dx = to_candidates.view(n, self.k, self.k, C)
-        for e in range(self.k):  # candidate (·, dx = e - r) of cell c lies in window c + e
-            win[e : e + n] += per_dx[:, e]
-        win = win.view(b1 - b0, i1 - i0, self.wp, self.k, C)
-        for d in range(self.k):  # slot d of window row i is padded row i + d
-            acc[b0:b1, i0 + d : i1 + d] += win[:, :, :, d]
-
-    # --------------------------------------------------------------- fine maps
-    def _blocks(self, buf: Tensor, images: int, i0: int, i1: int, *channels: int) -> Tensor:
-        """(nb, R, w, gy, gx, *channels) view of the flat ``buf`` (pad columns left out)."""
-        shape = (images, i1 - i0, self.wp, self.gy, self.gx) + channels
-        return buf[: math.prod(shape)].view(shape)[:, :, : self.w]
-
-    def _image_blocks(self, image: Tensor, i0: int, i1: int) -> Tensor:
-        """(nb, H, W, C) channels-last images → (nb, R, w, gy, gx, C) view of rows [i0, i1)."""
-        nb, C = image.shape[0], image.shape[-1]
-        blocks = image.reshape(nb, self.h, self.gy, self.w, self.gx, C)[:, i0:i1]
-        return blocks.permute(0, 1, 3, 2, 4, 5)
-
-    def load_fine(self, buf: Tensor, image: Tensor, i0: int, i1: int) -> Tensor:
-        """Stage rows [i0, i1) of channels-last images (nb, H, W, C): (cells, G, C) blocks."""
-        nb, C = image.shape[0], image.shape[-1]
-        self._blocks(buf, nb, i0, i1, C).copy_(self._image_blocks(image, i0, i1))
-        return buf[: self.computed(nb, i1 - i0) * self.G * C].view(-1, self.G, C)
-
-    def store_fine(self, image: Tensor, buf: Tensor, i0: int, i1: int) -> None:
-        """Write the (cells, G, C) blocks held in ``buf`` to rows [i0, i1) of ``image``."""
-        nb, C = image.shape[0], image.shape[-1]
-        self._image_blocks(image, i0, i1).copy_(self._blocks(buf, nb, i0, i1, C))
-
-    def load_weights(self, buf: Tensor, image: Tensor, i0: int, i1: int) -> Tensor:
-        """Stage channels-last weights (nb, H, W, K): (cells, G, K) blocks, (dx, dy) order."""
-        nb, k = image.shape[0], self.k
-        src = self._image_blocks(image, i0, i1).unflatten(-1, (k, k)).transpose(-1, -2)
-        self._blocks(buf, nb, i0, i1, k, k).copy_(src)
-        return buf[: self.computed(nb, i1 - i0) * self.G * self.K].view(-1, self.G, self.K)
-
-    def store_weights(self, image: Tensor, buf: Tensor, i0: int, i1: int) -> None:
-        """Write (cells, G, K) blocks ((dx, dy) order) to channels-last weights (nb, H, W, K)."""
-        nb, k = image.shape[0], self.k
-        dst = self._image_blocks(image, i0, i1).unflatten(-1, (k, k)).transpose(-1, -2)
-        dst.copy_(self._blocks(buf, nb, i0, i1, k, k))
-
-
-def _channels_last(x: Tensor, b0: int, b1: int, buf: Optional[Tensor] = None) -> Tensor:
-    """Images [b0, b1) of ``x`` (B, C, H, W) as (nb, H, W, C): a view when channels are
-    already the fastest axis, else a copy (into ``buf`` if given).
-
-    For contiguous (NCHW) inputs the copy is one 2-D transpose per image, which PyTorch does
-    in cache-sized tiles; a generic permuted copy is 2–3× slower on CPU.
-    """
-    view = x[b0:b1].permute(0, 2, 3, 1)
-    if x.stride(1) == 1:
-        return view
-    nb, H, W, C = view.shape
-    out = torch.empty(nb * H * W * C, dtype=x.dtype, device=x.device) if buf is None else buf[: nb * H * W * C]
-    out = out.view(nb, H * W, C)
-    if x.is_contiguous():
-        for i in range(nb):
-            out[i].copy_(x[b0 + i].reshape(C, H * W).t())
-    else:
-        out.view(nb, H, W, C).copy_(view)
-    return out.view(nb, H, W, C)
-
-
-def _write_images(out: Tensor, images: Tensor, b0: int) -> None:
-    """Copy channels-last ``images`` (nb, H, W, C) into ``out[b0 : b0 + nb]`` (B, C, H, W)."""
-    nb, H, W, C = images.shape
-    if out.is_contiguous():
-        for i in range(nb):  # tiled 2-D transposes, as in ``_channels_last``
-            out[b0 + i].view(C, H * W).copy_(images[i].reshape(H * W, C).t())
-    else:
-        out[b0 : b0 + nb].permute(0, 2, 3, 1).copy_(images)
-
-
-def _fit_to_grid(x: Optional[Tensor], layout: _Cells) -> Optional[Tensor]:
-    """Zero-pad a fine map at the bottom/right to h·gy × w·gx (a copy only when needed)."""
-    H, W = layout.h * layout.gy, layout.w * layout.gx
-    if x is None or x.shape[-2:] == (H, W):
-        return x
-    return F.pad(x, (0, W - x.shape[-1], 0, H - x.shape[-2]))
-
-
-def _crop(x: Optional[Tensor], hw: Tuple[int, int]) -> Optional[Tensor]:
-    return None if x is None else x[..., : hw[0], : hw[1]]
-
-
-def _memory_format(x: Tensor) -> torch.memory_format:
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-# ---------------------------------------------------------------------------- products
-def _local_products(
-    layout: _Cells,
-    fine: Optional[Tensor] = None,
-    weights: Optional[Tensor] = None,
-    coarse: Optional[Tensor] = None,
-    products: Sequence[str] = (),
-    fine_format: torch.memory_format = torch.contiguous_format,
-) -> Dict[str, Tensor]:
-    """The per-cell products of the module docstring, over all cells, block by block.
-
-    Args:
-        fine: (B, C, h·gy, w·gx), weights: (B, K, h·gy, w·gx), coarse: (B, C, h, w), all
-            of one dtype; only those the requested products read are needed.
-        products: any of "gather" (weights · coarse → (B, C, h·gy, w·gx), in
-            ``fine_format``), "affinity" (fine · coarseᵀ → (B, K, h·gy, w·gx)) and
-            "scatter" (weightsᵀ · fine → (B, C, h, w)).
-    Returns:
-        {product: result}. Staging the inputs once for several products is what makes the
-        backward passes cheap: each needs two of them.
-    """
-    ref = next(t for t in (fine, weights, coarse) if t is not None)
-    dtype, device = ref.dtype, ref.device
-    B = ref.shape[0]
-    C = (fine if fine is not None else coarse).shape[1]
-    G, K, k = layout.G, layout.K, layout.k
-    H, W = layout.h * layout.gy, layout.w * layout.gx
-    per_cell = {"fine": G * C, "weights": G * K, "windows": k * C, "gather": G * C, "affinity": G * K, "scatter": K * C}
-    staged = [n for n, t in (("fine", fine), ("weights", weights), ("windows", coarse)) if t is not None]
-    names = staged + list(products)
-    groups = layout.groups(max(per_cell[n] for n in names) * ref.element_size(), device)
-    images = max(b1 - b0 for b0, b1, _ in groups)
-    cells = max(layout.cells(b1 - b0, i1 - i0) for b0, b1, blocks in groups for i0, i1 in blocks)
-    buffers = {n: torch.zeros(cells * per_cell[n], dtype=dtype, device=device) for n in names}
-
-    def image_buffer(channels: int) -> Tensor:
-        return torch.empty(images * H * W * channels, dtype=dtype, device=device)
-
-    # inputs and outputs that are not channels last go through one image buffer each
-    fine_img = image_buffer(C) if fine is not None and fine.stride(1) != 1 else None
-    weights_img = image_buffer(K) if weights is not None and weights.stride(1) != 1 else None
-    out = {}
-    if "gather" in products:
-        out["gather"] = torch.empty((B, C, H, W), dtype=dtype, device=device, memory_format=fine_format)
-        gather_img = image_buffer(C) if fine_format != torch.channels_last else None
-    if "affinity" in products:
-        out["affinity"] = torch.empty((B, K, H, W), dtype=dtype, device=device)
-        affinity_img = image_buffer(K)
-    if "scatter" in products:
-        acc = torch.zeros((B, layout.h + 2 * layout.r, layout.wp, C), dtype=dtype, device=device)
-        fold_buf = torch.empty(cells * k * C, dtype=dtype, device=device)
-    padded = layout.pad(coarse) if coarse is not None else None
-
-    for b0, b1, blocks in groups:
-        X = _channels_last(fine, b0, b1, fine_img) if fine is not None else None
-        A = _channels_last(weights, b0, b1, weights_img) if weights is not None else None
-        if "gather" in products:
-            gathered = out["gather"][b0:b1].permute(0, 2, 3, 1)
-            if gather_img is not None:
-                gathered = gather_img[: gathered.numel()].view(gathered.shape)
-        if "affinity" in products:
-            affinities = affinity_img[: (b1 - b0) * H * W * K].view(b1 - b0, H, W, K)
-        for i0, i1 in blocks:
-            n = layout.computed(b1 - b0, i1 - i0)
-            V = layout.load_windows(buffers["windows"], padded, b0, b1, i0, i1) if coarse is not None else None
-            Xc = layout.load_fine(buffers["fine"], X, i0, i1) if fine is not None else None
-            Ac = layout.load_weights(buffers["weights"], A, i0, i1) if weights is not None else None
-            if "gather" in products:
-                torch.bmm(Ac, V, out=buffers["gather"][: n * G * C].view(n, G, C))
-                layout.store_fine(gathered, buffers["gather"], i0, i1)
-            if "affinity" in products:
-                torch.bmm(Xc, V.transpose(1, 2), out=buffers["affinity"][: n * G * K].view(n, G, K))
-                layout.store_weights(affinities, buffers["affinity"], i0, i1)
-            if "scatter" in products:
-                to_candidates = buffers["scatter"][: n * K * C].view(n, K, C)
-                torch.bmm(Ac.transpose(1, 2), Xc, out=to_candidates)
-                layout.fold_windows(acc, to_candidates, fold_buf, b0, b1, i0, i1)
-        if "gather" in products and gather_img is not None:
-            _write_images(out["gather"], gathered, b0)
-        if "affinity" in products:
-            _write_images(out["affinity"], affinities, b0)
-    if "scatter" in products:
-        r = layout.r
-        out["scatter"] = acc[:, r : r + layout.h, r : r + layout.w].permute(0, 3, 1, 2)
-    return out
-
-
-# ---------------------------------------------------------------------------- autograd
-# The gradient of each product is made of the other two. Backward passes compute both in
-# one sweep (inputs staged once); under create_graph they go through the autograd
-# functions instead, so that double backward works too.
-def _no_autocast(device: torch.device):
-    """The products run in the dtype of their inputs: autocast would otherwise move the
-    ``bmm`` to half precision whatever the caller chose (e.g. the fp32 clustering)."""
-    return torch.autocast(device_type=device.type, enabled=False)
-
-
-class _Gather(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, values: Tensor, weights: Tensor, layout: _Cells, fine_hw: Tuple[int, int]) -> Tensor:
-        ctx.layout, ctx.fine_hw = layout, fine_hw
-        ctx.save_for_backward(values, weights)
-        with _no_autocast(values.device):
-            out = _local_products(
-                layout, weights=_fit_to_grid(weights, layout), coarse=values,
-                products=("gather",), fine_format=_memory_format(values),
-            )
-        return _crop(out["gather"], fine_hw)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        values, weights = ctx.saved_tensors
-        need_values, need_weights = ctx.needs_input_grad[:2]
-        layout, fine_hw = ctx.layout, ctx.fine_hw
-        if torch.is_grad_enabled():
-            grad_values = _Scatter.apply(grad, weights, layout) if need_values else None
-            grad_weights = _Affinity.apply(grad, values, layout, fine_hw) if need_weights else None
-            return grad_values, grad_weights, None, None
-        with _no_autocast(grad.device):
-            out = _local_products(
-                layout,
-                fine=_fit_to_grid(grad, layout),
-                weights=_fit_to_grid(weights, layout) if need_values else None,
-                coarse=values if need_weights else None,
-                products=("scatter",) * need_values + ("affinity",) * need_weights,
-            )
-        return out.get("scatter"), _crop(out.get("affinity"), fine_hw), None, None
-
-
-class _Affinity(torch.autograd.Function):
-    """Unmasked logits; excluded candidates are masked by the caller."""
-
-    @staticmethod
-    def forward(ctx, fine: Tensor, coarse: Tensor, layout: _Cells, fine_hw: Tuple[int, int]) -> Tensor:
-        ctx.layout, ctx.fine_hw = layout, fine_hw
-        ctx.save_for_backward(fine, coarse)
-        with _no_autocast(fine.device):
-            out = _local_products(layout, fine=_fit_to_grid(fine, layout), coarse=coarse, products=("affinity",))
-        return _crop(out["affinity"], fine_hw)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        fine, coarse = ctx.saved_tensors
-        need_fine, need_coarse = ctx.needs_input_grad[:2]
-        layout, fine_hw = ctx.layout, ctx.fine_hw
-        if torch.is_grad_enabled():
-            grad_fine = _Gather.apply(coarse, grad, layout, fine_hw) if need_fine else None
-            grad_coarse = _Scatter.apply(fine, grad, layout) if need_coarse else None
-            return grad_fine, grad_coarse, None, None
-        with _no_autocast(grad.device):
-            out = _local_products(
-                layout,
-                fine=_fit_to_grid(fine, layout) if need_coarse else None,
-                weights=_fit_to_grid(grad, layout),
-                coarse=coarse if need_fine else None,
-                products=("gather",) * need_fine + ("scatter",) * need_coarse,
-                fine_format=_memory_format(fine),
-            )
-        return _crop(out.get("gather"), fine_hw), out.get("scatter"), None, None
-
-
-class _Scatter(torch.autograd.Function):
-    """Sums only; the normaliser is a cheap reduction of the weights done by ``scatter``."""
-
-    @staticmethod
-    def forward(ctx, fine: Tensor, weights: Tensor, layout: _Cells) -> Tensor:
-        ctx.layout, ctx.fine_hw = layout, _hw(fine)
-        ctx.save_for_backward(fine, weights)
-        with _no_autocast(fine.device):
-            out = _local_products(
-                layout, fine=_fit_to_grid(fine, layout), weights=_fit_to_grid(weights, layout), products=("scatter",)
-            )
-        return out["scatter"]
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        fine, weights = ctx.saved_tensors
-        need_fine, need_weights = ctx.needs_input_grad[:2]
-        layout, fine_hw = ctx.layout, ctx.fine_hw
-        if torch.is_grad_enabled():
-            grad_fine = _Gather.apply(grad, weights, layout, fine_hw) if need_fine else None
-            grad_weights = _Affinity.apply(fine, grad, layout, fine_hw) if need_weights else None
-            return grad_fine, grad_weights, None
-        with _no_autocast(grad.device):
-            out = _local_products(
-                layout,
-                fine=_fit_to_grid(fine, layout) if need_weights else None,
-                weights=_fit_to_grid(weights, layout) if need_fine else None,
-                coarse=grad,
-                products=("gather",) * need_fine + ("affinity",) * need_weights,
-                fine_format=_memory_format(fine),
-            )
-        return _crop(out.get("gather"), fine_hw), _crop(out.get("affinity"), fine_hw), None
-
-
-# ---------------------------------------------------------------------------- public API
 def affinity(
     fine: Tensor,
     coarse: Tensor,
@@ -494,21 +208,22 @@ def affinity(
         image (or in padding) are -inf.
     """
     g = _pair(grid)
-    (H, W), (h, w) = _hw(fine), _hw(coarse)
+    (H, W), (h, w) = fine.shape[-2:], coarse.shape[-2:]
     _check_sizes((H, W), (h, w), g)
     if fine.shape[:2] != coarse.shape[:2]:
         raise ValueError(f"fine {tuple(fine.shape)} and coarse {tuple(coarse.shape)} differ in B or C")
     candidate_offsets(kernel)  # validates the kernel
     dtype = torch.promote_types(fine.dtype, coarse.dtype)
-    layout = _Cells((h, w), g, kernel, int(fine.shape[0]))
-    logits = _Affinity.apply(fine.to(dtype), coarse.to(dtype), layout, (H, W))
-    valid = _candidate_valid((h, w), kernel, coarse_valid, fine.device)
+    logits = _compute("affinity", fine.to(dtype), coarse.to(dtype), g, kernel)
+    if coarse_valid is None:
+        coarse_valid = torch.ones(1, 1, h, w, dtype=torch.bool, device=fine.device)
+    valid = _candidate_valid(coarse_valid, kernel)
     valid = valid.repeat_interleave(g[0], dim=2).repeat_interleave(g[1], dim=3)[:, :, :H, :W]
     return logits.masked_fill(~valid, float("-inf"))
 
 
 def gather(values: Tensor, weights: Tensor, grid: Grid = 2, kernel: int = 3) -> Tensor:
-    """Coarse → fine: out[:, :, p] = Σ_k weights[:, k, p] · values[:, :, candidate_k(p)].
+    """Coarse → fine: out[:, :, p] = Σ_d weights[:, d, p] · values[:, :, c_d(p)].
 
     Args:
         values: (B, C, h, w) values on the coarse grid; finite (out-of-image candidates
@@ -516,15 +231,13 @@ def gather(values: Tensor, weights: Tensor, grid: Grid = 2, kernel: int = 3) -> 
         weights: (B, K, H, W) per-pixel weights over the K candidates (e.g. a softmax of
             ``affinity``).
     Returns:
-        (B, C, H, W), in the dtype of ``values`` and channels last if ``values`` is.
+        (B, C, H, W), in the dtype of ``values`` (with the blocked backend, channels last if
+        ``values`` is).
     """
     g = _pair(grid)
-    (H, W), (h, w) = _hw(weights), _hw(values)
-    _check_sizes((H, W), (h, w), g)
-    if weights.shape[1] != len(candidate_offsets(kernel)):
-        raise ValueError(f"weights have {weights.shape[1]} candidates, kernel {kernel} needs {kernel * kernel}")
-    layout = _Cells((h, w), g, kernel, int(values.shape[0]))
-    return _Gather.apply(values, weights.to(values.dtype), layout, (H, W))
+    _check_sizes(weights.shape[-2:], values.shape[-2:], g)
+    _check_kernel(weights, kernel)
+    return _compute("gather", values, weights.to(values.dtype), g, kernel)
 
 
 def scatter(
@@ -546,25 +259,15 @@ def scatter(
         normaliser (B, 1, h, w): Σ of the same weights (divide for a weighted mean).
     """
     g = _pair(grid)
-    (H, W), (h, w) = _hw(values), (int(coarse_size[0]), int(coarse_size[1]))
-    _check_sizes((H, W), (h, w), g)
-    if weights.shape[1] != len(candidate_offsets(kernel)):
-        raise ValueError(f"weights have {weights.shape[1]} candidates, kernel {kernel} needs {kernel * kernel}")
+    coarse_hw = (int(coarse_size[0]), int(coarse_size[1]))
+    _check_sizes(values.shape[-2:], coarse_hw, g)
+    _check_kernel(weights, kernel)
     dtype = torch.promote_types(values.dtype, weights.dtype)
-    layout = _Cells((h, w), g, kernel, int(values.shape[0]))
     weights = weights.to(dtype)
-    sums = _Scatter.apply(values.to(dtype), weights, layout)
-    return sums, _normaliser(weights, layout)
-
-
-def _normaliser(weights: Tensor, layout: _Cells) -> Tensor:
-    """Σ of the weights each coarse cell receives: (B, 1, h, w)."""
-    r, h, w = layout.r, layout.h, layout.w
-    per_cell = _fit_to_grid(weights, layout).unflatten(3, (w, layout.gx)).unflatten(2, (h, layout.gy)).sum((3, 5))
-    norm = weights.new_zeros(weights.shape[0], 1, h + 2 * r, w + 2 * r)
-    for k, (dy, dx) in enumerate(candidate_offsets(layout.k)):
-        norm[:, :, r + dy : r + dy + h, r + dx : r + dx + w] += per_cell[:, k : k + 1]
-    return norm[:, :, r : r + h, r : r + w]
+    sums = _compute("scatter", values.to(dtype), weights, coarse_hw, g, kernel)
+    # the scatter of ones, by one reduction of the weights per cell
+    per_cell = _cells(weights, coarse_hw, g).sum((3, 5))  # (B, K, h, w)
+    return sums, _shifted_sum((per_cell[:, d : d + 1] for d in range(weights.shape[1])), kernel)
 
 
 def hard_assignment(weights: Tensor, coarse_size: Tuple[int, int], grid: Grid = 2, kernel: int = 3) -> Tensor:

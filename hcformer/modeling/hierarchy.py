@@ -10,12 +10,12 @@ The head, the visualiser and the evaluators only talk to the ``Hierarchy`` inter
   grid up, as an id per pixel, for pictures and undersegmentation error.
 """
 from abc import ABC, abstractmethod
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from hcformer.layers.id_maps import resize_ids
 from hcformer.layers.local_clustering import gather, hard_assignment
 
 
@@ -61,28 +61,51 @@ class Hierarchy(ABC):
 
 
 class LocalGridHierarchy(Hierarchy):
-    """Hierarchy of 3×3-neighbourhood assignments between grids of stride s and 2s.
+    """Hierarchy of 3×3-neighbourhood assignments between grids of stride s and g·s.
+
+    The clustering backbones build it with grid g = 2 (one level per stride-2 downsampling);
+    a stage's super tokens are one level with the super-token grid (projects/SViT).
 
     Args:
         assignments: soft assignments ordered coarse → fine; assignments[i] has shape
             (B, 9, H_i, W_i) and maps the grid of assignments[i] onto the grid of
             assignments[i - 1] (or onto the coarsest grid for i = 0).
         coarsest_size: (h, w) of the coarsest grid (stride 32 for ResNet / Swin).
-        coarsest_stride: stride of the coarsest grid w.r.t. the input.
+        coarsest_stride: stride of the coarsest grid w.r.t. the input (int or (s_y, s_x)).
+        grid: fine cells per coarse cell along each axis, at every level (int or (g_y, g_x)).
     """
 
-    def __init__(self, assignments: Sequence[Tensor], coarsest_size: Tuple[int, int], coarsest_stride: int = 32):
+    def __init__(
+        self,
+        assignments: Sequence[Tensor],
+        coarsest_size: Tuple[int, int],
+        coarsest_stride: Union[int, Tuple[int, int]] = 32,
+        grid: Union[int, Tuple[int, int]] = 2,
+    ):
         self.assignments = list(assignments)
         self.coarsest_size = tuple(coarsest_size)
         self.coarsest_stride = coarsest_stride
+        self.grid = (grid, grid) if isinstance(grid, int) else tuple(int(g) for g in grid)
 
     @property
     def num_levels(self) -> int:
         return len(self.assignments)
 
     @property
+    def level_strides(self) -> Tuple[Tuple[int, int], ...]:
+        """(stride_y, stride_x) of the cells of every level w.r.t. the input, level 0 (the
+        finest grid) first: the coarsest stride divided by g once per level below it."""
+        stride, (gy, gx), L = self.coarsest_stride, self.grid, self.num_levels
+        sy, sx = (stride, stride) if isinstance(stride, int) else stride
+        return tuple((sy // gy ** (L - k), sx // gx ** (L - k)) for k in range(L + 1))
+
+    @property
     def finest_stride(self) -> int:
-        return self.coarsest_stride // 2 ** self.num_levels
+        """Stride of the finest grid, whose cells are square in every hierarchy built here."""
+        sy, sx = self.level_strides[0]
+        if sy != sx:
+            raise ValueError(f"the finest cells are {sy}x{sx}, not square: see level_strides")
+        return sy
 
     def grid_sizes(self) -> List[Tuple[int, int]]:
         """(h, w) of every grid, coarsest first (num_levels + 1 entries)."""
@@ -93,7 +116,7 @@ class LocalGridHierarchy(Hierarchy):
         if not 0 <= levels <= self.num_levels:
             raise ValueError(f"levels must be in [0, {self.num_levels}], got {levels}")
         for weights in self.assignments[:levels]:
-            x = gather(x, weights)
+            x = gather(x, weights, grid=self.grid)
         return x
 
     def hard_labels(self, level: int, output_size: Optional[Tuple[int, int]] = None) -> Tensor:
@@ -107,8 +130,6 @@ class LocalGridHierarchy(Hierarchy):
         # compose from the finest grid up: labels index the grid of the current level
         for step in range(level):
             i = self.num_levels - 1 - step
-            parent = hard_assignment(self.assignments[i], sizes[i])  # (B, H_i, W_i) → grid i
+            parent = hard_assignment(self.assignments[i], sizes[i], grid=self.grid)  # (B, H_i, W_i) → grid i
             labels = torch.gather(parent.flatten(1), 1, labels.flatten(1)).reshape(labels.shape)
-        if output_size is not None:
-            labels = F.interpolate(labels[:, None].float(), size=output_size, mode="nearest")[:, 0].long()
-        return labels
+        return labels if output_size is None else resize_ids(labels, output_size)

@@ -17,8 +17,8 @@ from torch import Tensor, nn
 
 from hcformer.layers.clustering import ClusteringLayer
 from hcformer.layers.deform_conv import ModulatedDeformConv
-from hcformer.modeling.hierarchy import LocalGridHierarchy
 
+from .clustered_downsampling import ClusteredDownsampling, clustered_transitions
 from .pyramid import check_rgb_input, describe_outputs
 from .res5_encoder import build_res5_aux
 
@@ -95,17 +95,6 @@ def make_deformable(block: nn.Module) -> None:
         block.downsample[0] = ModulatedDeformConv.from_conv(block.downsample[0])
 
 
-def valid_cells(image_sizes: Optional[Sequence[Tuple[int, int]]], stride: int, grid_hw, device) -> Optional[Tensor]:
-    """Bool (B, 1, h, w): cells of a stride-``stride`` grid that overlap the image, not padding."""
-    if image_sizes is None:
-        return None
-    h, w = grid_hw
-    rows = torch.arange(h, device=device)[:, None]
-    cols = torch.arange(w, device=device)[None, :]
-    masks = [(rows * stride < ih) & (cols * stride < iw) for ih, iw in image_sizes]
-    return torch.stack(masks)[:, None]
-
-
 class HCResNet(Backbone):
     """ResNet (torchvision layout) with HCFormer clustering at its L coarsest stage transitions.
 
@@ -129,8 +118,7 @@ class HCResNet(Backbone):
         super().__init__()
         if depth not in RESNET_SPECS:
             raise ValueError(f"MODEL.RESNETS.DEPTH must be one of {sorted(RESNET_SPECS)}, got {depth}")
-        if not 0 <= level <= 3:
-            raise ValueError(f"MODEL.HC.LEVEL must be in 0..3, got {level}")
+        transitions = clustered_transitions(level)
         if downsampling not in ("deform", "conv"):
             raise ValueError(f'MODEL.RESNETS.DOWNSAMPLING must be "deform" or "conv", got {downsampling!r}')
         if use_checkpoint and norm in ("BN", "SyncBN", "naiveSyncBN"):
@@ -158,13 +146,13 @@ class HCResNet(Backbone):
             self.add_module(f"layer{i + 1}", nn.Sequential(*layer))
             channels.append(in_ch)
 
-        # clustering i pairs stage (3 - i) with the first block of stage (4 - i), 0 = coarsest
-        self.clustering_layers = nn.ModuleList(
-            ClusteringLayer(channels[2 - i], channels[3 - i], emb_dim, init_scale) for i in range(level)
+        # transition k: the output of layer{k+1} → the first, strided block of layer{k+2}
+        self.clustering_layers = nn.ModuleList(  # coarsest first
+            ClusteringLayer(channels[k], channels[k + 1], emb_dim, init_scale) for k in reversed(transitions)
         )
         if downsampling == "deform":
-            for i in range(level):
-                make_deformable(getattr(self, f"layer{4 - i}")[0])
+            for k in reversed(transitions):
+                make_deformable(getattr(self, f"layer{k + 2}")[0])
 
         self.aux = aux
         res5_channels = aux.out_channels if aux is not None else channels[3]
@@ -190,21 +178,18 @@ class HCResNet(Backbone):
         x = self._run(self.stem, x)
         x = self._run_blocks(self.layer1, x)
         feats["res2"] = x
-        assignments = []
-        for stage in (2, 3, 4):
-            layer = getattr(self, f"layer{stage}")
+        clusterings = ClusteredDownsampling(self.clustering_layers, image_sizes)
+        for k in range(3):
+            layer = getattr(self, f"layer{k + 2}")
             fine = x
             x = self._run(layer[0], fine)
-            index = 4 - stage  # clustering index of this transition, 0 = coarsest
-            if index < self.level:
-                valid = valid_cells(image_sizes, 2 ** (stage + 1), x.shape[-2:], x.device)
-                assignments.insert(0, self.clustering_layers[index](fine, x, valid))
+            clusterings(k, fine, x)
             x = self._run_blocks(layer[1:], x)
-            feats[f"res{stage + 1}"] = x
+            feats[f"res{k + 3}"] = x
         if self.aux is not None:
             feats["res5"] = self.aux(feats["res5"])
         out = {k: v for k, v in feats.items() if k in self._out_features}
-        out["assign"] = LocalGridHierarchy(assignments, feats["res5"].shape[-2:], coarsest_stride=32)
+        out["assign"] = clusterings.hierarchy(feats["res5"].shape[-2:])
         return out
 
     def _run(self, module: nn.Module, x: Tensor) -> Tensor:

@@ -29,11 +29,10 @@ from timm.models.swin_transformer import PatchMerging, WindowAttention, window_p
 from torch import Tensor, nn
 
 from hcformer.layers.clustering import ClusteringLayer
-from hcformer.modeling.hierarchy import LocalGridHierarchy
 
+from .clustered_downsampling import ClusteredDownsampling, clustered_transitions
 from .pyramid import FEATURE_NAMES, check_rgb_input, describe_outputs
 from .res5_encoder import build_res5_aux
-from .resnet import valid_cells
 
 
 def shifted_window_mask(height: int, width: int, window: int, shift: int, device=None) -> Tensor:
@@ -129,14 +128,14 @@ class SwinBlock(nn.Module):
 
 
 class SwinStage(nn.Module):
-    """Swin blocks (alternately shifted), then optionally patch merging and a clustering.
+    """Swin blocks (alternately shifted), then optionally patch merging.
 
     Args:
         dim: channels C of the stage.
         depth: number of blocks.
         downsample: end with a patch merging (C → 2C, stride × 2).
-        clustering: a ``ClusteringLayer`` between the blocks' output and the merged map,
-            or None.
+        clustering: the ``ClusteringLayer`` of the transition to the merged map, or None;
+            held here for the checkpoints' names (``layers.{i}.clustering``), run by ``HCSwin``.
         use_checkpoint: gradient checkpointing of every block in training.
         block_kwargs: ``SwinBlock`` arguments; ``drop_path`` may be a list, one per block.
     """
@@ -168,18 +167,13 @@ class SwinStage(nn.Module):
             raise ValueError("a clustering needs the patch merging of its stage")
         self.clustering = clustering
 
-    def forward(
-        self, x: Tensor, coarse_valid: Optional[Tensor] = None
-    ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    def forward(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """
         Args:
             x: (B, H, W, C).
-            coarse_valid: bool (B, 1, ceil(H/2), ceil(W/2)), False for merged cells in padding.
         Returns:
             out: (B, H, W, C), the blocks' output;
-            down: (B, ceil(H/2), ceil(W/2), 2C), the merged map (None without patch merging);
-            assignment: (B, 9, H, W) soft assignment of ``out`` to ``down`` (None without
-                clustering).
+            down: (B, ceil(H/2), ceil(W/2), 2C), the merged map (None without patch merging).
         """
         ws = self.window_size
         Hp, Wp = x.shape[1] + (-x.shape[1] % ws), x.shape[2] + (-x.shape[2] % ws)
@@ -191,13 +185,7 @@ class SwinStage(nn.Module):
                 x = torch.utils.checkpoint.checkpoint(block, x, mask, use_reentrant=False)
             else:
                 x = block(x, mask)
-        if self.downsample is None:
-            return x, None, None
-        down = self.downsample(x)
-        assignment = None
-        if self.clustering is not None:
-            assignment = self.clustering(x.permute(0, 3, 1, 2), down.permute(0, 3, 1, 2), coarse_valid)
-        return x, down, assignment
+        return x, None if self.downsample is None else self.downsample(x)
 
 
 def _init_swin_weights(m: nn.Module) -> None:
@@ -257,8 +245,7 @@ class HCSwin(Backbone):
         super().__init__()
         if len(depths) != 4 or len(num_heads) != 4:
             raise ValueError(f"HC-Swin has 4 stages: got DEPTHS {list(depths)}, NUM_HEADS {list(num_heads)}")
-        if not 0 <= level <= 3:
-            raise ValueError(f"MODEL.HC.LEVEL must be in 0..3, got {level}")
+        transitions = clustered_transitions(level)
         unknown = set(out_features) - set(FEATURE_NAMES)
         if unknown:
             raise ValueError(f"MODEL.SWIN.OUT_FEATURES: unknown {sorted(unknown)}; choose from {FEATURE_NAMES}")
@@ -297,7 +284,7 @@ class HCSwin(Backbone):
                     drop_path=rates[sum(depths[:k]) : sum(depths[: k + 1])],
                     downsample=k < 3,
                     clustering=ClusteringLayer(channels[k], channels[k + 1], emb_dim, init_scale)
-                    if 3 - level <= k < 3
+                    if k in transitions
                     else None,
                     use_checkpoint=use_checkpoint,
                     mlp_ratio=mlp_ratio,
@@ -336,25 +323,20 @@ class HCSwin(Backbone):
             x = x + pos.permute(0, 2, 3, 1)
         x = self.pos_drop(x)
 
-        feats, assignments = {}, []
+        feats = {}
+        clusterings = ClusteredDownsampling(self.clustering_layers, image_sizes, finest_stride=self.patch_size)
         for k, stage in enumerate(self.layers):
-            valid = None
-            if stage.clustering is not None:
-                coarse_hw = ((x.shape[1] + 1) // 2, (x.shape[2] + 1) // 2)
-                valid = valid_cells(image_sizes, self.patch_size * 2 ** (k + 1), coarse_hw, x.device)
-            out, down, assignment = stage(x, valid)
+            out, down = stage(x)
+            if down is not None:
+                clusterings(k, out.permute(0, 3, 1, 2), down.permute(0, 3, 1, 2))
             if k == 3:
                 out = self.norm3(out)
             feats[FEATURE_NAMES[k]] = out.permute(0, 3, 1, 2).contiguous()
-            if assignment is not None:
-                assignments.insert(0, assignment)  # coarsest first
             x = down
         if self.aux is not None:
             feats["res5"] = self.aux(feats["res5"])
         result: Dict[str, object] = {k: v for k, v in feats.items() if k in self._out_features}
-        result["assign"] = LocalGridHierarchy(
-            assignments, feats["res5"].shape[-2:], coarsest_stride=self.patch_size * 8
-        )
+        result["assign"] = clusterings.hierarchy(feats["res5"].shape[-2:])
         return result
 
     @property

@@ -16,9 +16,9 @@ import math
 from typing import Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from hcformer.layers.id_maps import resize_ids
 from hcformer.modeling.hierarchy import Hierarchy
 
 from .segment_tokens import labels_at_stride, scatter_mean
@@ -104,7 +104,7 @@ class CASTHierarchy(Hierarchy):
             labels = torch.arange(h * w, device=self.cell_labels.device).view(1, h, w).expand(B, -1, -1)
         else:
             labels = self._compose(self.cell_labels, level - 1)
-        return _resize(labels, output_size)
+        return labels if output_size is None else resize_ids(labels, output_size)
 
     def pixel_labels_at(self, level: int, output_size: Optional[Tuple[int, int]] = None) -> Tensor:
         """Like ``hard_labels(level)`` for level ≥ 1, but from the superpixel map at input
@@ -113,7 +113,8 @@ class CASTHierarchy(Hierarchy):
             raise ValueError("this hierarchy was built without the input-resolution superpixel map")
         if not 1 <= level <= self.num_levels:
             raise ValueError(f"level must be in [1, {self.num_levels}], got {level}")
-        return _resize(self._compose(self.pixel_labels, level - 1), output_size)
+        labels = self._compose(self.pixel_labels, level - 1)
+        return labels if output_size is None else resize_ids(labels, output_size)
 
     def _compose(self, labels: Tensor, poolings: int) -> Tensor:
         """Superpixel ids → ids of the segments after the ``poolings`` finest graph poolings."""
@@ -121,10 +122,3 @@ class CASTHierarchy(Hierarchy):
             parent = P.argmax(dim=-1)  # (B, N_fine) id of the coarse segment
             labels = torch.gather(parent, 1, labels.flatten(1)).view(labels.shape)
         return labels
-
-
-def _resize(labels: Tensor, output_size: Optional[Tuple[int, int]]) -> Tensor:
-    if output_size is None or tuple(labels.shape[-2:]) == tuple(output_size):
-        return labels
-    # float64 keeps every id exact
-    return F.interpolate(labels[:, None].double(), size=output_size, mode="nearest")[:, 0].long()

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
-import torch.nn.functional as F
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the cast package
@@ -27,6 +26,7 @@ import hcformer.data  # noqa: E402,F401  registers the datasets
 from hcformer.engine.inference_model import build_inference_model, inference_cfg  # noqa: E402
 from hcformer.evaluation.segment_ground_truth import load_segment_ground_truth  # noqa: E402
 from hcformer.evaluation.undersegmentation import undersegmentation_counts  # noqa: E402
+from hcformer.layers.id_maps import resize_ids  # noqa: E402
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
@@ -51,8 +51,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
             gt, ignore_label = load_segment_ground_truth(record, semantic_ignore_label=ignore)
             h, w = x["image"].shape[-2:]
             for k in range(1, hierarchy.num_levels + 1):
-                ids = hierarchy.pixel_labels_at(k)[0, :h, :w].double()
-                ids = F.interpolate(ids[None, None], size=gt.shape, mode="nearest")[0, 0].long().numpy()
+                ids = resize_ids(hierarchy.pixel_labels_at(k)[0, :h, :w], gt.shape).numpy()
                 c = undersegmentation_counts(gt, ids, ignore_label)
                 t = totals.setdefault(f"level{k}", [0, 0, 0])
                 t[0], t[1], t[2] = t[0] + c.leaked, t[1] + c.achievable, t[2] + c.num_pixels

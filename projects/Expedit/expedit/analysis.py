@@ -2,22 +2,20 @@
 FLOPs, CPU latency and the similarity of the stage features. Shared by ``tools/*.py`` and the
 tests; not imported by ``import expedit`` (it pulls in the trainer and fvcore).
 
-FLOPs are fvcore's (one multiply-add = one FLOP, ``hcformer.engine.analysis``'s op handles).
-fvcore does not see inside the local clustering primitive (autograd functions, traced as opaque
-nodes), and at the time of writing ``torch.jit`` tracing of them fails ("RuntimeError:
-unordered_map::at"), so :func:`backbone_flops` swaps ``affinity`` / ``scatter`` / ``gather``
-for shape-only stand-ins (zeros of the right shapes; FLOPs depend on shapes only) and counts
-their products analytically: Expedit's with ``clustering_macs`` ((κ+1) distance maps of C+1
-channels, κ centre updates and one reconstruction of C channels, per slot and candidate),
-HCFormer's clustering layers as 9·EMB_DIM per fine pixel (their affinity). Element-wise work
+FLOPs are fvcore's (one multiply-add = one FLOP, ``hcformer.engine.analysis``'s op handles),
+with the products of the local clustering primitive counted analytically: Expedit's with
+``clustering_macs`` ((κ+1) distance maps of C+1 channels, κ centre updates and one
+reconstruction of C channels, per slot and candidate), HCFormer's clustering layers as
+9·EMB_DIM per fine pixel (their affinity). :func:`backbone_flops` traces the backbone with the
+primitive's "reference" backend, whose products are element-wise multiply-adds that fvcore
+does not count, so that nothing is counted twice; the clustering layers, whose assignments the
+traced function does not return, drop out of the trace altogether. Element-wise work
 (softmax, top-k, norms) is counted nowhere, as fvcore counts no element-wise op.
 """
 import copy
-import importlib
 import statistics
 import time
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
-from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -25,10 +23,10 @@ from detectron2.config import CfgNode, get_cfg
 from torch import Tensor, nn
 
 import hcformer  # noqa: F401  registers models and datasets
-import hcformer.layers.clustering
 from hcformer.checkpoint import HCFormerCheckpointer
 from hcformer.config import add_hcformer_config
 from hcformer.engine.analysis import flop_count_analysis
+from hcformer.layers.local_clustering import use_backend
 
 from .config import add_expedit_config, apply_expedit
 from .swin import ExpeditSwinStage
@@ -143,36 +141,13 @@ class Features(nn.Module):
         return tuple(out[k] for k in ("res2", "res3", "res4", "res5") if k in out)
 
 
-def _affinity_shape(fine: Tensor, coarse: Tensor, grid=2, kernel: int = 3, coarse_valid=None) -> Tensor:
-    return fine.new_zeros(fine.shape[0], kernel * kernel, *fine.shape[-2:])
-
-
-def _gather_shape(values: Tensor, weights: Tensor, grid=2, kernel: int = 3) -> Tensor:
-    return values.new_zeros(values.shape[:2] + weights.shape[-2:])
-
-
-def _scatter_shape(values: Tensor, weights: Tensor, coarse_size, grid=2, kernel: int = 3):
-    return values.new_zeros(values.shape[:2] + tuple(coarse_size)), values.new_ones(values.shape[0], 1, *coarse_size)
-
-
 def hc_clustering_macs(backbone: nn.Module, image: Tensor) -> int:
     """9 · EMB_DIM per fine pixel of each HCFormer clustering layer (its affinity)."""
-    total = 0
-
-    def hook(module, args, output) -> None:
-        nonlocal total
-        B, _, H, W = args[0].shape
-        total += 9 * B * H * W * module.fine_emb.out_channels
-
-    layers = [m for m in backbone.modules() if isinstance(m, hcformer.layers.clustering.ClusteringLayer)]
-    handles = [m.register_forward_hook(hook) for m in layers]
-    try:
-        with torch.no_grad():
-            backbone(image)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return total
+    with torch.no_grad():
+        hierarchy = backbone(image)["assign"]
+    # both coarsest first: assignments (B, 9, H, W) of the fine pixels of each layer
+    layers = backbone.clustering_layers
+    return sum(a.numel() * layer.fine_emb.out_channels for a, layer in zip(hierarchy.assignments, layers))
 
 
 def backbone_flops(backbone: nn.Module, image: Tensor) -> Dict[str, object]:
@@ -184,11 +159,7 @@ def backbone_flops(backbone: nn.Module, image: Tensor) -> Dict[str, object]:
     terms), ``stage 3 (layers.2)`` and fvcore's ``unsupported ops``.
     """
     hc = hc_clustering_macs(backbone, image)
-    tc = importlib.import_module(__package__ + ".token_clustering")  # the package exports a function of that name
-    with torch.no_grad(), mock.patch.object(tc, "affinity", _affinity_shape), \
-            mock.patch.object(tc, "gather", _gather_shape), \
-            mock.patch.object(tc, "scatter", _scatter_shape), \
-            mock.patch.object(hcformer.layers.clustering, "affinity", _affinity_shape):
+    with torch.no_grad(), use_backend("reference"):
         analysis = flop_count_analysis(Features(backbone), (image,))
         by_module = analysis.by_module()
         traced = analysis.total()

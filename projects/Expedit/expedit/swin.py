@@ -161,10 +161,8 @@ class ExpeditSwinStage(nn.Module):
             return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
 
-    def forward(
-        self, x: Tensor, coarse_valid: Optional[Tensor] = None
-    ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
-        """Same contract as ``SwinStage.forward``: (out (B, H, W, C), down, assignment)."""
+    def forward(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """Same contract as ``SwinStage.forward``: (out (B, H, W, C), down)."""
         B, H, W, C = (int(n) for n in x.shape)  # plain ints also under tracing (fvcore)
         K, k = self.window_size, self.cluster_window
         Hp, Wp = H + -H % K, W + -W % K
@@ -201,14 +199,7 @@ class ExpeditSwinStage(nn.Module):
         self.last_clustering_macs = clustering_macs(
             int(windows.shape[0]), C, (k, k), clustering.layout.grid, self.kernel, self.iterations
         )
-
-        if self.downsample is None:
-            return x, None, None
-        down = self.downsample(x)
-        assignment = None
-        if self.clustering is not None:
-            assignment = self.clustering(x.permute(0, 3, 1, 2), down.permute(0, 3, 1, 2), coarse_valid)
-        return x, down, assignment
+        return x, None if self.downsample is None else self.downsample(x)
 
 
 def expedite_swin(

@@ -6,7 +6,7 @@ Importing this package registers "D2SViT" and "D2HCSViT" in detectron2's BACKBON
 from .backbone import D2HCSViT, D2SViT
 from .classifier import SViTClassifier, svit_classifier
 from .config import add_svit_config
-from .hierarchy import SuperTokenHierarchy, stage_super_tokens, super_token_hierarchy
+from .hierarchy import stage_super_tokens, super_token_hierarchy
 from .model import SVIT_VARIANTS, SViT
 from .super_token_attention import SuperTokenAttention, sample_super_tokens
 
@@ -22,7 +22,6 @@ __all__ = [
     "SViT",
     "SViTClassifier",
     "SuperTokenAttention",
-    "SuperTokenHierarchy",
     "add_svit_config",
     "sample_super_tokens",
     "stage_super_tokens",

@@ -22,9 +22,8 @@ from detectron2.modeling import Backbone
 from torch import Tensor, nn
 
 from hcformer.layers.clustering import ClusteringLayer
+from hcformer.modeling.backbone.clustered_downsampling import ClusteredDownsampling, clustered_transitions
 from hcformer.modeling.backbone.pyramid import FEATURE_NAMES, describe_outputs
-from hcformer.modeling.backbone.resnet import valid_cells
-from hcformer.modeling.hierarchy import LocalGridHierarchy
 
 from .block import SuperTokenBlock
 
@@ -61,14 +60,15 @@ def conv_stem(out_channels: int, norm: str = "BN") -> nn.Sequential:
 
 
 class SViTStage(nn.Module):
-    """STT blocks, then optionally the downsampling (3×3 stride-2 conv + norm) and a clustering.
+    """STT blocks, then optionally the downsampling (3×3 stride-2 conv + norm).
 
     Args:
         dim: channels of the stage.
         depth: number of blocks.
         drop_path: stochastic-depth rate of each block.
         out_dim: channels after the downsampling; None for the last stage (no downsampling).
-        clustering: a ``ClusteringLayer`` between the blocks' output and the downsampled map.
+        clustering: the ``ClusteringLayer`` of the transition to the downsampled map, or None;
+            held here for the checkpoints' names (``layers.{k}.clustering``), run by ``SViT``.
         use_checkpoint: gradient checkpointing of every block in training.
         block_kwargs: the other ``SuperTokenBlock`` arguments.
     """
@@ -96,30 +96,20 @@ class SViTStage(nn.Module):
             raise ValueError("a clustering needs the downsampling of its stage")
         self.clustering = clustering
 
-    def forward(
-        self, x: Tensor, coarse_valid: Optional[Tensor] = None
-    ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    def forward(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """
         Args:
             x: (B, C, H, W).
-            coarse_valid: bool (B, 1, ceil(H/2), ceil(W/2)), False for downsampled cells in the
-                padding of the batch (never cluster candidates).
         Returns:
             out: (B, C, H, W), the blocks' output;
-            down: (B, C', ceil(H/2), ceil(W/2)) downsampled ``out`` (None for the last stage);
-            assignment: (B, 9, H, W) soft assignment of ``out`` to ``down`` (None without
-                clustering).
+            down: (B, C', ceil(H/2), ceil(W/2)) downsampled ``out`` (None for the last stage).
         """
         for block in self.blocks:
             if self.use_checkpoint and self.training and torch.is_grad_enabled():
                 x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
-        if self.downsample is None:
-            return x, None, None
-        down = self.downsample(x)
-        assignment = self.clustering(x, down, coarse_valid) if self.clustering is not None else None
-        return x, down, assignment
+        return x, None if self.downsample is None else self.downsample(x)
 
 
 class SViT(Backbone):
@@ -175,8 +165,7 @@ class SViT(Backbone):
                              ("STOKEN_SIZES", stoken_sizes), ("LAYER_SCALE", layer_scale)):
             if len(values) != 4:
                 raise ValueError(f"SViT has 4 stages: MODEL.SVIT.{name} has {len(values)} values")
-        if not 0 <= level <= 3:
-            raise ValueError(f"MODEL.HC.LEVEL must be in 0..3, got {level}")
+        transitions = clustered_transitions(level)
         unknown = set(out_features) - set(FEATURE_NAMES)
         if unknown:
             raise ValueError(f"MODEL.SVIT.OUT_FEATURES: unknown {sorted(unknown)}; choose from {FEATURE_NAMES}")
@@ -190,7 +179,7 @@ class SViT(Backbone):
         self.layers = nn.ModuleList()
         for k in range(4):
             clustering = None
-            if 3 - level <= k < 3:  # the `level` coarsest transitions
+            if k in transitions:
                 clustering = ClusteringLayer(embed_dims[k], embed_dims[k + 1], emb_dim, init_scale)
             self.layers.append(
                 SViTStage(
@@ -230,24 +219,19 @@ class SViT(Backbone):
                 lie in the padding are never cluster candidates.
         """
         x = self.pos_drop(self.stem(x))
-        feats, assignments = {}, []
+        feats = {}
+        clusterings = ClusteredDownsampling(self.clustering_layers, image_sizes, finest_stride=STEM_STRIDE)
         for k, stage in enumerate(self.layers):
-            valid = None
-            if stage.clustering is not None:
-                coarse_hw = ((x.shape[-2] + 1) // 2, (x.shape[-1] + 1) // 2)
-                valid = valid_cells(image_sizes, STEM_STRIDE * 2 ** (k + 1), coarse_hw, x.device)
-            out, down, assignment = stage(x, valid)
+            out, down = stage(x)
+            if down is not None:
+                clusterings(k, out, down)
             feats[FEATURE_NAMES[k]] = out
-            if assignment is not None:
-                assignments.insert(0, assignment)  # coarsest first
             x = down
         if self.aux is not None:
             feats["res5"] = self.aux(feats["res5"])
         result: Dict[str, object] = {k: v for k, v in feats.items() if k in self._out_features}
         if self.return_hierarchy:
-            result["assign"] = LocalGridHierarchy(
-                assignments, feats["res5"].shape[-2:], coarsest_stride=STEM_STRIDE * 8
-            )
+            result["assign"] = clusterings.hierarchy(feats["res5"].shape[-2:])
         return result
 
     @property

@@ -14,12 +14,10 @@ from timm.layers import LayerNorm2d
 from torch import Tensor, nn
 
 from hcformer.layers.clustering import ClusteringLayer
+from hcformer.modeling.backbone.clustered_downsampling import ClusteredDownsampling, clustered_transitions
 from hcformer.modeling.backbone.pyramid import FEATURE_NAMES, check_rgb_input, describe_outputs
-from hcformer.modeling.backbone.resnet import valid_cells
-from hcformer.modeling.hierarchy import LocalGridHierarchy
 
 from .paca_vit import PaCaViT
-
 
 
 class PaCaBackbone(Backbone):
@@ -74,25 +72,20 @@ class HCPaCaBackbone(PaCaBackbone):
 
     def __init__(self, level: int = 3, emb_dim: int = 128, init_scale: float = 0.1, **kwargs):
         super().__init__(**kwargs)
-        if not 0 <= level <= 3:
-            raise ValueError(f"MODEL.HC.LEVEL must be in 0..3, got {level}")
         self.level = level
         dims = self.vit.dims
-        # clustering i pairs stage 3 - i (fine) with the input of stage 4 - i (coarse); 0 = coarsest
-        self.clustering_layers = nn.ModuleList(
-            ClusteringLayer(dims[2 - i], dims[3 - i], emb_dim, init_scale) for i in range(level)
+        # transition k: the output of stage k (fine) → the input of stage k + 1 (coarse)
+        self.clustering_layers = nn.ModuleList(  # coarsest first
+            ClusteringLayer(dims[k], dims[k + 1], emb_dim, init_scale) for k in reversed(clustered_transitions(level))
         )
 
     def forward(self, x: Tensor, image_sizes: Optional[Sequence[Tuple[int, int]]] = None) -> Dict[str, object]:
         stages = self.vit.forward_stages(x, image_sizes)
         result = self._named_outputs(stages)
-        assignments = []
-        for i, layer in enumerate(self.clustering_layers):
-            fine = stages[2 - i][1]
-            coarse = stages[3 - i][0]
-            valid = valid_cells(image_sizes, 2 ** (5 - i), coarse.shape[-2:], coarse.device)
-            assignments.append(layer(fine, coarse, valid))
-        result["assign"] = LocalGridHierarchy(assignments, stages[3][1].shape[-2:], coarsest_stride=32)
+        clusterings = ClusteredDownsampling(self.clustering_layers, image_sizes)
+        for k in range(3):
+            clusterings(k, stages[k][1], stages[k + 1][0])
+        result["assign"] = clusterings.hierarchy(stages[3][1].shape[-2:])
         return result
 
 

@@ -14,7 +14,7 @@ import torch
 from timm.layers import LayerNorm2d, trunc_normal_
 from torch import Tensor, nn
 
-from hcformer.modeling.backbone.resnet import valid_cells
+from hcformer.modeling.backbone.pyramid import valid_cells
 
 from .block import PaCaStage
 from .clustering import build_clustering
