@@ -200,3 +200,45 @@ def test_resize_to_output_skips_only_the_identity_resize():
     masks = torch.randn(3, 12, 16)
     torch.testing.assert_close(resize_to_output(masks, (10, 14), 10, 14), postprocess.sem_seg_postprocess(masks, (10, 14), 10, 14))
     torch.testing.assert_close(resize_to_output(masks, (10, 14), 20, 28), postprocess.sem_seg_postprocess(masks, (10, 14), 20, 28))
+
+
+def _panoptic_reference(mask_cls, mask_pred, num_classes, object_mask_threshold, overlap_threshold, thing_ids):
+    """The panoptic rule written plainly, one query at a time (Mask2Former's loop)."""
+    scores, labels = mask_cls.softmax(-1).max(-1)
+    keep = labels.ne(num_classes) & (scores > object_mask_threshold)
+    probs, scores, labels = mask_pred[keep].sigmoid(), scores[keep], labels[keep]
+    panoptic_seg = torch.zeros(mask_pred.shape[-2:], dtype=torch.int32)
+    segments, stuff = [], {}
+    if len(labels) == 0:
+        return panoptic_seg, segments
+    winner = (scores[:, None, None] * probs).argmax(0)
+    for k, label in enumerate(labels.tolist()):
+        own, won = probs[k] >= 0.5, winner == k
+        segment = won & own
+        if won.sum() == 0 or own.sum() == 0 or segment.sum() == 0 or won.sum() / own.sum() < overlap_threshold:
+            continue
+        if label not in thing_ids and label in stuff:
+            panoptic_seg[segment] = stuff[label]
+            continue
+        segments.append({"id": len(segments) + 1, "isthing": label in thing_ids, "category_id": label})
+        panoptic_seg[segment] = len(segments)
+        if label not in thing_ids:
+            stuff[label] = len(segments)
+    return panoptic_seg, segments
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_panoptic_inference_equals_the_plain_reference(seed):
+    """Random predictions with few classes (stuff merges happen), thresholds that keep some
+    queries and drop others: the same map and segments as the one-query-at-a-time rule."""
+    generator = torch.Generator().manual_seed(seed)
+    num_queries, height, width = 12, 23, 31
+    mask_cls = 3 * torch.randn(num_queries, NO_OBJECT + 1, generator=generator)
+    mask_pred = 4 * torch.randn(num_queries, 6, 8, generator=generator)
+    mask_pred = torch.nn.functional.interpolate(mask_pred[None], size=(height, width), mode="bilinear")[0]
+    for object_threshold, overlap_threshold in [(0.0, 0.0), (0.4, 0.5), (0.6, 0.8)]:
+        got = panoptic_inference(mask_cls, mask_pred, NO_OBJECT, object_threshold, overlap_threshold, THING_IDS)
+        expected = _panoptic_reference(mask_cls, mask_pred, NO_OBJECT, object_threshold, overlap_threshold,
+                                       THING_IDS)
+        assert torch.equal(got[0], expected[0])
+        assert got[1] == expected[1]

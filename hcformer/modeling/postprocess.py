@@ -74,32 +74,39 @@ def panoptic_inference(
     scores, labels = scores[keep], labels[keep]
 
     height, width = mask_pred.shape[-2:]
-    panoptic_seg = torch.zeros((height, width), dtype=torch.int32, device=mask_pred.device)
     segments_info: List[Dict[str, object]] = []
     if len(labels) == 0:
-        return panoptic_seg, segments_info
+        return torch.zeros((height, width), dtype=torch.int32, device=mask_pred.device), segments_info
 
+    # Every per-query quantity from three passes over the (K, H, W) maps (winner, own masks,
+    # own mask at the winner) and bincounts, instead of several (H, W) passes per query.
+    num_kept = len(labels)
     winner = (scores[:, None, None] * mask_probs).argmax(0)  # (H, W) index into kept queries
+    own = mask_probs >= 0.5  # (K, H, W) each query's own mask
+    in_own_mask = own.gather(0, winner[None])[0]  # (H, W): the pixel lies in its winner's own mask
+    won_area = torch.bincount(winner.flatten(), minlength=num_kept).tolist()
+    own_area = own.flatten(1).sum(1).tolist()
+    segment_area = torch.bincount(winner[in_own_mask], minlength=num_kept).tolist()
+
+    # query → segment id (0: none); stuff queries of one class share the first one's segment
+    segment_of_query = [0] * num_kept
     stuff_segment_of_class: Dict[int, int] = {}
     for k, label in enumerate(labels.tolist()):
         isthing = label in thing_ids
-        own_mask = mask_probs[k] >= 0.5
-        won = winner == k
-        won_area = won.sum().item()
-        own_area = own_mask.sum().item()
-        segment = won & own_mask
-        if won_area == 0 or own_area == 0 or not segment.any():
+        if won_area[k] == 0 or own_area[k] == 0 or segment_area[k] == 0:
             continue
-        if won_area / own_area < overlap_threshold:
+        if won_area[k] / own_area[k] < overlap_threshold:
             continue
         if not isthing and label in stuff_segment_of_class:
-            panoptic_seg[segment] = stuff_segment_of_class[label]
+            segment_of_query[k] = stuff_segment_of_class[label]
             continue
         segment_id = len(segments_info) + 1
-        panoptic_seg[segment] = segment_id
+        segment_of_query[k] = segment_id
         segments_info.append({"id": segment_id, "isthing": isthing, "category_id": label})
         if not isthing:
             stuff_segment_of_class[label] = segment_id
+    lookup = torch.tensor(segment_of_query, dtype=torch.int32, device=mask_pred.device)
+    panoptic_seg = torch.where(in_own_mask, lookup[winner], torch.zeros((), dtype=torch.int32, device=mask_pred.device))
     return panoptic_seg, segments_info
 
 
