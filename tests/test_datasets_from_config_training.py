@@ -16,7 +16,7 @@ from test_datasets_from_config import SHAPE_NAMES, gappy_instances_json
 from test_eval_only import read_copypaste, without_nan
 from tiny_configs import ROOT, TINY_SHAPES_OVERRIDES, load_script
 
-from hcformer.data.datasets import ShapesSpec, ensure_shapes_dataset
+from hcformer.data.shapes import ShapesSpec, ensure_shapes_dataset
 from hcformer.data.datasets.voc_sample import write_voc_coco_instances
 
 CONFIGS = ROOT / "configs" / "shapes"

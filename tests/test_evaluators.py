@@ -28,7 +28,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from hcformer.config import add_hcformer_config
-from hcformer.data.datasets import ShapesSpec, register_shapes_datasets
+from hcformer.data.shapes import ShapesSpec, register_shapes_datasets
 from hcformer.data.datasets.catalog_utils import unregister_dataset
 from hcformer.evaluation import ThingsCOCOEvaluator, build_evaluator
 

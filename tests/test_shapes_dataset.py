@@ -15,8 +15,9 @@ from panopticapi.utils import rgb2id
 from PIL import Image
 from pycocotools.coco import COCO
 
-from hcformer.data.datasets import MissingDatasetError, ShapesSpec, register_shapes_datasets
-from hcformer.data.datasets import shapes_generator as generator
+from hcformer.data.datasets import MissingDatasetError
+from hcformer.data.shapes import ShapesSpec, register_shapes_datasets
+from hcformer.data.shapes import generator
 from hcformer.data.datasets.atomic_dir import MARKER_NAME, build_directory_once
 from hcformer.data.datasets.catalog_utils import unregister_dataset
 

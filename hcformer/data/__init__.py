@@ -1,7 +1,7 @@
-"""Data side of hcformer. Importing it registers the datasets (see ``datasets``); mappers turn
-dataset records into model inputs."""
+"""Data side of hcformer. Importing it registers the datasets (see ``datasets`` and the synthetic
+``shapes``); mappers turn dataset records into model inputs."""
 
-from . import datasets  # noqa: F401  (registers datasets)
+from . import datasets, shapes  # noqa: F401  (registers datasets)
 from .build import DATASET_MAPPERS, build_dataset_mapper
 from .dataset_mappers import (
     COCOInstanceLSJDatasetMapper,
@@ -10,13 +10,8 @@ from .dataset_mappers import (
     MaskFormerPanopticDatasetMapper,
     MaskFormerSemanticDatasetMapper,
 )
-from .datasets import (
-    MissingDatasetError,
-    ShapesSpec,
-    ensure_shapes_dataset,
-    register_shapes_datasets,
-    shapes_dataset_names,
-)
+from .datasets import MissingDatasetError
+from .shapes import ShapesSpec, ensure_shapes_dataset, register_shapes_datasets, shapes_dataset_names
 
 __all__ = [
     "DATASET_MAPPERS",

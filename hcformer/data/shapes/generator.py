@@ -36,7 +36,7 @@ import pycocotools.mask as mask_util
 from PIL import Image
 from tqdm import tqdm
 
-from .atomic_dir import build_directory_once
+from ..datasets.atomic_dir import build_directory_once
 
 __all__ = [
     "SHAPES_CATEGORIES",
