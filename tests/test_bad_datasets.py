@@ -15,9 +15,10 @@ from detectron2.data.datasets import register_coco_instances, register_coco_pano
 from PIL import Image
 
 from hcformer.config import add_hcformer_config
-from hcformer.data.build import RetryingMapDataset, build_dataset_mapper
+from hcformer.data.build import build_dataset_mapper
 from hcformer.engine.trainer import Trainer
 from hcformer.data.dataset_loading import DatasetLoadError, load_dataset_dicts
+from hcformer.data.detectron2_compat import RetryingMapDataset
 from hcformer.data.shapes import ShapesSpec, register_shapes_datasets
 from hcformer.data.datasets.catalog_utils import unregister_dataset
 from hcformer.data.image_reading import BadSampleError, read_image_file
