@@ -40,7 +40,6 @@ import logging
 import os
 import re
 import sys
-from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import cv2
