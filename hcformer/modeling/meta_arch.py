@@ -153,9 +153,9 @@ class HCFormer(nn.Module):
                 hierarchy (``postprocess.level_clusterings``), "queries" for the query
                 clustering of appendix E (``postprocess.query_clustering``), "levels" for every
                 level, "all" for every level and the queries — and "level_strides": {k: grid
-                stride of level k, None for segments}. From
-                the same forward pass as the predictions. Default: the model's
-                ``clusterings`` (all with TEST.HIERARCHY_EVAL, else none).
+                stride of level k, None for segments}; from the same forward pass as the
+                predictions. Default: the model's ``clusterings`` ("all" with
+                TEST.HIERARCHY_EVAL, else none); ``[]`` asks for none.
         """
         images = self.preprocess(batched_inputs)
         outputs, hierarchy = self.run(images)
