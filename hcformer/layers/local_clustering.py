@@ -90,14 +90,14 @@ def _shifted_sum(maps: Iterable[Tensor], kernel: int) -> Tensor:
 
 
 def reference_affinity(fine: Tensor, coarse: Tensor, grid: Tuple[int, int], kernel: int) -> Tensor:
-    """Unmasked logits (B, K, H, W)."""
+    """fine (B, C, H, W), coarse (B, C, h, w) → unmasked logits (B, K, H, W)."""
     cells = _cells(fine, coarse.shape[-2:], grid)
     logits = [(cells * c[..., None, :, None]).sum(1) for c in _candidates(coarse, kernel)]
     return _uncells(torch.stack(logits, dim=1), fine.shape[-2:])
 
 
 def reference_gather(values: Tensor, weights: Tensor, grid: Tuple[int, int], kernel: int) -> Tensor:
-    """(B, C, H, W)."""
+    """values (B, C, h, w), weights (B, K, H, W) → (B, C, H, W)."""
     a = _cells(weights, values.shape[-2:], grid)
     out = sum(a[:, d : d + 1] * c[..., None, :, None] for d, c in enumerate(_candidates(values, kernel)))
     return _uncells(out, weights.shape[-2:])
@@ -106,14 +106,15 @@ def reference_gather(values: Tensor, weights: Tensor, grid: Tuple[int, int], ker
 def reference_scatter(
     fine: Tensor, weights: Tensor, coarse_hw: Tuple[int, int], grid: Tuple[int, int], kernel: int
 ) -> Tensor:
-    """Sums (B, C, h, w)."""
+    """fine (B, C, H, W), weights (B, K, H, W) → sums (B, C, h, w)."""
     x, a = _cells(fine, coarse_hw, grid), _cells(weights, coarse_hw, grid)
     return _shifted_sum(((a[:, d : d + 1] * x).sum((3, 5)) for d in range(kernel * kernel)), kernel)
 
 
 # ---------------------------------------------------------------------------- backends
 class Backend(NamedTuple):
-    """The three products on checked inputs of one dtype, grid (g_y, g_x); unmasked logits."""
+    """The three products, as the ``reference_*`` functions: inputs checked and of one dtype,
+    grid (g_y, g_x), logits unmasked."""
 
     affinity: Callable[..., Tensor]
     gather: Callable[..., Tensor]

@@ -4,10 +4,10 @@
 FLOPs are fvcore's (one multiply-add = one FLOP), counted on the backbone alone (``HCSwin``;
 with HCFormer+, the res5 encoder ``aux`` is part of it and reported on its own line). The model
 is randomly initialised: counts do not depend on the weights. The products of the local
-clustering primitive, which fvcore cannot trace, are counted analytically and reported on their
-own lines (Expedit's clustering / reconstruction, HCFormer's clustering layers): see
+clustering primitive are counted analytically and reported on their own lines (Expedit's
+clustering / reconstruction, HCFormer's clustering layers): see
 ``expedit.analysis.backbone_flops``. Latency (``--latency-runs``: the median of that many
-timed forward passes after one warm-up) runs the real primitive.
+timed forward passes after one warm-up) runs the primitive's default (blocked) backend.
 
     # the paper's measurement: Swin-L at 1024², COCO panoptic setting (α 10, λ 7, κ 5, k 8)
     python projects/Expedit/tools/analyze_expedit.py --input-size 1024x1024 --config-file \\
