@@ -14,7 +14,6 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
@@ -29,7 +28,6 @@ __all__ = [
     "build_flip",
     "train_ignore_label",
     "image_to_tensor",
-    "pad_to_multiple",
     "rgb_to_panoptic_id",
     "semantic_from_panoptic",
     "semantic_to_instances",
@@ -86,34 +84,6 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     # an explicit copy, not np.ascontiguousarray: that returns a flipped 1-pixel-wide image
     # unchanged (numpy calls it contiguous) with a negative stride, which torch refuses
     return torch.from_numpy(image.transpose(2, 0, 1).copy())
-
-
-def pad_to_multiple(
-    image: torch.Tensor,
-    labels: Dict[str, torch.Tensor],
-    label_pad_values: Dict[str, int],
-    divisibility: int,
-):
-    """Pad the bottom/right of ``image`` (C x H x W) and each H x W label map to the next
-    multiple of ``divisibility`` (no-op when it is <= 0).
-
-    Mask2Former pads to exactly ``SIZE_DIVISIBILITY`` (it equals the crop size in its configs);
-    the next multiple gives the same result there and stays valid for larger images.
-
-    Returns:
-        (padded image, dict of padded labels)
-    """
-    if divisibility <= 0:
-        return image, labels
-    height, width = image.shape[-2:]
-    pad_h = (divisibility - height % divisibility) % divisibility
-    pad_w = (divisibility - width % divisibility) % divisibility
-    if pad_h == 0 and pad_w == 0:
-        return image, labels
-    padding = [0, pad_w, 0, pad_h]  # F.pad order: left, right, top, bottom
-    image = F.pad(image, padding, value=IMAGE_PAD_VALUE)
-    labels = {k: F.pad(v, padding, value=label_pad_values[k]) for k, v in labels.items()}
-    return image, labels
 
 
 def rgb_to_panoptic_id(rgb: np.ndarray) -> np.ndarray:

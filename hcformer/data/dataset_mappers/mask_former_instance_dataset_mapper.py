@@ -6,26 +6,18 @@ are padded to INPUT.SIZE_DIVISIBILITY (when > 0). Crowd annotations are dropped;
 RLE masks are both accepted (polygons are rasterized after the transforms, see ``annotation_mask``).
 """
 
-import copy
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import pycocotools.mask as mask_util
 import torch
-from detectron2.config import CfgNode, configurable
+from detectron2.config import CfgNode
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from ..image_reading import BadSampleError, check_record_size, read_image_file
-from .mapper_utils import (
-    build_flip,
-    check_category_ids,
-    image_to_tensor,
-    masks_to_instances,
-    pad_to_multiple,
-    require_keys,
-    require_training,
-)
+from ..image_reading import BadSampleError
+from .mapper_utils import build_flip, check_category_ids, masks_to_instances
+from .segmentation_dataset_mapper import SegmentationDatasetMapper
 
 __all__ = [
     "MaskFormerInstanceDatasetMapper",
@@ -103,31 +95,14 @@ def annotations_to_mask_targets(
     return classes, torch.from_numpy(np.stack(masks))
 
 
-class MaskFormerInstanceDatasetMapper:
+class MaskFormerInstanceDatasetMapper(SegmentationDatasetMapper):
     """Map a record with ``file_name`` and ``annotations`` (contiguous category ids) to model
     inputs. Output keys: image, height, width, instances (gt_classes, gt_masks, gt_boxes)."""
 
-    @configurable
-    def __init__(
-        self,
-        is_train: bool = True,
-        *,
-        augmentations: List[T.Augmentation],
-        image_format: str,
-        size_divisibility: int,
-        max_image_pixels: int = 0,
-        num_classes: Optional[int] = None,
-    ):
-        """``max_image_pixels`` / ``num_classes``: as in MaskFormerSemanticDatasetMapper."""
-        require_training(is_train, type(self).__name__)
-        self.augmentations = T.AugmentationList(augmentations)
-        self.image_format = image_format
-        self.size_divisibility = size_divisibility
-        self.max_image_pixels = max_image_pixels
-        self.num_classes = num_classes
+    required_keys = ("file_name", "annotations")
 
     @classmethod
-    def from_config(cls, cfg: CfgNode, is_train: bool = True) -> Dict:
+    def build_augmentations(cls, cfg: CfgNode, ignore_label: int) -> List[T.Augmentation]:
         augmentations = [
             T.ResizeShortestEdge(
                 cfg.INPUT.MIN_SIZE_TRAIN,
@@ -137,39 +112,20 @@ class MaskFormerInstanceDatasetMapper:
         ]
         if cfg.INPUT.CROP.ENABLED:
             augmentations.append(T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
-        return {
-            "is_train": is_train,
-            "augmentations": augmentations + build_flip(cfg),
-            "image_format": cfg.INPUT.FORMAT,
-            "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
-            "max_image_pixels": cfg.INPUT.MAX_IMAGE_PIXELS,
-            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-        }
+        return augmentations + build_flip(cfg)
 
-    def __call__(self, dataset_dict: Dict) -> Dict:
-        require_keys(dataset_dict, ["file_name", "annotations"], type(self).__name__)
-        dataset_dict = copy.deepcopy(dataset_dict)  # it is modified below
-        image = read_image_file(dataset_dict["file_name"], self.image_format, self.max_image_pixels)
-        check_record_size(dataset_dict, image)  # also fills in "height" / "width"
-        check_category_ids(
-            [obj["category_id"] for obj in dataset_dict["annotations"]],
-            self.num_classes,
-            f"annotations of {dataset_dict['file_name']}",
-        )
-        check_rle_sizes(dataset_dict["annotations"], image.shape[:2], dataset_dict["file_name"])
+    def read_labels(self, dataset_dict: Dict, image: np.ndarray) -> Dict[str, Any]:
+        annotations = dataset_dict.pop("annotations")
+        file_name = dataset_dict["file_name"]
+        categories = [obj["category_id"] for obj in annotations]
+        check_category_ids(categories, self.num_classes, f"annotations of {file_name}")
+        check_rle_sizes(annotations, image.shape[:2], file_name)
+        return {"annotations": annotations}
 
-        aug_input = T.AugInput(image)
-        transforms = self.augmentations(aug_input)
-        image = aug_input.image
-        classes, masks = annotations_to_mask_targets(
-            dataset_dict.pop("annotations"), transforms, image.shape[:2]
-        )
-        labels = {"masks": masks} if masks is not None else {}
-        image_tensor, labels = pad_to_multiple(
-            image_to_tensor(image), labels, {"masks": 0}, self.size_divisibility
-        )
-        dataset_dict["image"] = image_tensor
-        dataset_dict["instances"] = masks_to_instances(
-            tuple(image_tensor.shape[-2:]), classes, labels.get("masks"), with_boxes=True
-        )
-        return dataset_dict
+    def targets(self, labels: Dict[str, Any], aug_input: T.AugInput, transforms) -> Dict[str, Any]:
+        image_size = aug_input.image.shape[:2]
+        classes, masks = annotations_to_mask_targets(labels["annotations"], transforms, image_size)
+        if masks is not None:
+            masks = self.pad(masks, 0)
+        padded_size = self.padded_size(*image_size)
+        return {"instances": masks_to_instances(padded_size, classes, masks, with_boxes=True)}

@@ -8,27 +8,45 @@ target (their pixels still carry their class in ``sem_seg``, as in Mask2Former's
 also works for records without semantic PNGs.
 """
 
-import copy
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import numpy as np
 import torch
+from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 
-from ..image_reading import check_record_size, check_same_size, read_image_file, read_label_file
+from ..image_reading import check_same_size, read_label_file
 from .mapper_utils import (
     check_category_ids,
     check_panoptic_segments,
-    image_to_tensor,
     masks_to_instances,
-    pad_to_multiple,
-    require_keys,
     rgb_to_panoptic_id,
     semantic_from_panoptic,
 )
-from .mask_former_semantic_dataset_mapper import MaskFormerSemanticDatasetMapper
+from .mask_former_semantic_dataset_mapper import build_semantic_augmentations
+from .segmentation_dataset_mapper import SegmentationDatasetMapper
 
-__all__ = ["MaskFormerPanopticDatasetMapper", "panoptic_instances"]
+__all__ = ["MaskFormerPanopticDatasetMapper", "panoptic_instances", "read_panoptic_labels"]
+
+PANOPTIC_KEYS = ("file_name", "pan_seg_file_name", "segments_info")
+
+
+def read_panoptic_labels(
+    dataset_dict: Dict, image: np.ndarray, max_image_pixels: int, num_classes
+) -> Dict[str, Any]:
+    """Pop and check the panoptic labels of a record: ``panoptic`` (the PNG as H x W x 3 uint8),
+    its ``panoptic_ids`` (H x W int64) and ``segments_info``. Shared by both panoptic mappers."""
+    label_file = dataset_dict.pop("pan_seg_file_name")
+    panoptic_rgb = read_label_file(label_file, "panoptic", max_image_pixels)
+    check_same_size(image, panoptic_rgb, dataset_dict["file_name"], label_file)
+    segments_info = dataset_dict.pop("segments_info")
+    check_category_ids(
+        [s["category_id"] for s in segments_info], num_classes, f"segments_info of {label_file}"
+    )
+    dataset_dict.pop("sem_seg_file_name", None)
+    panoptic_ids = rgb_to_panoptic_id(panoptic_rgb)
+    check_panoptic_segments(panoptic_ids, segments_info, label_file)
+    return {"panoptic": panoptic_rgb, "panoptic_ids": panoptic_ids, "segments_info": segments_info}
 
 
 def panoptic_instances(panoptic_ids: torch.Tensor, segments_info: List[Dict], with_boxes: bool):
@@ -39,7 +57,7 @@ def panoptic_instances(panoptic_ids: torch.Tensor, segments_info: List[Dict], wi
     return masks_to_instances(tuple(panoptic_ids.shape), classes, masks, with_boxes)
 
 
-class MaskFormerPanopticDatasetMapper(MaskFormerSemanticDatasetMapper):
+class MaskFormerPanopticDatasetMapper(SegmentationDatasetMapper):
     """Map a record with ``file_name``, ``pan_seg_file_name`` and ``segments_info`` (contiguous
     category ids, as detectron2's COCO panoptic loader gives) to model inputs.
 
@@ -47,44 +65,26 @@ class MaskFormerPanopticDatasetMapper(MaskFormerSemanticDatasetMapper):
     configuration (augmentations, padding, ignore label) is the semantic mapper's.
     """
 
-    def __call__(self, dataset_dict: Dict) -> Dict:
-        require_keys(
-            dataset_dict, ["file_name", "pan_seg_file_name", "segments_info"], type(self).__name__
-        )
-        dataset_dict = copy.deepcopy(dataset_dict)  # it is modified below
-        image = read_image_file(dataset_dict["file_name"], self.image_format, self.max_image_pixels)
-        check_record_size(dataset_dict, image)  # also fills in "height" / "width"
-        # Augment the panoptic PNG as an RGB uint8 image: detectron2 resizes uint8 images with
-        # PIL (nearest for labels), and 8-bit channels survive that exactly.
-        label_file = dataset_dict.pop("pan_seg_file_name")
-        panoptic_rgb = read_label_file(label_file, "panoptic", self.max_image_pixels)
-        check_same_size(image, panoptic_rgb, dataset_dict["file_name"], label_file)
-        segments_info = dataset_dict.pop("segments_info")
-        check_category_ids(
-            [s["category_id"] for s in segments_info], self.num_classes, f"segments_info of {label_file}"
-        )
-        dataset_dict.pop("sem_seg_file_name", None)
-        original_ids = rgb_to_panoptic_id(panoptic_rgb)
-        check_panoptic_segments(original_ids, segments_info, label_file)
-        sem_seg = semantic_from_panoptic(original_ids, segments_info, self.ignore_label)
+    required_keys = PANOPTIC_KEYS
 
-        aug_input = T.AugInput(image, sem_seg=sem_seg)  # sem_seg drives the crop constraint
-        transforms = self.augmentations(aug_input)
+    @classmethod
+    def build_augmentations(cls, cfg: CfgNode, ignore_label: int) -> List[T.Augmentation]:
+        return build_semantic_augmentations(cfg, ignore_label)
+
+    def read_labels(self, dataset_dict: Dict, image: np.ndarray) -> Dict[str, Any]:
+        labels = read_panoptic_labels(dataset_dict, image, self.max_image_pixels, self.num_classes)
+        labels["sem_seg"] = semantic_from_panoptic(
+            labels["panoptic_ids"], labels["segments_info"], self.ignore_label
+        )
+        return labels
+
+    def targets(self, labels: Dict[str, Any], aug_input: T.AugInput, transforms) -> Dict[str, Any]:
+        # The panoptic PNG is augmented as an RGB uint8 image: detectron2 resizes uint8 images
+        # with PIL (nearest for labels), and 8-bit channels survive that exactly.
         panoptic_ids = torch.as_tensor(
-            rgb_to_panoptic_id(transforms.apply_segmentation(panoptic_rgb))
+            rgb_to_panoptic_id(transforms.apply_segmentation(labels["panoptic"]))
         )
-        image_tensor, labels = pad_to_multiple(
-            image_to_tensor(aug_input.image),
-            {
-                "sem_seg": torch.as_tensor(aug_input.sem_seg.astype(np.int64)),
-                "panoptic": panoptic_ids,
-            },
-            {"sem_seg": self.ignore_label, "panoptic": 0},  # 0 = void segment id
-            self.size_divisibility,
-        )
-        dataset_dict["image"] = image_tensor
-        dataset_dict["sem_seg"] = labels["sem_seg"]
-        dataset_dict["instances"] = panoptic_instances(
-            labels["panoptic"], segments_info, with_boxes=False
-        )
-        return dataset_dict
+        panoptic_ids = self.pad(panoptic_ids, 0)  # 0 = void segment id
+        sem_seg = self.pad(torch.as_tensor(aug_input.sem_seg.astype(np.int64)), self.ignore_label)
+        instances = panoptic_instances(panoptic_ids, labels["segments_info"], with_boxes=False)
+        return {"sem_seg": sem_seg, "instances": instances}

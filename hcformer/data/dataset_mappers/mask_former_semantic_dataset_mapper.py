@@ -7,26 +7,17 @@ INPUT.RANDOM_FLIP flip. Image and labels are padded to INPUT.SIZE_DIVISIBILITY (
 grey / ignore. Each class present becomes one mask target.
 """
 
-import copy
-from typing import Dict, List, Optional
+from typing import Any, Dict, List
 
 import numpy as np
 import torch
-from detectron2.config import CfgNode, configurable
+from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 
 from ..color_aug_ssd import ColorAugSSD
-from ..image_reading import check_record_size, check_same_size, read_image_file, read_label_file
-from .mapper_utils import (
-    build_flip,
-    check_category_ids,
-    image_to_tensor,
-    pad_to_multiple,
-    require_keys,
-    require_training,
-    semantic_to_instances,
-    train_ignore_label,
-)
+from ..image_reading import check_same_size, read_label_file
+from .mapper_utils import build_flip, check_category_ids, semantic_to_instances
+from .segmentation_dataset_mapper import SegmentationDatasetMapper
 
 __all__ = ["MaskFormerSemanticDatasetMapper", "build_semantic_augmentations"]
 
@@ -52,86 +43,37 @@ def build_semantic_augmentations(cfg: CfgNode, ignore_label: int) -> List[T.Augm
     return augmentations + build_flip(cfg)
 
 
-def read_label_map(file_name: str, max_pixels: int = 0) -> np.ndarray:
-    """A single-channel PNG of class ids. uint8 stays uint8 (fast PIL resizing); anything else
-    becomes float64, which detectron2's transforms resize with nearest-neighbour too."""
-    return read_label_file(file_name, "semantic", max_pixels)
-
-
-class MaskFormerSemanticDatasetMapper:
+class MaskFormerSemanticDatasetMapper(SegmentationDatasetMapper):
     """Map a record with ``file_name`` and ``sem_seg_file_name`` to model inputs.
 
     Output keys: image, height, width, sem_seg, instances (gt_classes, gt_masks); see
     ``mapper_utils`` for shapes and dtypes.
     """
 
-    @configurable
-    def __init__(
-        self,
-        is_train: bool = True,
-        *,
-        augmentations: List[T.Augmentation],
-        image_format: str,
-        ignore_label: int,
-        size_divisibility: int,
-        max_image_pixels: int = 0,
-        num_classes: Optional[int] = None,
-    ):
-        """
-        Args:
-            max_image_pixels: refuse larger images (INPUT.MAX_IMAGE_PIXELS; 0: no limit).
-            num_classes: refuse labels outside 0..num_classes-1 and the ignore label
-                (MODEL.SEM_SEG_HEAD.NUM_CLASSES; None: no check).
-        """
-        require_training(is_train, type(self).__name__)
-        self.augmentations = T.AugmentationList(augmentations)
-        self.image_format = image_format
-        self.ignore_label = ignore_label
-        self.size_divisibility = size_divisibility
-        self.max_image_pixels = max_image_pixels
-        self.num_classes = num_classes
+    required_keys = ("file_name", "sem_seg_file_name")
 
     @classmethod
-    def from_config(cls, cfg: CfgNode, is_train: bool = True) -> Dict:
-        ignore_label = train_ignore_label(cfg)
-        return {
-            "is_train": is_train,
-            "augmentations": build_semantic_augmentations(cfg, ignore_label),
-            "image_format": cfg.INPUT.FORMAT,
-            "ignore_label": ignore_label,
-            "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
-            "max_image_pixels": cfg.INPUT.MAX_IMAGE_PIXELS,
-            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-        }
+    def build_augmentations(cls, cfg: CfgNode, ignore_label: int) -> List[T.Augmentation]:
+        return build_semantic_augmentations(cfg, ignore_label)
 
-    def __call__(self, dataset_dict: Dict) -> Dict:
-        name = type(self).__name__
-        require_keys(dataset_dict, ["file_name", "sem_seg_file_name"], name)
+    def check_record(self, dataset_dict: Dict) -> None:
+        super().check_record(dataset_dict)
         if "annotations" in dataset_dict:
             raise ValueError(
-                f"{name} maps semantic segmentation records, but the record of "
+                f"{type(self).__name__} maps semantic segmentation records, but the record of "
                 f"{dataset_dict['file_name']!r} has instance 'annotations'; use an instance mapper"
             )
-        dataset_dict = copy.deepcopy(dataset_dict)  # it is modified below
-        image = read_image_file(dataset_dict["file_name"], self.image_format, self.max_image_pixels)
-        check_record_size(dataset_dict, image)  # also fills in "height" / "width"
+
+    def read_labels(self, dataset_dict: Dict, image: np.ndarray) -> Dict[str, Any]:
+        # a single-channel PNG of class ids: uint8 stays uint8 (fast PIL resizing), anything
+        # else becomes float64, which detectron2's transforms resize nearest-neighbour too
         label_file = dataset_dict.pop("sem_seg_file_name")
-        sem_seg = read_label_map(label_file, self.max_image_pixels)
+        sem_seg = read_label_file(label_file, "semantic", self.max_image_pixels)
         check_same_size(image, sem_seg, dataset_dict["file_name"], label_file)
         check_category_ids(np.unique(sem_seg), self.num_classes, label_file, self.ignore_label)
+        return {"sem_seg": sem_seg}
 
-        aug_input = T.AugInput(image, sem_seg=sem_seg)
-        self.augmentations(aug_input)
-        image_tensor = image_to_tensor(aug_input.image)
-        sem_seg_tensor = torch.as_tensor(aug_input.sem_seg.astype(np.int64))
-
-        image_tensor, labels = pad_to_multiple(
-            image_tensor,
-            {"sem_seg": sem_seg_tensor},
-            {"sem_seg": self.ignore_label},
-            self.size_divisibility,
-        )
-        dataset_dict["image"] = image_tensor
-        dataset_dict["sem_seg"] = labels["sem_seg"]
-        dataset_dict["instances"] = semantic_to_instances(labels["sem_seg"], self.ignore_label)
-        return dataset_dict
+    def targets(self, labels: Dict[str, Any], aug_input: T.AugInput, transforms) -> Dict[str, Any]:
+        sem_seg = torch.as_tensor(aug_input.sem_seg.astype(np.int64))
+        sem_seg = self.pad(sem_seg, self.ignore_label)
+        return {"sem_seg": sem_seg, "instances": semantic_to_instances(sem_seg, self.ignore_label)}
