@@ -49,11 +49,9 @@ from panopticapi.utils import id2rgb
 from PIL import Image
 from tqdm import tqdm
 
+from hcformer.data.checks import check_record_size, check_rle_sizes
 from hcformer.data.dataset_loading import _json_problem
-from hcformer.data.dataset_mappers.mask_former_instance_dataset_mapper import (
-    annotation_mask,
-    check_rle_sizes,
-)
+from hcformer.data.dataset_mappers.mask_former_instance_dataset_mapper import annotation_mask
 from hcformer.data.datasets.atomic_dir import build_directory_once, read_marker
 from hcformer.data.datasets.coco_panoptic_files import (
     ensure_instances_json,
@@ -61,7 +59,7 @@ from hcformer.data.datasets.coco_panoptic_files import (
     file_sha256,
     require_entries,
 )
-from hcformer.data.image_reading import check_record_size, read_image_file
+from hcformer.data.image_reading import read_image_file
 
 _VERSION = 1
 

@@ -8,38 +8,27 @@ bare ``OSError``, a crash deep inside an augmentation, or a silently white image
   ones with values outside 0..65535 are refused; more than ``max_pixels`` pixels
   (INPUT.MAX_IMAGE_PIXELS) is refused before the pixels are decoded;
 - label PNGs: semantic maps must be single-channel, panoptic maps RGB (R + 256 G + 256² B);
-- a record's width/height must be the image's size (``check_record_size``);
 - any failure is a ``BadSampleError`` naming the file: training may skip such samples
   (DATALOADER.SKIP_BAD_SAMPLES), evaluation and the demo never do.
 """
 import os
 import warnings
-from typing import Dict
-
 import numpy as np
 from detectron2.data.detection_utils import convert_PIL_to_numpy
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .checks import BadSampleError, MissingSampleFileError
 
 __all__ = [
     "BadSampleError",
     "MissingSampleFileError",
     "read_image_file",
     "read_label_file",
-    "check_same_size",
-    "check_record_size",
 ]
 
 # Single-channel modes a semantic label PNG may have (8-, 16- and 32-bit class ids).
 _LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
-
-
-class BadSampleError(ValueError):
-    """A dataset file (image or label) that cannot be used; the message names it."""
-
-
-class MissingSampleFileError(BadSampleError, FileNotFoundError):
-    """A file named by a dataset record (or on the command line) does not exist."""
 
 
 def _open(path: str, role: str, max_pixels: int) -> Image.Image:
@@ -153,32 +142,3 @@ def read_label_file(path: str, kind: str, max_pixels: int = 0) -> np.ndarray:
             )
         return np.asarray(image)
     raise ValueError(f"kind must be 'semantic' or 'panoptic', got {kind!r}")
-
-
-def check_same_size(image: np.ndarray, labels: np.ndarray, image_path: str, label_path: str) -> None:
-    """Labels must cover the image pixel for pixel (an EXIF-rotated photo with labels drawn on
-    the stored pixels, or labels of another image, would otherwise train on garbage)."""
-    if image.shape[:2] != labels.shape[:2]:
-        raise BadSampleError(
-            f"label {label_path} is {labels.shape[1]} x {labels.shape[0]} but image {image_path} "
-            f"is {image.shape[1]} x {image.shape[0]} (width x height, after EXIF rotation)"
-        )
-
-
-def check_record_size(dataset_dict: Dict, image: np.ndarray) -> None:
-    """The record's ``width`` / ``height`` (from the annotation JSON) must be the image's size;
-    fills them in when absent, as detectron2's ``check_image_size`` does.
-
-    detectron2 raises its ``SizeMismatchError``, which training cannot skip; a record whose
-    annotations were made for another size (or image) is a bad sample like any other.
-    """
-    height, width = image.shape[:2]
-    expected = (dataset_dict.get("width", width), dataset_dict.get("height", height))
-    if expected != (width, height):
-        raise BadSampleError(
-            f"image {dataset_dict.get('file_name', '<no file_name>')} is {width} x {height} but "
-            f"its dataset record (annotation JSON) says {expected[0]} x {expected[1]} "
-            "(width x height, after EXIF rotation); fix the JSON's width/height or the image"
-        )
-    dataset_dict.setdefault("width", width)
-    dataset_dict.setdefault("height", height)

@@ -9,7 +9,7 @@ replaced: returning None makes detectron2's ``MapDataset`` draw another one. Oth
 import logging
 from typing import Callable, Dict, Optional
 
-from .image_reading import BadSampleError
+from .checks import BadSampleError
 
 __all__ = ["SkipBadSamples"]
 

@@ -5,7 +5,7 @@ the dataset does not have lands in another cell of the confusion matrix (the sco
 wrong), and a colour PNG fails with a numpy broadcasting error that names no file. panopticapi
 likewise scores pixels of a segment id missing from the JSON as nobody's. Here the ground truth
 of every image goes through the checks of the training mappers
-(:mod:`hcformer.data.image_reading`, :mod:`hcformer.data.dataset_mappers.mapper_utils`) before
+(:mod:`hcformer.data.checks`, :mod:`hcformer.data.image_reading`) before
 it is scored, so a bad file stops the evaluation with its name, its bad ids and what was
 expected. As everywhere in evaluation, nothing is skipped.
 """
@@ -15,12 +15,9 @@ import numpy as np
 from detectron2.data import DatasetCatalog
 from detectron2.evaluation import COCOPanopticEvaluator, SemSegEvaluator
 
-from ..data.dataset_mappers.mapper_utils import (
-    check_category_ids,
-    check_panoptic_segments,
-    rgb_to_panoptic_id,
-)
-from ..data.image_reading import check_same_size, read_label_file
+from ..data.checks import check_category_ids, check_panoptic_segments, check_same_size
+from ..data.dataset_mappers.mapper_utils import rgb_to_panoptic_id
+from ..data.image_reading import read_label_file
 
 __all__ = ["CheckedSemSegEvaluator", "CheckedCOCOPanopticEvaluator"]
 

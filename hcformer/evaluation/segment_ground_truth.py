@@ -21,7 +21,8 @@ import numpy as np
 import pycocotools.mask as mask_util
 from detectron2.data.detection_utils import polygons_to_bitmask
 
-from ..data.dataset_mappers.mapper_utils import check_panoptic_segments, rgb_to_panoptic_id
+from ..data.checks import check_panoptic_segments
+from ..data.dataset_mappers.mapper_utils import rgb_to_panoptic_id
 from ..data.image_reading import read_label_file
 
 __all__ = ["GROUND_TRUTH_KINDS", "INSTANCE_IGNORE", "ground_truth_kind", "load_segment_ground_truth"]

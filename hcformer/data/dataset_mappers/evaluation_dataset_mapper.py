@@ -13,7 +13,8 @@ from detectron2.config import CfgNode, configurable
 from detectron2.data import DatasetMapper
 from detectron2.data import transforms as T
 
-from ..image_reading import check_record_size, read_image_file
+from ..checks import check_record_size
+from ..image_reading import read_image_file
 from .mapper_utils import image_to_tensor
 
 __all__ = ["EvaluationDatasetMapper"]

@@ -19,8 +19,6 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, Instances
 
-from ..image_reading import BadSampleError
-
 __all__ = [
     "IMAGE_PAD_VALUE",
     "require_training",
@@ -32,8 +30,6 @@ __all__ = [
     "semantic_from_panoptic",
     "semantic_to_instances",
     "masks_to_instances",
-    "check_category_ids",
-    "check_panoptic_segments",
 ]
 
 IMAGE_PAD_VALUE = 128  # grey, as in Mask2Former; labels are padded with "ignore" / "void"
@@ -107,54 +103,6 @@ def semantic_from_panoptic(
             )
         semantic[panoptic_ids == segment["id"]] = category
     return semantic
-
-
-def check_category_ids(
-    ids,
-    num_classes: Optional[int],
-    where: str,
-    ignore_label: Optional[int] = None,
-    classes_from: str = "MODEL.SEM_SEG_HEAD.NUM_CLASSES",
-) -> None:
-    """Every contiguous category id in ``ids`` must be a class of the model (0..num_classes-1)
-    or ``ignore_label``; ``num_classes`` None skips the check.
-
-    Args:
-        classes_from: where ``num_classes`` comes from, for the message.
-
-    Raises:
-        BadSampleError: naming ``where`` (the file or record) and the offending ids.
-    """
-    if num_classes is None:
-        return
-    bad = sorted({int(i) for i in ids if not 0 <= int(i) < num_classes and int(i) != ignore_label})
-    if bad:
-        allowed = f"0..{num_classes - 1}" + (f" or {ignore_label} (ignore)" if ignore_label is not None else "")
-        raise BadSampleError(
-            f"{where}: category ids {bad} are not in {allowed}. The ids must be contiguous ids of "
-            f"the dataset metadata, fewer than {classes_from}"
-        )
-
-
-def check_panoptic_segments(panoptic_ids: np.ndarray, segments_info: List[Dict], where: str) -> None:
-    """Every non-void id of a panoptic map (H x W ints) must be a segment of ``segments_info``.
-
-    Pixels of an unlisted id have no category: training would silently make them void, and
-    panopticapi scores them as belonging to no segment. Listed segments missing from the map are
-    allowed (panopticapi counts them as missed).
-
-    Raises:
-        BadSampleError: naming ``where`` (the PNG) and the unlisted ids.
-    """
-    listed = {int(segment["id"]) for segment in segments_info}
-    unlisted = sorted(set(np.unique(panoptic_ids).tolist()) - listed - {0})
-    if unlisted:
-        shown = ", ".join(map(str, unlisted[:10])) + (", ..." if len(unlisted) > 10 else "")
-        raise BadSampleError(
-            f"{where}: segment ids [{shown}] are in the PNG but not in the record's segments_info "
-            f"(which lists {sorted(listed)[:10]}{'...' if len(listed) > 10 else ''}); expected "
-            "only listed ids and 0 (void). Do the panoptic JSON and the PNG folder belong together?"
-        )
 
 
 def masks_to_instances(

@@ -15,44 +15,15 @@ from detectron2.config import CfgNode
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from ..image_reading import BadSampleError
-from .mapper_utils import build_flip, check_category_ids, masks_to_instances
+from ..checks import check_category_ids, check_rle_sizes
+from .mapper_utils import build_flip, masks_to_instances
 from .segmentation_dataset_mapper import SegmentationDatasetMapper
 
 __all__ = [
     "MaskFormerInstanceDatasetMapper",
     "annotation_mask",
     "annotations_to_mask_targets",
-    "check_rle_sizes",
 ]
-
-
-def check_rle_sizes(annotations: List[Dict], image_size, file_name: str) -> None:
-    """Every RLE mask must be stored at the image's size (H, W) before augmentation.
-
-    pycocotools would otherwise fail with a bare "Invalid RLE mask representation", or decode a
-    mask that does not cover the image.
-
-    Raises:
-        BadSampleError: naming the image and both sizes.
-    """
-    for obj in annotations:
-        segmentation = obj.get("segmentation")
-        if not isinstance(segmentation, dict):
-            continue  # polygons: rasterized at the image size
-        size = segmentation.get("size")
-        well_formed = isinstance(size, (list, tuple)) and len(size) == 2
-        if not well_formed or "counts" not in segmentation:
-            raise BadSampleError(
-                f"annotations of {file_name}: an RLE segmentation needs 'counts' and 'size' "
-                f"[height, width], got keys {sorted(segmentation)} with size {size!r}"
-            )
-        if tuple(int(v) for v in size) != tuple(image_size):
-            raise BadSampleError(
-                f"annotations of {file_name}: an RLE mask has size {list(size)} (height, width) "
-                f"but the image is {image_size[0]} x {image_size[1]} (height x width); the "
-                "annotation belongs to another image or to a resized copy"
-            )
 
 
 def annotation_mask(segmentation, transforms: T.TransformList, image_size) -> np.ndarray:

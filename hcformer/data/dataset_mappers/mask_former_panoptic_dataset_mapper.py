@@ -15,14 +15,9 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 
-from ..image_reading import check_same_size, read_label_file
-from .mapper_utils import (
-    check_category_ids,
-    check_panoptic_segments,
-    masks_to_instances,
-    rgb_to_panoptic_id,
-    semantic_from_panoptic,
-)
+from ..checks import check_category_ids, check_panoptic_segments, check_same_size
+from ..image_reading import read_label_file
+from .mapper_utils import masks_to_instances, rgb_to_panoptic_id, semantic_from_panoptic
 from .mask_former_semantic_dataset_mapper import build_semantic_augmentations
 from .segmentation_dataset_mapper import SegmentationDatasetMapper
 

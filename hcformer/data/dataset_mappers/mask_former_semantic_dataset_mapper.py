@@ -15,8 +15,9 @@ from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 
 from ..color_aug_ssd import ColorAugSSD
-from ..image_reading import check_same_size, read_label_file
-from .mapper_utils import build_flip, check_category_ids, semantic_to_instances
+from ..checks import check_category_ids, check_same_size
+from ..image_reading import read_label_file
+from .mapper_utils import build_flip, semantic_to_instances
 from .segmentation_dataset_mapper import SegmentationDatasetMapper
 
 __all__ = ["MaskFormerSemanticDatasetMapper", "build_semantic_augmentations"]

@@ -36,11 +36,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..dataset_loading import DatasetLoadError, _json_problem
-from ..dataset_mappers.mapper_utils import (
-    check_panoptic_segments,
-    rgb_to_panoptic_id,
-    semantic_from_panoptic,
-)
+from ..checks import check_panoptic_segments
+from ..dataset_mappers.mapper_utils import rgb_to_panoptic_id, semantic_from_panoptic
 from ..image_reading import read_label_file
 from .atomic_dir import build_directory_once, read_marker
 from .register_coco_panoptic_annos_semseg import panoptic_metadata_from_categories
