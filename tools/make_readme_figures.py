@@ -27,12 +27,14 @@ from typing import List, Optional
 from detectron2.data import DatasetCatalog
 from detectron2.utils.logger import setup_logger
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # visualize_hierarchy.py
+_TOOLS = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _TOOLS)  # visualize_hierarchy.py
+sys.path.insert(1, os.path.join(os.path.dirname(_TOOLS), "datasets"))  # voc_sample.py
 from hcformer.data.datasets.catalog_utils import unregister_dataset  # noqa: E402
-from hcformer.data.datasets.voc_sample import register_voc_sample  # noqa: E402
 from hcformer.engine.inference_model import inference_cfg  # noqa: E402
 from visualize_hierarchy import parse_args as visualizer_args  # noqa: E402
 from visualize_hierarchy import safe_name, visualize  # noqa: E402
+from voc_sample import register_voc_sample  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOC_DATASET = "hcformer_readme_voc_sample"

