@@ -15,16 +15,12 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, Instances
 
 __all__ = [
     "IMAGE_PAD_VALUE",
-    "require_training",
-    "require_keys",
     "build_flip",
-    "train_ignore_label",
     "image_to_tensor",
     "rgb_to_panoptic_id",
     "semantic_from_panoptic",
@@ -33,24 +29,6 @@ __all__ = [
 ]
 
 IMAGE_PAD_VALUE = 128  # grey, as in Mask2Former; labels are padded with "ignore" / "void"
-
-
-def require_training(is_train: bool, mapper_name: str) -> None:
-    if not is_train:
-        raise ValueError(
-            f"{mapper_name} is a training mapper (is_train=False given); evaluation uses "
-            "detectron2's DatasetMapper(cfg, is_train=False)"
-        )
-
-
-def require_keys(dataset_dict: Dict, keys: Sequence[str], mapper_name: str) -> None:
-    missing = [key for key in keys if key not in dataset_dict]
-    if missing:
-        raise KeyError(
-            f"{mapper_name} needs {missing} in the dataset record of "
-            f"{dataset_dict.get('file_name', '<no file_name>')!r}, which has keys "
-            f"{sorted(dataset_dict)}. Is cfg.INPUT.DATASET_MAPPER_NAME right for this dataset?"
-        )
 
 
 def build_flip(cfg: CfgNode) -> List[T.Augmentation]:
@@ -63,16 +41,6 @@ def build_flip(cfg: CfgNode) -> List[T.Augmentation]:
             f"cfg.INPUT.RANDOM_FLIP must be 'none', 'horizontal' or 'vertical', got {mode!r}"
         )
     return [T.RandomFlip(horizontal=mode == "horizontal", vertical=mode == "vertical")]
-
-
-def train_ignore_label(cfg: CfgNode) -> int:
-    """``ignore_label`` of the first training dataset (Mask2Former), else
-    ``cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE``."""
-    if len(cfg.DATASETS.TRAIN):
-        ignore_label = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("ignore_label")
-        if ignore_label is not None:
-            return int(ignore_label)
-    return int(cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:

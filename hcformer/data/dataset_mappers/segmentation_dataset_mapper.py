@@ -15,17 +15,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.config import CfgNode, configurable
+from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 
 from ..checks import check_record_size
 from ..image_reading import read_image_file
-from .mapper_utils import (
-    IMAGE_PAD_VALUE,
-    image_to_tensor,
-    require_keys,
-    require_training,
-    train_ignore_label,
-)
+from .mapper_utils import IMAGE_PAD_VALUE, image_to_tensor
 
 __all__ = ["SegmentationDatasetMapper"]
 
@@ -55,7 +50,11 @@ class SegmentationDatasetMapper:
             num_classes: refuse labels outside 0..num_classes-1 and the ignore label
                 (MODEL.SEM_SEG_HEAD.NUM_CLASSES; None: no check).
         """
-        require_training(is_train, type(self).__name__)
+        if not is_train:
+            raise ValueError(
+                f"{type(self).__name__} is a training mapper (is_train=False given); evaluation "
+                "uses detectron2's DatasetMapper(cfg, is_train=False)"
+            )
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
         self.ignore_label = ignore_label
@@ -65,7 +64,13 @@ class SegmentationDatasetMapper:
 
     @classmethod
     def from_config(cls, cfg: CfgNode, is_train: bool = True) -> Dict:
-        ignore_label = train_ignore_label(cfg)
+        # the first training dataset's ignore_label (Mask2Former), else the head's IGNORE_VALUE
+        ignore_label = None
+        if len(cfg.DATASETS.TRAIN):
+            ignore_label = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("ignore_label")
+        if ignore_label is None:
+            ignore_label = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
+        ignore_label = int(ignore_label)
         return {
             "is_train": is_train,
             "augmentations": cls.build_augmentations(cfg, ignore_label),
@@ -95,7 +100,13 @@ class SegmentationDatasetMapper:
 
     def check_record(self, dataset_dict: Dict) -> None:
         """Refuse a record this mapper cannot map (before anything is read)."""
-        require_keys(dataset_dict, self.required_keys, type(self).__name__)
+        missing = [key for key in self.required_keys if key not in dataset_dict]
+        if missing:
+            raise KeyError(
+                f"{type(self).__name__} needs {missing} in the dataset record of "
+                f"{dataset_dict.get('file_name', '<no file_name>')!r}, which has keys "
+                f"{sorted(dataset_dict)}. Is cfg.INPUT.DATASET_MAPPER_NAME right for this dataset?"
+            )
 
     def read_labels(self, dataset_dict: Dict, image: np.ndarray) -> Dict[str, Any]:
         """Read and check the labels of ``dataset_dict`` (popping their keys) for ``image``;
