@@ -125,10 +125,13 @@ class SegmentationDatasetMapper:
         Mask2Former pads to exactly ``SIZE_DIVISIBILITY`` (it equals the crop size in its
         configs); the next multiple gives the same result there and stays valid for larger images.
         """
-        if self.size_divisibility <= 0:
-            return height, width
         divisibility = self.size_divisibility
-        return -(-height // divisibility) * divisibility, -(-width // divisibility) * divisibility
+        if divisibility <= 0:
+            return height, width
+        return (
+            height + (divisibility - height % divisibility) % divisibility,
+            width + (divisibility - width % divisibility) % divisibility,
+        )
 
     def pad(self, tensor: torch.Tensor, value: int) -> torch.Tensor:
         """Pad the bottom/right of ``tensor`` (... x H x W) to :meth:`padded_size`."""
