@@ -234,6 +234,20 @@ def test_lsj_pads_small_scales_with_grey_and_void(datasets):
     assert bool((output["instances"].gt_boxes.tensor <= 32).all())
 
 
+@pytest.mark.parametrize("mapper_name", sorted(DATASET_OF_MAPPER))
+def test_size_divisibility_pads_the_maskformer_mappers_only(datasets, mapper_name):
+    # FixedSizeCrop already makes LSJ inputs INPUT.IMAGE_SIZE squared: SIZE_DIVISIBILITY is unused
+    cfg = make_cfg(mapper_name)
+    cfg.INPUT.SIZE_DIVISIBILITY = 48
+    output = build_dataset_mapper(cfg)(datasets[DATASET_OF_MAPPER[mapper_name]][0])
+    size = SIZE if mapper_name.endswith("_lsj") else 96
+    assert output["image"].shape == (3, size, size)
+    assert output["instances"].image_size == (size, size)
+    assert output["instances"].gt_masks.shape[1:] == (size, size)
+    if "sem_seg" in output:
+        assert output["sem_seg"].shape == (size, size)
+
+
 def test_bgr_format_reverses_the_channels(datasets):
     record = datasets[f"{PREFIX}_sem_seg_train"][0]
     cfg = make_cfg("mask_former_semantic")
