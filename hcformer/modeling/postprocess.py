@@ -8,13 +8,14 @@ original image) is detectron2's and is re-exported here so that callers find all
 in one place.
 """
 
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import Boxes, Instances
 from torch import Tensor
+
+from hcformer.layers.id_maps import resize_ids
 
 from .hierarchy import Hierarchy
 
@@ -264,17 +265,16 @@ def level_clusterings(
     ]
 
 
-def level_strides(hierarchy: Hierarchy) -> Dict[int, Optional[int]]:
-    """{level: side of the grid cells its clusters are made of}, finest stride · 2^level; None
-    for a hierarchy of segments rather than grid cells (CAST)."""
-    finest = getattr(hierarchy, "finest_stride", None)
-    return {k: None if finest is None else finest * 2**k for k in range(hierarchy.num_levels + 1)}
+def level_strides(hierarchy: Hierarchy) -> Dict[int, Optional[Union[int, str]]]:
+    """{level: side of the grid cells its clusters are made of} (the hierarchy's
+    ``level_strides``; "HxW" where the cells are not square); None for a hierarchy of segments
+    rather than grid cells (CAST)."""
+    strides = getattr(hierarchy, "level_strides", None)
+    if strides is None:
+        return {k: None for k in range(hierarchy.num_levels + 1)}
+    return {k: sy if sy == sx else f"{sy}x{sx}" for k, (sy, sx) in enumerate(strides)}
 
 
 def _crop_and_resize_ids(ids: Tensor, image_size: Tuple[int, int], out_size: Tuple[int, int]) -> Tensor:
-    """Crop (H_pad, W_pad) ids to the image and resize them (nearest) to the output size."""
-    ids = ids[: image_size[0], : image_size[1]]
-    if tuple(ids.shape) == tuple(out_size):
-        return ids
-    # float64 keeps every id exact (float32 would round ids above 2^24)
-    return F.interpolate(ids[None, None].double(), size=out_size, mode="nearest")[0, 0].long()
+    """Crop (H_pad, W_pad) ids to the image and resize them (nearest, exactly) to the output size."""
+    return resize_ids(ids[: image_size[0], : image_size[1]], out_size)
