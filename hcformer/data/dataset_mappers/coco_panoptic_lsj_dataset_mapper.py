@@ -5,14 +5,13 @@ INPUT.IMAGE_SIZE). Every non-crowd segment becomes one mask target (with a box, 
 Mask2Former); padded pixels are void. ``sem_seg`` is derived from the augmented panoptic map.
 """
 
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import numpy as np
 import torch
-from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 
-from .coco_instance_lsj_dataset_mapper import build_lsj_augmentations
+from .coco_instance_lsj_dataset_mapper import LargeScaleJitter
 from .mapper_utils import rgb_to_panoptic_id, semantic_from_panoptic
 from .mask_former_panoptic_dataset_mapper import (
     PANOPTIC_KEYS,
@@ -24,7 +23,7 @@ from .segmentation_dataset_mapper import SegmentationDatasetMapper
 __all__ = ["COCOPanopticLSJDatasetMapper"]
 
 
-class COCOPanopticLSJDatasetMapper(SegmentationDatasetMapper):
+class COCOPanopticLSJDatasetMapper(LargeScaleJitter, SegmentationDatasetMapper):
     """Map a record with ``file_name``, ``pan_seg_file_name`` and ``segments_info`` (contiguous
     category ids) to model inputs of INPUT.IMAGE_SIZE squared.
 
@@ -32,16 +31,6 @@ class COCOPanopticLSJDatasetMapper(SegmentationDatasetMapper):
     """
 
     required_keys = PANOPTIC_KEYS
-
-    @classmethod
-    def from_config(cls, cfg: CfgNode, is_train: bool = True) -> Dict:
-        args = super().from_config(cfg, is_train)
-        args["size_divisibility"] = 0  # FixedSizeCrop pads to INPUT.IMAGE_SIZE already
-        return args
-
-    @classmethod
-    def build_augmentations(cls, cfg: CfgNode, ignore_label: int) -> List[T.Augmentation]:
-        return build_lsj_augmentations(cfg)
 
     def read_labels(self, dataset_dict: Dict, image: np.ndarray) -> Dict[str, Any]:
         return read_panoptic_labels(dataset_dict, image, self.max_image_pixels, self.num_classes)
