@@ -315,6 +315,16 @@ def test_a_complete_directory_with_other_parameters_is_never_overwritten(tmp_pat
         build_directory_once(str(directory), lambda d: None, {"version": 2})
 
 
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o755), (0o077, 0o700)])
+def test_a_built_directory_follows_the_umask(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        directory = build_directory_once(str(tmp_path / "built"), lambda d: None, {"version": 1})
+    finally:
+        os.umask(previous)
+    assert os.stat(directory).st_mode & 0o777 == mode
+
+
 def _build_slowly(directory, log_path):
     def build(tmp_dir):
         with open(log_path, "a") as log:

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from typing import Any, Callable, Dict, Iterator
 
 try:
@@ -97,8 +96,10 @@ def build_directory_once(
             for stale in glob.glob(os.path.join(parent, f".{name}.tmp-*")):
                 shutil.rmtree(stale, ignore_errors=True)
 
-        tmp_dir = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
-        os.chmod(tmp_dir, 0o755)  # mkdtemp makes it private; the result should be readable
+        # os.mkdir applies the process umask, as for every other output (mkdtemp would make the
+        # directory private whatever the umask); the pid and a random part make the name unique
+        tmp_dir = os.path.join(parent, f".{name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+        os.mkdir(tmp_dir)
         try:
             build(tmp_dir)
             with open(os.path.join(tmp_dir, MARKER_NAME), "w") as f:
