@@ -84,20 +84,20 @@ def tiny_shapes_trainer(tmp_path: Path, prefix: str, max_iter: int, checkpoint_p
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     trainer = tiny_shapes_trainer(tmp_path, "nan_shapes", max_iter=4, checkpoint_period=2)
     trainer.resume_or_load(resume=False)
-    model = trainer.model
-    forward = model.forward
+    criterion = trainer.model.criterion
+    criterion_forward = criterion.forward
 
     good_checkpoint_hash = None
 
     def diverge_at_iteration_3(*args, **kwargs):
         nonlocal good_checkpoint_hash
-        losses = forward(*args, **kwargs)
+        losses = criterion_forward(*args, **kwargs)
         if trainer.iter == 3:  # the last iteration: detectron2 would save model_final after it
             good_checkpoint_hash = sha256(tmp_path / "out/model_0000001.pth")  # saved after iteration 1
             losses["loss_mask"] = losses["loss_mask"] * float("nan")
         return losses
 
-    model.forward = diverge_at_iteration_3
+    criterion.forward = diverge_at_iteration_3  # inside the model: its check sees the NaN
     out = tmp_path / "out"
     with pytest.raises(NonFiniteLossError) as error:
         trainer.train()

@@ -1,10 +1,14 @@
 """Stop training at the first non-finite loss, before the diverged model can be saved.
 
 detectron2 notices a NaN loss only after the backward pass, and its checkpoint hook then still
-writes ``model_final.pth`` when the failure happens in the last iteration. The guard checks the
-loss dict the model returns, before backward: it turns the trainer's checkpointer off (a model
-whose loss is NaN or inf may already have non-finite weights, which no checkpoint should
-hold) and raises a ``NonFiniteLossError`` naming the iteration and the offending loss terms.
+writes ``model_final.pth`` when the failure happens in the last iteration. HCFormer checks the
+loss dict it returns, before backward (:func:`check_finite_losses`), and raises a
+``NonFiniteLossError`` naming the offending terms; ``Trainer.run_step`` then turns its
+checkpointer off (a model whose loss is NaN or inf may already have non-finite weights, which
+no checkpoint should hold) and raises it again with the iteration (:func:`stopped_at`). Models
+without the check (a project's detectron2 meta-architecture) stop at detectron2's own
+FloatingPointError, after backward but before the optimizer step; the checkpointer is turned
+off for those too.
 The last periodic checkpoint and ``last_checkpoint`` stay as they were, so ``--resume`` starts
 again from the last good state.
 
@@ -15,18 +19,21 @@ adds its flag to one all-reduce per iteration; when some rank's loss is not fini
 learn which ranks and terms, and all raise the same error.
 """
 import math
-from typing import Callable, Dict, List, Mapping
+from typing import Dict, List, Mapping
 
 import torch
 import torch.distributed as dist
 from detectron2.utils import comm
-from torch import nn
 
-__all__ = ["NonFiniteLossError", "non_finite_terms", "install_loss_guard"]
+__all__ = ["NonFiniteLossError", "non_finite_terms", "check_finite_losses"]
 
 
 class NonFiniteLossError(FloatingPointError):
-    """A loss term became NaN or infinite during training."""
+    """A loss term became NaN or infinite during training; ``where`` names the terms."""
+
+    def __init__(self, where: str):
+        super().__init__(where)
+        self.where = where
 
 
 def non_finite_terms(losses: Mapping[str, torch.Tensor]) -> Dict[str, float]:
@@ -48,43 +55,35 @@ def _describe(bad: Mapping[str, float], finite: List[str]) -> str:
     return f"{terms} (finite: {', '.join(finite) if finite else 'none'})"
 
 
-def install_loss_guard(model: nn.Module, trainer) -> Callable[[], None]:
-    """Check every training forward of ``model`` (the module that returns the loss dict, not a
-    DistributedDataParallel wrapper) for non-finite losses; ``trainer`` gives the iteration
-    (``trainer.iter``) and the checkpointer to disable (``trainer.checkpointer``).
-
-    With several processes every rank must run each training forward, as with the
-    DistributedDataParallel wrapper itself: the check takes part in a collective.
-
-    Returns:
-        a function that removes the guard.
-    """
-
-    def check(module: nn.Module, inputs, outputs) -> None:
-        if not module.training or not isinstance(outputs, Mapping) or not outputs:
-            return  # inference returns predictions, not losses
-        bad = non_finite_terms(outputs)
-        distributed = comm.get_world_size() > 1
-        if distributed:
-            if not _any_rank(bool(bad), next(iter(outputs.values())).device):
-                return
-        elif not bad:
+def check_finite_losses(losses: Mapping[str, torch.Tensor]) -> None:
+    """Raise a :class:`NonFiniteLossError` if a term of ``losses`` is NaN or infinite — on this
+    process or, with several, on any (every rank must call it once per training forward: it is
+    a collective). The error's ``where`` names the terms (and ranks); the trainer adds the
+    iteration and turns its checkpointer off (``Trainer.run_step``)."""
+    bad = non_finite_terms(losses)
+    distributed = comm.get_world_size() > 1
+    if distributed:
+        if not _any_rank(bool(bad), next(iter(losses.values())).device):
             return
-        trainer.checkpointer.save_to_disk = False
-        finite = sorted(name for name in outputs if name not in bad)
-        if distributed:
-            # only now, when all ranks stop anyway: which ranks, which terms
-            reports = comm.all_gather((comm.get_rank(), bad, finite))
-            where = "; ".join(f"on rank {rank}: {_describe(b, f)}" for rank, b, f in reports if b)
-        else:
-            where = _describe(bad, finite)
-        raise NonFiniteLossError(
-            f"Non-finite loss at iteration {trainer.iter}{' ' if distributed else ': '}{where}. "
-            "Training stopped and no checkpoint of this state was written; the last checkpoint "
-            "in OUTPUT_DIR is intact, and --resume continues from it. Usual causes: a learning "
-            "rate too high (SOLVER.BASE_LR), no gradient clipping (SOLVER.CLIP_GRADIENTS), fp16 "
-            "overflow (SOLVER.AMP.ENABLED), or a bad training sample."
-        )
+    elif not bad:
+        return
+    finite = sorted(name for name in losses if name not in bad)
+    if distributed:
+        # only now, when all ranks stop anyway: which ranks, which terms
+        reports = comm.all_gather((comm.get_rank(), bad, finite))
+        where = "; ".join(f"on rank {rank}: {_describe(b, f)}" for rank, b, f in reports if b)
+    else:
+        where = _describe(bad, finite)
+    raise NonFiniteLossError(where)
 
-    handle = model.register_forward_hook(check)
-    return handle.remove
+
+def stopped_at(iteration: int, error: NonFiniteLossError) -> NonFiniteLossError:
+    """The error the trainer raises: ``error``'s terms, the iteration and what to do."""
+    separator = " " if error.where.startswith("on rank") else ": "
+    return NonFiniteLossError(
+        f"Non-finite loss at iteration {iteration}{separator}{error.where}. "
+        "Training stopped and no checkpoint of this state was written; the last checkpoint "
+        "in OUTPUT_DIR is intact, and --resume continues from it. Usual causes: a learning "
+        "rate too high (SOLVER.BASE_LR), no gradient clipping (SOLVER.CLIP_GRADIENTS), fp16 "
+        "overflow (SOLVER.AMP.ENABLED), or a bad training sample."
+    )

@@ -29,7 +29,7 @@ from hcformer.evaluation.build_evaluator import build_evaluator
 from hcformer.evaluation.hierarchy_evaluator import HierarchyEvaluator
 from hcformer.solver import build_lr_scheduler, build_optimizer
 
-from .loss_guard import install_loss_guard
+from .loss_guard import NonFiniteLossError, stopped_at
 from .random_state import capture_random_state, restore_random_state
 
 logger = logging.getLogger(__name__)
@@ -94,8 +94,18 @@ class Trainer(DefaultTrainer):
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         with _cpu_aware_ddp():
             super().__init__(cfg)
-        model = self._trainer.model
-        self._remove_loss_guard = install_loss_guard(getattr(model, "module", model), self)
+
+    def run_step(self) -> None:
+        """detectron2's step; a non-finite loss turns the checkpointer off before the error
+        leaves the step (``loss_guard``), so that no hook saves the diverged state."""
+        try:
+            super().run_step()
+        except NonFiniteLossError as error:
+            self.checkpointer.save_to_disk = False
+            raise stopped_at(self.iter, error) from None
+        except FloatingPointError:  # detectron2's own check, for models without ours
+            self.checkpointer.save_to_disk = False
+            raise
 
     def state_dict(self) -> Dict:
         # detectron2 v0.6's DefaultTrainer saves only the iteration and the hooks (LR

@@ -10,6 +10,8 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import Tensor, nn
 
+from hcformer.engine.loss_guard import check_finite_losses
+
 from .criterion import SetCriterion, build_weight_dict
 from .hierarchy import Hierarchy
 from .matcher import HungarianMatcher
@@ -168,6 +170,7 @@ class HCFormer(nn.Module):
                 else:
                     losses.pop(k)
             losses["loss_scale_reg"] = self.scale_reg_weight * self.scale_regulariser()
+            check_finite_losses(losses)  # before backward: see hcformer.engine.loss_guard
             return losses
         requested = self.clusterings if clusterings is None else clusterings
         return self.inference(batched_inputs, images, outputs, hierarchy, requested)
