@@ -253,14 +253,15 @@ class SetCriterion(nn.Module):
 
         with torch.no_grad():
             # Where to look depends on the prediction only; sampling is not differentiated.
-            # the matched masks are in image order: each image's points from its own generator
-            per_image = [len(query) for query, _ in indices]
+            # the matched masks are in image order: each image's points from its own generator,
+            # or all of them in one draw from the global one
+            per_image = [len(query) for query, _ in indices] if generators else [len(src)]
             points = torch.cat([
                 get_uncertain_point_coords_with_randomness(
                     masks, logit_uncertainty, self.num_points, self.oversample_ratio,
                     self.importance_sample_ratio, generator,
                 )
-                for masks, generator in zip(src.split(per_image), generators or [None] * len(per_image))
+                for masks, generator in zip(src.split(per_image), generators or [None])
                 if len(masks)
             ])
             point_labels = point_sample(tgt, points, align_corners=False)[:, 0]  # (M, P)
