@@ -6,53 +6,17 @@ the heatmap's mean. ``render_cluster_grid`` tiles one stage (or one block, with 
 clustering) per band of rows, each tile the image with a heatmap (or the eq. (8) masked
 image) of one cluster, and writes a PNG.
 """
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib import colormaps
 from PIL import Image, ImageDraw
-from torch import Tensor, nn
+from torch import Tensor
 
 from .modeling.paca_vit import PaCaViT
-
-
-@contextmanager
-def recording_cluster_logits(vit: PaCaViT) -> Iterator[Dict[Tuple[int, int], Tensor]]:
-    """While active, the dict yielded holds the cluster logits (B, M, H_i, W_i) of the last
-    forward of ``vit``, under (stage, block) (0-based) for every block that computed an
-    assignment — the first block of a stage-wise stage, every block of a block-wise one — or
-    under (stage, -1) for the teacher's. Plain-MHSA stages have no entry."""
-    recorded: Dict[Tuple[int, int], Tensor] = {}
-    handles = []
-
-    def keep(stage: int, block: int):
-        def hook(module: nn.Module, inputs, output: Tensor) -> None:
-            B, _, N = output.shape
-            H, W = inputs[1]
-            recorded[stage, block] = output.detach().reshape(B, -1, H, W)
-
-        return hook
-
-    def keep_teacher(module: nn.Module, inputs, output) -> None:
-        for i, logits in enumerate(output[1]):
-            if logits is not None:
-                recorded[i, -1] = logits.detach()
-
-    if vit.teacher is not None:
-        handles.append(vit.teacher.register_forward_hook(keep_teacher))
-    for i, stage in enumerate(vit.stages):
-        for j, block in enumerate(stage.blocks):
-            if block.clustering is not None:
-                handles.append(block.clustering.register_forward_hook(keep(i, j)))
-    try:
-        yield recorded
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @torch.no_grad()
@@ -60,8 +24,7 @@ def cluster_logits(vit: PaCaViT, images: Tensor) -> List[Optional[Tensor]]:
     """Per stage, the cluster logits (B, M, H_i, W_i) of ``images`` (B, 3, H, W), normalised as
     the model expects — those of the stage's first clustering block, or the teacher's; None
     for plain-MHSA stages."""
-    with recording_cluster_logits(vit) as recorded:
-        vit.forward_stages(images)
+    _, recorded = vit.forward_stages(images, with_cluster_logits=True)
     first: Dict[int, Tensor] = {}
     for (stage, _), logits in sorted(recorded.items()):
         first.setdefault(stage, logits)
@@ -72,8 +35,7 @@ def cluster_logits(vit: PaCaViT, images: Tensor) -> List[Optional[Tensor]]:
 def block_cluster_logits(vit: PaCaViT, images: Tensor) -> Dict[str, Tensor]:
     """Every assignment's logits (B, M, H_i, W_i), labelled "stage i, block j" (1-based) in
     forward order, or "stage i, teacher": with block-wise clustering, one entry per block."""
-    with recording_cluster_logits(vit) as recorded:
-        vit.forward_stages(images)
+    _, recorded = vit.forward_stages(images, with_cluster_logits=True)
     return {
         f"stage {i + 1}, " + ("teacher" if j < 0 else f"block {j + 1}"): logits
         for (i, j), logits in sorted(recorded.items())

@@ -1,5 +1,5 @@
 """The PaCa Transformer block and a stage of them (paper Fig. 3 and Fig. 7)."""
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from timm.layers import DropPath
 from torch import Tensor, nn
@@ -69,21 +69,25 @@ class PaCaBlock(nn.Module):
         hw: Tuple[int, int],
         assignment: Optional[Tensor] = None,
         valid: Optional[Tensor] = None,
-    ) -> Tuple[Tensor, Optional[Tensor]]:
+    ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
         """
         Args:
             x: (B, N, C) tokens of an H×W map; hw = (H, W).
             assignment: (B, M, N) assignment to use when the block has no clustering.
             valid: optional bool (B, N), False for padding.
         Returns:
-            (B, N, C) tokens and the assignment used (for the next block of the stage).
+            (B, N, C) tokens, the assignment used (for the next block of the stage) and the
+            block's own (B, M, N) cluster logits before the softmax (None when it has no
+            clustering): what the visualisation draws.
         """
         y = self.norm1(x)
+        logits = None
         if self.clustering is not None:
-            assignment = soft_assignment(self.clustering(y, hw), valid)
+            logits = self.clustering(y, hw)
+            assignment = soft_assignment(logits, valid)
         x = x + self.drop_path1(self.attn(y, assignment, valid))
         x = x + self.drop_path2(self.mlp(self.norm2(x), hw))
-        return x, assignment
+        return x, assignment, logits
 
 
 class PaCaStage(nn.Module):
@@ -114,7 +118,9 @@ class PaCaStage(nn.Module):
             for clustering, rate in zip(clustering_modules, drop_path)
         )
 
-    def forward(self, x: Tensor, valid: Optional[Tensor] = None, cluster_logits: Optional[Tensor] = None) -> Tensor:
+    def forward(
+        self, x: Tensor, valid: Optional[Tensor] = None, cluster_logits: Optional[Tensor] = None
+    ) -> Tuple[Tensor, List[Optional[Tensor]]]:
         """
         Args:
             x: (B, C, H, W) input map.
@@ -122,7 +128,8 @@ class PaCaStage(nn.Module):
             cluster_logits: (B, M, H, W) assignment logits from outside the stage (the
                 teacher); None when the blocks cluster themselves, or M = 0.
         Returns:
-            (B, C, H, W)
+            (B, C, H, W) output map, and per block its own (B, M, H, W) cluster logits (None
+            for a block that reuses an assignment or has none).
         """
         B, C, H, W = x.shape
         tokens = x.flatten(2).transpose(1, 2)
@@ -130,6 +137,8 @@ class PaCaStage(nn.Module):
         assignment = None
         if cluster_logits is not None:
             assignment = soft_assignment(cluster_logits.flatten(2), valid_tokens)
+        block_logits = []
         for block in self.blocks:
-            tokens, assignment = block(tokens, (H, W), assignment, valid_tokens)
-        return tokens.transpose(1, 2).reshape(B, C, H, W)
+            tokens, assignment, logits = block(tokens, (H, W), assignment, valid_tokens)
+            block_logits.append(logits.reshape(B, -1, H, W) if logits is not None else None)
+        return tokens.transpose(1, 2).reshape(B, C, H, W), block_logits

@@ -8,7 +8,7 @@ detectron2 backbones (``paca.modeling.backbone``): it returns every stage's inpu
 so that a backbone can norm the outputs and HC-PaCa can cluster across the transitions.
 """
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from timm.layers import LayerNorm2d, trunc_normal_
@@ -28,6 +28,7 @@ PACA_VARIANTS: Dict[str, Dict[str, object]] = {
 }
 
 StageIO = Tuple[Tensor, Tensor]
+ClusterLogits = Dict[Tuple[int, int], Tensor]
 
 
 def init_paca_weights(m: nn.Module) -> None:
@@ -116,29 +117,42 @@ class PaCaViT(nn.Module):
             )
         self.apply(init_paca_weights)
 
-    def forward_stages(self, x: Tensor, image_sizes: Optional[Sequence[Tuple[int, int]]] = None) -> List[StageIO]:
+    def forward_stages(
+        self, x: Tensor, image_sizes: Optional[Sequence[Tuple[int, int]]] = None, with_cluster_logits: bool = False
+    ) -> Union[List[StageIO], Tuple[List[StageIO], ClusterLogits]]:
         """
         Args:
             x: (B, 3, H, W) normalised images (any H, W).
             image_sizes: (h, w) of each image before batch padding; padded cells are left
                 out of the clusters (and of the keys of plain MHSA).
+            with_cluster_logits: also return the assignment logits of this forward.
         Returns:
             For each stage, (input after its downsampling, output), both (B, C_i, H_i, W_i)
             with H_i = ceil(H / 2^(i+2)): the inputs are the coarse sides of the transitions.
+            With ``with_cluster_logits``, also {(stage, block): (B, M, H_i, W_i)} (0-based) for
+            every block that computed an assignment (the first block of a stage-wise stage,
+            every block of a block-wise one) and {(stage, -1): ...} for the teacher's; plain
+            MHSA stages have no entry.
         """
         x = self.stem(x)
         teacher_features, teacher_logits = self.teacher(x) if self.teacher is not None else (None, None)
-        results = []
+        results: List[StageIO] = []
+        cluster_logits: ClusterLogits = {}
         for i, stage in enumerate(self.stages):
             if i > 0:
                 x = self.transitions[i - 1](x)
             stage_input = x
+            outside_logits = None
             if teacher_features is not None:
                 x = x + teacher_features[i]
+                outside_logits = teacher_logits[i]
+                if outside_logits is not None:
+                    cluster_logits[i, -1] = outside_logits
             valid = valid_cells(image_sizes, 2 ** (i + 2), x.shape[-2:], x.device)
-            x = stage(x, valid, teacher_logits[i] if teacher_logits is not None else None)
+            x, block_logits = stage(x, valid, outside_logits)
+            cluster_logits.update({(i, j): logits for j, logits in enumerate(block_logits) if logits is not None})
             results.append((stage_input, x))
-        return results
+        return (results, cluster_logits) if with_cluster_logits else results
 
     def forward(self, x: Tensor, image_sizes: Optional[Sequence[Tuple[int, int]]] = None) -> List[Tensor]:
         """The four stage outputs (not normed), strides 4, 8, 16, 32."""
