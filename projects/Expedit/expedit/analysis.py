@@ -44,7 +44,7 @@ __all__ = [
     "backbone_flops",
     "median_latency",
     "interleaved_latency",
-    "FeatureRecorder",
+    "features_of_test_images",
     "per_image",
     "mean_cosine_similarity",
 ]
@@ -211,48 +211,26 @@ def interleaved_latency(fns: Sequence[Callable[[], object]], runs: int, warmup: 
 
 
 # ----------------------------------------------------------------------- feature similarity
-class FeatureRecorder:
-    """Records backbone features of every image a detectron2-style model sees, keyed by image.
+@torch.no_grad()
+def features_of_test_images(cfg: CfgNode, model: nn.Module, names: Iterable[str] = ("res4", "res5")) -> Dict[object, Dict[str, Tensor]]:
+    """Backbone features of every image of DATASETS.TEST[0], keyed by ``image_id`` (or
+    ``file_name``): {key: {name: (C, h, w)}} float32 on the CPU, cropped to the cells of the
+    image (those the batch padding did not add). The images are read by the project's test
+    loader, so they are the ones :func:`evaluate` scores."""
+    from hcformer.engine.trainer import Trainer
 
-    A forward pre-hook on ``model`` reads the inputs' ``image_id`` (or ``file_name``) and image
-    sizes; a forward hook on ``model.backbone`` keeps, per image, ``names`` cropped to the
-    image (the cells that the batch padding did not add), as float32 CPU tensors. Use as a
-    context manager around ``evaluate`` (or any inference loop).
-    """
-
-    def __init__(self, model: nn.Module, names: Iterable[str] = ("res4", "res5")):
-        self.model = model
-        self.names = tuple(names)
-        shapes = model.backbone.output_shape()
-        self.strides = {n: shapes[n].stride for n in self.names}
-        self.features: Dict[object, Dict[str, Tensor]] = {}
-        self._batch: List[Tuple[object, Tuple[int, int]]] = []
-        self._handles = []
-
-    def _inputs(self, module, args) -> None:
-        (batched_inputs,) = args[:1]
-        self._batch = [
-            (x.get("image_id", x.get("file_name", i)), tuple(x["image"].shape[-2:])) for i, x in enumerate(batched_inputs)
-        ]
-
-    def _outputs(self, module, args, output) -> None:
-        for i, (key, (h, w)) in enumerate(self._batch):
-            self.features[key] = {
-                n: output[n][i, :, : -(-h // self.strides[n]), : -(-w // self.strides[n])].detach().float().cpu()
-                for n in self.names
+    names = tuple(names)
+    strides = {n: model.backbone.output_shape()[n].stride for n in names}
+    features: Dict[object, Dict[str, Tensor]] = {}
+    for batch in Trainer.build_test_loader(cfg, cfg.DATASETS.TEST[0]):
+        images = model.preprocess(batch)
+        outputs = model.backbone(images.tensor)
+        for i, (x, (h, w)) in enumerate(zip(batch, images.image_sizes)):
+            key = x.get("image_id", x.get("file_name", len(features)))
+            features[key] = {
+                n: outputs[n][i, :, : -(-h // strides[n]), : -(-w // strides[n])].float().cpu() for n in names
             }
-
-    def __enter__(self) -> "FeatureRecorder":
-        self._handles = [
-            self.model.register_forward_pre_hook(self._inputs),
-            self.model.backbone.register_forward_hook(self._outputs),
-        ]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+    return features
 
 
 def per_image(outputs: Dict[str, object], names: Iterable[str] = ("res4", "res5")) -> Dict[int, Dict[str, Tensor]]:
@@ -267,7 +245,7 @@ def mean_cosine_similarity(
     """Per-token cosine similarity (over channels) of ``features`` to ``reference``, averaged
     over every token of every image, per feature name.
 
-    Both map image keys to {name: (C, H, W)} (``FeatureRecorder.features``, ``per_image``) and
+    Both map image keys to {name: (C, H, W)} (``features_of_test_images``, ``per_image``) and
     must cover the same images.
     """
     if not reference or reference.keys() != features.keys():

@@ -14,7 +14,7 @@ with the same MODEL.WEIGHTS (loaded once; each expedited model is a copy of the 
   turns in the same loop (so their ratio is measured under the same machine load), with
   ``--threads`` torch threads;
 * the mean per-token cosine similarity of res4 (output of the clustered stage) and res5 to the
-  original model's, over every token of every test image (recorded during the evaluation).
+  original model's, over every token of every test image.
 
 Everything runs on the CPU. Prints a Markdown table and writes ``NAME.json``, ``NAME.md`` and
 ``NAME.png`` (PQ, mIoU, cosine similarity, GFLOPs and latency vs k, one line per α) to --out.
@@ -42,7 +42,6 @@ PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))  # the expedit package
 
 from expedit.analysis import (  # noqa: E402
-    FeatureRecorder,
     backbone_flops,
     build_trained,
     evaluate,
@@ -52,6 +51,7 @@ from expedit.analysis import (  # noqa: E402
     interleaved_latency,
     load_cfg,
     mean_cosine_similarity,
+    features_of_test_images,
     valid_alphas,
 )
 
@@ -71,11 +71,10 @@ def _gflops(counts: Dict[str, object]) -> Dict[str, float]:
 
 
 def _evaluate(cfg, model, quiet: bool):
-    """(headline metrics, recorded res4 / res5 per image) of one evaluation."""
-    with FeatureRecorder(model) as recorder:
-        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
-            results = evaluate(cfg, model)  # one test set (run_sweep keeps the first): its dict
-    return headline_metrics(results), recorder.features
+    """(headline metrics, res4 / res5 per test image) of one model."""
+    with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+        results = evaluate(cfg, model)  # one test set (run_sweep keeps the first): its dict
+    return headline_metrics(results), features_of_test_images(cfg, model)
 
 
 def run_sweep(
