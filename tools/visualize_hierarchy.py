@@ -14,6 +14,13 @@ A config under ``projects/<Project>/`` is read with that project's keys and mode
 imports the project's package first (``--project`` names the project of a config that lies
 elsewhere, e.g. the ``config.yaml`` a training run wrote to its output directory).
 
+``--html DIR`` writes the hierarchy explorer instead of (or next to) the panels: ``DIR/index.html``
+and one page per image under ``DIR/images/``, each a single self-contained file (no server, no
+network) with a level slider, the boundaries of the chosen level, the cluster under the mouse
+with its parent one level coarser, its majority ground-truth class and leaked pixels, the
+prediction and ground truth as overlays, and the UE / ASA table (see hcformer/utils/hierarchy_page.py).
+The index sorts the images by UE at any level and plots the dataset's pixel-weighted UE / ASA.
+
 Images come from a registered dataset (ground truth from its records: ``pan_seg_file_name`` +
 ``segments_info``, ``sem_seg_file_name``, or instance ``annotations``) or from files (no ground
 truth: boundaries and cluster maps only). ``--json`` writes every image's UE / ASA per level and
@@ -29,6 +36,11 @@ for the query clustering (appendix E), with their means.
     python tools/visualize_hierarchy.py \\
         --config-file projects/PaCa/configs/shapes/hcformer_hc_paca_tiny_shapes.yaml \\
         --dataset shapes_sem_seg_val --output out/paca MODEL.WEIGHTS output/paca/model_final.pth
+    # the same images as web pages: open out/explorer/index.html in a browser
+    python tools/visualize_hierarchy.py \\
+        --config-file configs/shapes/panoptic-segmentation/hcformer_R18_shapes.yaml \\
+        --dataset shapes_val_panoptic_with_sem_seg --num-images 8 \\
+        --html out/explorer MODEL.WEIGHTS output/shapes_panoptic/model_final.pth
     # your own photos, levels 0 and 2 only
     python tools/visualize_hierarchy.py --config-file <config> --input photos/*.jpg \\
         --levels 0 2 --output out/photos MODEL.WEIGHTS <weights>
@@ -55,7 +67,8 @@ import hcformer.data  # noqa: F401  registers the datasets
 from hcformer.engine.inference_model import build_inference_model, inference_cfg
 from hcformer.evaluation import ground_truth_kind, load_segment_ground_truth, undersegmentation_counts
 from hcformer.modeling import HCFormer
-from hcformer.utils.hierarchy_visualization import LevelMap, draw_hierarchy, visualization_metadata
+from hcformer.utils import hierarchy_page
+from hcformer.utils.hierarchy_visualization import LevelMap, draw_hierarchy, draw_prediction, visualization_metadata
 from hcformer.utils.image_files import expand_image_paths
 
 logger = logging.getLogger("hcformer.visualize_hierarchy")
@@ -71,7 +84,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     source.add_argument("--dataset", metavar="NAME", help="a registered dataset (ground truth from its records)")
     source.add_argument("--input", nargs="+", metavar="PATH", help="image files, directories or globs (no ground truth)")
     parser.add_argument("--num-images", type=int, default=8, help="with --dataset: its first K images (default 8)")
-    parser.add_argument("--output", required=True, metavar="DIR", help="directory for the PNG panels")
+    parser.add_argument("--output", metavar="DIR", help="directory for the PNG panels")
+    parser.add_argument(
+        "--html", metavar="DIR", help="directory for the explorer: index.html and one self-contained page per image"
+    )
     parser.add_argument("--levels", type=int, nargs="+", metavar="K", help="levels to draw (default: all)")
     parser.add_argument("--json", metavar="FILE", help="write per-image and mean UE / ASA to this JSON file")
     parser.add_argument(
@@ -87,6 +103,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.num_images < 1:
         parser.error(f"--num-images must be at least 1, got {args.num_images}")
+    if not (args.output or args.html or args.json):
+        parser.error("nothing to write: give --output DIR (PNG panels), --html DIR (explorer pages) and/or --json FILE")
     return args
 
 
@@ -140,6 +158,63 @@ def summarise(images: List[Dict]) -> Dict[str, Dict[str, Optional[float]]]:
     return means
 
 
+def ground_truth_class_names(dataset: str, record: Dict, kind: str, gt: np.ndarray) -> Dict[int, str]:
+    """{segment id of ``gt``: class name} from the dataset's metadata (the explorer's "majority
+    class"): instance datasets name their thing classes, the others all classes as stuff
+    (Mask2Former convention)."""
+    metadata = MetadataCatalog.get(dataset)
+    if kind == "instance":
+        names = metadata.get("thing_classes", [])
+    else:
+        names = metadata.get("stuff_classes", []) or metadata.get("thing_classes", [])
+    return hierarchy_page.segment_class_names(record, kind, gt, names)
+
+
+def write_explorer_page(
+    args: argparse.Namespace,
+    image: np.ndarray,
+    clusterings: Dict[str, torch.Tensor],
+    strides: Dict[int, object],
+    entry: Dict,
+    prediction: Dict,
+    metadata: Metadata,
+    ground_truth: Optional[Tuple[np.ndarray, Optional[int], str, Dict[int, str]]],
+    name: str,
+    links: Dict[str, Optional[str]],
+) -> Dict:
+    """Write the explorer page of one image to ``--html``/images/``name``; return its entry of
+    the index."""
+    page_clusterings = [
+        hierarchy_page.PageClustering(
+            name=key,
+            labels=clusterings[key].cpu().numpy(),
+            stride=strides[int(key[5:])] if key.startswith("level") else None,
+            scores=entry["scores"].get(key),
+        )
+        for key in sorted((k for k in clusterings if k.startswith("level")), key=lambda k: int(k[5:]))
+        + (["queries"] if "queries" in clusterings else [])
+    ]
+    gt, ignore_label, kind, class_names = ground_truth if ground_truth is not None else (None, None, None, None)
+    picture = draw_prediction(image, prediction, metadata, args.confidence_threshold)
+    if picture.shape != image.shape:  # the Visualizer rounds its canvas: back to the image's pixels
+        picture = cv2.resize(picture, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_AREA)
+    data = hierarchy_page.image_page_data(
+        str(entry["image_id"]),
+        image,
+        page_clusterings,
+        gt=gt,
+        ignore_label=ignore_label,
+        ground_truth_kind=kind,
+        class_names=class_names,
+        prediction=picture,
+        links=links,
+    )
+    path = os.path.join(args.html, "images", name)
+    size = hierarchy_page.write_page(path, "image", data, title=f"{entry['image_id']} · hierarchy explorer")
+    logger.info("Wrote %s (%.1f MB)", path, size / 2**20)
+    return hierarchy_page.index_entry(data, image, href=f"images/{name}")
+
+
 def visualize_image(
     args: argparse.Namespace,
     model: torch.nn.Module,
@@ -148,8 +223,10 @@ def visualize_image(
     record: Dict,
     dataset: Optional[str],
     index: int,
-) -> Dict:
-    """Write the two panels of one image; return its entry of the JSON summary."""
+    page: Optional[Tuple[str, Dict[str, Optional[str]]]] = None,
+) -> Tuple[Dict, Optional[Dict]]:
+    """Write the two panels (with --output) and the explorer page (``page``: its file name and
+    links, with --html) of one image; return its entry of the JSON summary and of the index."""
     inputs = [mapper(dict(record))]
     gt, ignore_label, kind = None, None, None
     if dataset is not None:
@@ -157,30 +234,36 @@ def visualize_image(
         kind = ground_truth_kind(record, dataset_metadata.get("evaluator_type", ""))
         gt, ignore_label = load_segment_ground_truth(record, kind, dataset_metadata.get("ignore_label", 255))
     requested = ["levels"] if args.levels is None else [f"level{k}" for k in args.levels]
-    # the query clustering is a (Q, H, W) computation: only worth it when it is scored
-    if gt is not None:
+    # the query clustering is a (Q, H, W) computation: only worth it when it is scored or explored
+    if gt is not None or page is not None:
         requested.append("queries")
     with torch.no_grad():
         outputs = model(inputs, clusterings=requested)
     clusterings, strides = outputs[0]["clusterings"], outputs[0]["level_strides"]
     levels = sorted(int(name[5:]) for name in clusterings if name.startswith("level"))
     level_maps = [LevelMap(k, clusterings[f"level{k}"].cpu().numpy(), strides[k]) for k in levels]
-    figure = draw_hierarchy(
-        read_image(record["file_name"], format="RGB"),
-        level_maps,
-        gt,
-        ignore_label,
-        outputs[0],
-        metadata,
-        score_threshold=args.confidence_threshold,
-        max_cell_size=args.max_cell_size or None,
-        min_cell_size=args.min_cell_size or None,
-    )
-    stem = os.path.join(args.output, safe_name(record.get("image_id", index)))
-    panels = {"hierarchy": f"{stem}_hierarchy.png", "clusters": f"{stem}_clusters.png"}
-    for kind_of_panel, path in panels.items():
-        # cv2 writes BGR; full compression: the panels are large and written once
-        cv2.imwrite(path, getattr(figure, kind_of_panel)[:, :, ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    image = read_image(record["file_name"], format="RGB")
+    panels = {}
+    if args.output:
+        figure = draw_hierarchy(
+            image,
+            level_maps,
+            gt,
+            ignore_label,
+            outputs[0],
+            metadata,
+            score_threshold=args.confidence_threshold,
+            max_cell_size=args.max_cell_size or None,
+            min_cell_size=args.min_cell_size or None,
+        )
+        stem = os.path.join(args.output, safe_name(record.get("image_id", index)))
+        panels = {"hierarchy": f"{stem}_hierarchy.png", "clusters": f"{stem}_clusters.png"}
+        for kind_of_panel, path in panels.items():
+            # cv2 writes BGR; full compression: the panels are large and written once
+            cv2.imwrite(path, getattr(figure, kind_of_panel)[:, :, ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 9])
+        level_counts = figure.scores
+    elif gt is not None:  # the same counts as the panels' titles, without drawing them
+        level_counts = {m.level: undersegmentation_counts(gt, m.labels, ignore_label) for m in level_maps}
 
     entry = {
         "image_id": record.get("image_id", index),
@@ -194,7 +277,7 @@ def visualize_image(
         "scores": {},
     }
     if gt is not None:
-        counts = {f"level{k}": c for k, c in figure.scores.items()}
+        counts = {f"level{k}": c for k, c in level_counts.items()}
         counts["queries"] = undersegmentation_counts(gt, clusterings["queries"], ignore_label)
         entry["num_pixels"] = counts["queries"].num_pixels
         entry["scores"] = {
@@ -206,11 +289,34 @@ def visualize_image(
             }
             for name, c in counts.items()
         }
-    return entry
+    index_entry = None
+    if page is not None:
+        ground_truth = None
+        if gt is not None:
+            ground_truth = (gt, ignore_label, kind, ground_truth_class_names(dataset, record, kind, gt))
+        name, links = page
+        index_entry = write_explorer_page(
+            args, image, clusterings, strides, entry, outputs[0], metadata, ground_truth, name, links
+        )
+    return entry, index_entry
+
+
+def page_links(names: List[str]) -> List[Dict[str, Optional[str]]]:
+    """Per page (all in one directory, the index one level up): its own, the index's, the
+    previous and the next page's relative URLs."""
+    return [
+        {
+            "self": name,
+            "index": "../index.html",
+            "previous": names[i - 1] if i > 0 else None,
+            "next": names[i + 1] if i + 1 < len(names) else None,
+        }
+        for i, name in enumerate(names)
+    ]
 
 
 def visualize(args: argparse.Namespace) -> Dict:
-    """Write the panels of every image and, with --json, the summary; return the summary."""
+    """Write the panels, the explorer pages and the JSON summary asked for; return the summary."""
     cfg = inference_cfg(args.config_file, args.opts, project=args.project)  # registers the config's own datasets
     if args.dataset:
         check_dataset(args.dataset)  # before the model is built and loaded
@@ -226,12 +332,19 @@ def visualize(args: argparse.Namespace) -> Dict:
     if not records:
         raise ValueError("No images to visualise: the dataset is empty or --input matched nothing")
     mapper = DatasetMapper(cfg, is_train=False)  # the test-time resize, as evaluation does
-    os.makedirs(args.output, exist_ok=True)
+    if args.output:
+        os.makedirs(args.output, exist_ok=True)
+    pages = [None] * len(records)
+    if args.html:
+        os.makedirs(os.path.join(args.html, "images"), exist_ok=True)
+        page_names = hierarchy_page.page_names([r.get("image_id", i) for i, r in enumerate(records)])
+        pages = list(zip(page_names, page_links(page_names)))
 
-    images = [
-        visualize_image(args, model, mapper, metadata, record, dataset, index)
-        for index, record in enumerate(tqdm(records, desc="hierarchy panels", unit="image"))
+    results = [
+        visualize_image(args, model, mapper, metadata, record, dataset, index, page)
+        for index, (record, page) in enumerate(tqdm(list(zip(records, pages)), desc="hierarchy", unit="image"))
     ]
+    images = [entry for entry, _ in results]
     summary = {
         "config_file": args.config_file,
         "weights": cfg.MODEL.WEIGHTS,
@@ -245,7 +358,14 @@ def visualize(args: argparse.Namespace) -> Dict:
             json.dump(summary, f, indent=1)
     for name, mean in summary["mean"].items():
         logger.info("%-8s UE %.4f  ASA %.4f (mean over %d images)", name, mean["UE"], mean["ASA"], len(images))
-    logger.info("Wrote %d panels to %s", 2 * len(images), args.output)
+    if args.output:
+        logger.info("Wrote %d panels to %s", 2 * len(images), args.output)
+    if args.html:
+        title = f"{dataset or 'images'} · {os.path.basename(args.config_file)} · hierarchy explorer"
+        index = hierarchy_page.index_page_data([e for _, e in results], summary["mean"], title)
+        path = os.path.join(args.html, "index.html")
+        hierarchy_page.write_page(path, "index", index, title=title)
+        logger.info("Wrote the explorer of %d images: open %s", len(images), os.path.abspath(path))
     return summary
 
 
