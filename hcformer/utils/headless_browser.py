@@ -1,11 +1,13 @@
-"""Headless Chromium driven through its DevTools protocol, for the browser tests.
+"""Headless Chromium driven through its DevTools protocol: the explorer pages' browser tests,
+their benchmark (benchmarks/bench_explorer_page.py) and the README's screenshot use it.
 
-Not a test module. The protocol is JSON messages over one websocket: a command is
-``{"id", "method", "params"}`` and gets a reply with the same id; everything else that arrives
-is an event (a console message, an uncaught exception). That is all these tests need (load a
-page, move the mouse, press a key, evaluate an expression, take a screenshot), so no WebDriver
-sits in between: Chromium from the Debian packages and the small ``websocket-client`` from
-PyPI, both installed by scripts/setup_browser.sh (``make test-browser``).
+The protocol is JSON messages over one websocket: a command is ``{"id", "method", "params"}``
+and gets a reply with the same id; everything else that arrives is an event (a console message,
+an uncaught exception). That is all that is needed here (load a page, move the mouse, press a
+key, evaluate an expression, take a screenshot), so no WebDriver sits in between: Chromium from
+the Debian packages and the small ``websocket-client`` from PyPI, both installed by
+scripts/setup_browser.sh (``make test-browser``). Neither is a dependency of the library: this
+module imports websocket-client only when a browser is started.
 """
 import base64
 import itertools
@@ -18,6 +20,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Dict, List, Optional
+
+__all__ = ["Browser", "find_chromium"]
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 
@@ -33,8 +37,17 @@ class Browser:
     """One headless Chromium with one tab. Use as a context manager: the process and its
     profile directory are removed on exit."""
 
-    def __init__(self, executable: str, width: int = 1280, height: int = 900, timeout: float = 30.0):
-        import websocket  # websocket-client: installed by scripts/setup_browser.sh
+    def __init__(self, executable: Optional[str], width: int = 1280, height: int = 900, timeout: float = 30.0):
+        if not executable or not shutil.which(executable):
+            raise FileNotFoundError(
+                f"Chromium executable {executable!r} not found: run scripts/setup_browser.sh, or set $CHROMIUM"
+            )
+        try:
+            import websocket  # websocket-client
+        except ImportError as e:
+            raise ImportError(
+                "driving Chromium needs websocket-client: run scripts/setup_browser.sh (or pip install websocket-client)"
+            ) from e
 
         self.timeout = timeout
         self.events: List[Dict] = []
@@ -115,11 +128,14 @@ class Browser:
 
     # -------------------------------------------------------------------- what a user does
     def open(self, path: Path, ready: str = "document.body && document.body.dataset.ready === 'true'") -> float:
-        """Load a file and wait until ``ready`` is true; return the seconds it took."""
+        """Load a file and wait until ``ready`` is true; return the seconds it took (from the
+        navigation command to the first poll, every 10 ms, that finds it true)."""
         start = time.perf_counter()
         self.send("Page.navigate", url=Path(path).resolve().as_uri())
         deadline = time.monotonic() + self.timeout
         while not self.evaluate(ready):
+            if self.console_errors():  # the page failed: no point waiting for the timeout
+                raise RuntimeError(f"{path} reported errors while loading: {self.console_errors()}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{path} was not ready within {self.timeout} s; console: {self.console_errors()}")
             time.sleep(0.01)
