@@ -21,6 +21,7 @@ from .postprocess import (
     level_strides,
     panoptic_inference,
     query_clustering,
+    resize_to_output,
     semantic_inference,
 )
 
@@ -273,12 +274,3 @@ class HCFormer(nn.Module):
                                  f"(k = 0..{hierarchy.num_levels})")
         return sorted(set(levels)), ALL_CLUSTERINGS in names or "queries" in names
 
-
-def resize_to_output(masks: Tensor, image_size, height: int, width: int) -> Tensor:
-    """detectron2's ``sem_seg_postprocess`` (crop the padding, resize to the original size),
-    without the resize when the sizes already agree: a same-size bilinear resize is the
-    identity, and a pass over (Q, H, W) masks at full resolution."""
-    masks = masks[:, : image_size[0], : image_size[1]]
-    if masks.shape[-2:] == (height, width):
-        return masks
-    return sem_seg_postprocess(masks, image_size, height, width)

@@ -115,8 +115,10 @@ class HCTransformerDecoder(_QueryDecoderBase):
 
     def attention_mask(self, masks: Tensor) -> Tensor:
         """(B, Q, h, w) mask logits → bool (B·heads, Q, h·w), True = blocked."""
-        blocked = (masks.detach().flatten(2).sigmoid() < 0.5)
-        blocked[blocked.all(dim=-1)] = False
+        blocked = masks.detach().flatten(2).sigmoid() < 0.5
+        # a query blocked everywhere attends everywhere instead (an empty row would be NaN);
+        # an elementwise AND rather than an in-place boolean index, which ONNX Runtime lacks
+        blocked = blocked & ~blocked.all(dim=-1, keepdim=True)
         return blocked.repeat_interleave(self.num_heads, dim=0)
 
     def forward(self, x: Tensor) -> Dict[str, object]:
