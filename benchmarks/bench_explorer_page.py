@@ -87,7 +87,6 @@ def page_composition(page: Path) -> Dict[str, int]:
 
 def measure_browser(page: Path, repeats: int) -> Dict[str, object]:
     data = read_page_data(page)
-    width, height = data["width"], data["height"]
     with Browser(find_chromium(), width=1600, height=1000) as browser:
         openings = [browser.open(page) for _ in range(repeats)]
         errors = browser.console_errors()

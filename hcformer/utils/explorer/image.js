@@ -9,8 +9,8 @@
 // shows changes, so that moving the mouse inside one cluster costs nothing.
 
 const BOUNDARY_RGB = [255, 225, 0]; // the yellow of the PNG panels
-const CLUSTER_RGBA = [255, 225, 0, 120];
-const PARENT_RGBA = [0, 190, 255, 90];
+const CLUSTER_RGBA = [0, 230, 120, 140]; // green: apart from the yellow boundaries
+const PARENT_RGBA = [40, 120, 255, 90];
 const LEAK_RGBA = [230, 20, 20, 235];
 const GROUND_TRUTH_ALPHA = 0.55;
 const IGNORED_SEGMENT = 0xffffff; // hierarchy_page.IGNORED_SEGMENT: an ignored ground-truth pixel
