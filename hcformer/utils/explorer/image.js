@@ -33,7 +33,7 @@ const state = {
   groundTruth: null, // Int32Array of segment indices, IGNORED_SEGMENT where ignored
   photo: null,
   prediction: null,
-  groundTruthLayer: null, // canvas of the segments' colours
+  groundTruthLayer: null, // canvas of the segments' colours, made when first shown
   pointer: null, // {x, y} of the hovered pixel, null outside the image
   hovered: "", // "level:cluster:parent" of what the highlight layer shows
 };
@@ -116,7 +116,8 @@ function drawBase() {
   const showPrediction = $("show-prediction").checked && state.prediction;
   context.globalAlpha = 1;
   context.drawImage(showPrediction ? state.prediction : state.photo, 0, 0);
-  if ($("show-ground-truth").checked && state.groundTruthLayer) {
+  if ($("show-ground-truth").checked && state.groundTruth) {
+    if (state.groundTruthLayer === null) state.groundTruthLayer = groundTruthLayer(state.groundTruth); // on first use
     context.globalAlpha = GROUND_TRUTH_ALPHA;
     context.drawImage(state.groundTruthLayer, 0, 0);
     context.globalAlpha = 1;
@@ -131,18 +132,14 @@ function drawBoundaries() {
   if (!$("show-boundaries").checked) return;
   const ids = state.maps[state.level];
   const image = context.createImageData(W, H);
-  const pixels = image.data;
+  // one 32-bit store per pixel; the colour is packed through the same kind of view, so the
+  // platform's byte order does not matter
+  const pixels = new Uint32Array(image.data.buffer);
+  const colour = new Uint32Array(new Uint8ClampedArray([...BOUNDARY_RGB, 255]).buffer)[0];
   for (let y = 0; y < H; y++) {
     for (let x = 0; x < W; x++) {
       const i = y * W + x;
-      const edge = (x + 1 < W && ids[i] !== ids[i + 1]) || (y + 1 < H && ids[i] !== ids[i + W]);
-      if (edge) {
-        const j = 4 * i;
-        pixels[j] = BOUNDARY_RGB[0];
-        pixels[j + 1] = BOUNDARY_RGB[1];
-        pixels[j + 2] = BOUNDARY_RGB[2];
-        pixels[j + 3] = 255;
-      }
+      if ((x + 1 < W && ids[i] !== ids[i + 1]) || (y + 1 < H && ids[i] !== ids[i + W])) pixels[i] = colour;
     }
   }
   context.putImageData(image, 0, 0);
@@ -341,7 +338,6 @@ async function main() {
   state.maps = await Promise.all(clusterings.map((c) => decodeIds(c.map, `${c.name} cluster map`)));
   if (data.ground_truth) {
     state.groundTruth = await decodeIds(data.ground_truth.map, "ground-truth map");
-    state.groundTruthLayer = groundTruthLayer(state.groundTruth);
   }
 
   slider.addEventListener("input", () => selectLevel(Number(slider.value)));
