@@ -22,7 +22,17 @@ from explorer_pages import write_voc_explorer
 from hcformer.engine.inference_model import build_inference_model, inference_cfg
 from hcformer.evaluation import leakage_mask, load_segment_ground_truth
 from hcformer.utils.embedded_id_maps import MAX_ID, decode_id_map, encode_id_map
-from hcformer.utils.hierarchy_page import IGNORED_SEGMENT, THUMBNAIL_WIDTH, page_names, read_page_data, write_page
+from hcformer.evaluation.segment_ground_truth import INSTANCE_IGNORE
+from hcformer.utils.hierarchy_page import (
+    IGNORED_SEGMENT,
+    THUMBNAIL_WIDTH,
+    PageClustering,
+    image_page_data,
+    page_names,
+    read_page_data,
+    segment_class_names,
+    write_page,
+)
 from tiny_configs import load_script, write_task_config
 
 CLUSTERINGS = ["level0", "level1", "level2", "level3", "queries"]  # finest first, as on the pages
@@ -171,6 +181,33 @@ def test_photos_without_ground_truth(tmp_path, explorer):
 
     with pytest.raises(SystemExit):  # argparse: "nothing to write: give --output DIR ..."
         script.parse_args(["--config-file", str(config), "--input", "x.png"])
+
+
+# ------------------------------------------------------------------ other ground truths
+def test_instance_and_semantic_ground_truth():
+    """Instance ids (background 0, crowd ignored as -1) and semantic classes (ignore 255) become
+    segments named by their class; the page's ids and the checks on shapes."""
+    image = np.zeros((4, 6, 3), dtype=np.uint8)
+    clusters = PageClustering("level0", np.arange(24).reshape(4, 6) // 2, stride=4)
+    instances = np.array([[0, 0, 1, 1, 2, 2]] * 3 + [[INSTANCE_IGNORE] * 6])
+    record = {"annotations": [{"category_id": 2}, {"category_id": 0}]}
+    names = segment_class_names(record, "instance", instances, ["cat", "dog", "cow"])
+    assert names == {0: "background (no instance)", 1: "cow", 2: "cat"}
+    data = image_page_data("x", image, [clusters], gt=instances, ignore_label=INSTANCE_IGNORE,
+                           ground_truth_kind="instance", class_names=names)
+    truth = data["ground_truth"]
+    assert truth["segments"] == [{"id": 0, "class": "background (no instance)"}, {"id": 1, "class": "cow"},
+                                 {"id": 2, "class": "cat"}]
+    assert np.array_equal(decode_id_map(truth["map"])[3], [IGNORED_SEGMENT] * 6)
+    assert np.array_equal(decode_id_map(truth["map"])[:3], instances[:3])
+
+    semantic = np.array([[3, 3, 255, 7, 7, 7]] * 4)
+    names = segment_class_names({}, "semantic", semantic, ["a", "b", "c", "d"])
+    assert names == {3: "d", 7: "class 7", 255: "class 255"}  # the ignored id is never shown
+    with pytest.raises(ValueError, match="ground truth kind must be panoptic, semantic or instance, got 'boxes'"):
+        segment_class_names({}, "boxes", semantic, [])
+    with pytest.raises(ValueError, match=r"clustering level0 of image 'x' has shape \(4, 6\), expected \(2, 6\)"):
+        image_page_data("x", image[:2], [clusters])
 
 
 # ------------------------------------------------------------------ the format

@@ -27,9 +27,10 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 
 
 def find_chromium() -> Optional[str]:
-    """The Chromium executable: $CHROMIUM if set, else the first of CHROMIUM_NAMES on the PATH."""
+    """The Chromium executable: $CHROMIUM if set (None if it names no executable), else the
+    first of CHROMIUM_NAMES on the PATH; None if there is none."""
     if os.environ.get("CHROMIUM"):
-        return os.environ["CHROMIUM"]
+        return shutil.which(os.environ["CHROMIUM"])
     return next((path for path in map(shutil.which, CHROMIUM_NAMES) if path), None)
 
 
