@@ -125,7 +125,7 @@ def bilinear_corners(
     K = kh * kw
     device = offset.device
     # (B, Ho, Wo, K) views: the rows of the column matrix are (pixel, tap) pairs
-    dy, dx = offset.view(B, K, 2, Ho, Wo).permute(2, 0, 3, 4, 1)
+    dy, dx = offset.reshape(B, K, 2, Ho, Wo).permute(2, 0, 3, 4, 1)
     modulation = mask.permute(0, 2, 3, 1)
     # integer part first (exact in floating point), then the offset: one rounding, as torchvision
     tap_y = torch.arange(kh, device=device).repeat_interleave(kw)
@@ -153,6 +153,10 @@ def _weight_matrix(weight: Tensor) -> Tensor:
     return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
 
 
+def _is_channels_last(x: Tensor) -> bool:
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 def _bag_columns(x: Tensor, index: Tensor, corner_weight: Tensor) -> Tensor:
     """(B·L·K, C): Σ_corners weight · x[corner] with ``embedding_bag`` over channels-last rows."""
     C = x.shape[1]
@@ -172,19 +176,27 @@ class _BagDeformConv(torch.autograd.Function):
         O = weight.shape[0]
         Ho, Wo = out_size
         columns = _bag_columns(x, index, corner_weight).view(B, Ho * Wo, -1)
-        out = torch.matmul(_weight_matrix(weight), columns.transpose(1, 2))  # (B, O, L), NCHW
-        if bias is not None:
-            out += bias.view(1, O, 1)
+        if _is_channels_last(x):  # (B, L, O): the output stays channels-last, as a conv's would
+            out = torch.matmul(columns, _weight_matrix(weight).t())
+            if bias is not None:
+                out += bias
+            out = out.view(B, Ho, Wo, O).permute(0, 3, 1, 2)
+        else:  # (B, O, L), NCHW
+            out = torch.matmul(_weight_matrix(weight), columns.transpose(1, 2))
+            if bias is not None:
+                out += bias.view(1, O, 1)
+            out = out.view(B, O, Ho, Wo)
         ctx.save_for_backward(x, index, corner_weight, weight)
         ctx.has_bias = bias is not None
-        return out.view(B, O, Ho, Wo)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
         x, index, corner_weight, weight = ctx.saved_tensors
         need_x, _, need_w, need_weight, need_bias, _ = ctx.needs_input_grad
         B, O = grad_out.shape[:2]
-        g = grad_out.reshape(B, O, -1)  # (B, O, L)
+        # (B, O, L) as a view of either layout (a transposed view for channels-last)
+        g = grad_out.flatten(2) if not _is_channels_last(grad_out) else grad_out.permute(0, 2, 3, 1).reshape(B, -1, O).transpose(1, 2)
         grad_x = grad_corner = grad_weight = grad_bias = None
         with torch.enable_grad():
             xd = x.detach().requires_grad_(need_x)
