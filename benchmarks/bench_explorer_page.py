@@ -75,11 +75,10 @@ def resized_dataset(directory: Path, width: int, height: int) -> None:
 def page_composition(page: Path) -> Dict[str, int]:
     """Bytes of the page's parts (data URLs are ASCII: a character is a byte)."""
     data = read_page_data(page)
-    parts = {
-        "photo (JPEG)": len(data["photo"]),
-        "prediction (JPEG)": len(data["prediction"] or ""),
-        "ground truth map (PNG)": len(data["ground_truth"]["map"]),
-    }
+    parts = {"photo (JPEG)": len(data["photo"])}
+    for kind, url in data["predictions"].items():
+        parts[f"{kind} prediction (JPEG)"] = len(url)
+    parts["ground truth map (PNG)"] = len(data["ground_truth"]["map"])
     for c in data["clusterings"]:
         parts[f"{c['name']} map (PNG)"] = len(c["map"])
     parts["script, style, tables"] = page.stat().st_size - sum(parts.values())

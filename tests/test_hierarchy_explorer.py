@@ -140,8 +140,11 @@ def test_pictures_and_links(explorer):
         assert photo.shape == (record["height"], record["width"], 3)
         # a JPEG (quality 85, chroma subsampled) of this photo: another photo would differ by tens
         assert np.abs(photo - read_image(record["file_name"], format="RGB")).mean() < 8
-        prediction = _decode_picture(data["prediction"]).astype(np.int16)
-        assert prediction.shape == photo.shape and np.abs(prediction - photo).mean() > 1  # something drawn
+        assert list(data["predictions"]) == ["panoptic", "instances", "semantic"]  # the panoptic config's outputs
+        pictures = {kind: _decode_picture(url).astype(np.int16) for kind, url in data["predictions"].items()}
+        for kind, picture in pictures.items():
+            assert picture.shape == photo.shape and np.abs(picture - photo).mean() > 1, kind  # something drawn
+        assert np.abs(pictures["panoptic"] - pictures["semantic"]).mean() > 1  # not one picture three times
         links = data["links"]
         assert links["index"] == "../index.html" and links["self"] == f"{names[i]}.html"
         assert links["previous"] == (f"{names[i - 1]}.html" if i > 0 else None)

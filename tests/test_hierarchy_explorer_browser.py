@@ -160,16 +160,21 @@ def test_the_slider_changes_the_drawn_level(page):
 
 def test_the_overlays_change_the_picture(page):
     browser, data = page
+    options = "Array.from(document.getElementById('picture').options).map((o) => o.value)"
+    assert browser.evaluate(options) == ["photo", "panoptic", "instances", "semantic"]
     photo = _base_pixels(browser)
-    browser.evaluate("document.getElementById('show-prediction').click()")
-    prediction = _base_pixels(browser)
+    pictures = {}
+    for kind in ("panoptic", "semantic", "photo"):
+        browser.evaluate(f"(() => {{ const s = document.getElementById('picture'); s.value = {kind!r};"
+                         " s.dispatchEvent(new Event('change')); })()")
+        pictures[kind] = _base_pixels(browser)
+    assert np.abs(pictures["panoptic"] - photo).mean() > 1
+    assert np.abs(pictures["semantic"] - pictures["panoptic"]).mean() > 1
+    assert np.array_equal(pictures["photo"], photo)  # back to the photo
     browser.evaluate("document.getElementById('show-ground-truth').click()")
-    both = _base_pixels(browser)
-    browser.evaluate("document.getElementById('show-prediction').click()")
+    assert np.abs(_base_pixels(browser) - photo).mean() > 10  # the segments' colours, blended at 55 %
     browser.evaluate("document.getElementById('show-ground-truth').click()")
-    assert np.abs(prediction - photo).mean() > 1
-    assert np.abs(both - prediction).mean() > 10  # the segments' colours, blended at 55 %
-    assert np.array_equal(_base_pixels(browser), photo)  # both off: the photo again
+    assert np.array_equal(_base_pixels(browser), photo)
     assert browser.console_errors() == []
 
 

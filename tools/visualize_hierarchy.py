@@ -195,9 +195,14 @@ def write_explorer_page(
         + (["queries"] if "queries" in clusterings else [])
     ]
     gt, ignore_label, kind, class_names = ground_truth if ground_truth is not None else (None, None, None, None)
-    picture = draw_prediction(image, prediction, metadata, args.confidence_threshold)
-    if picture.shape != image.shape:  # the Visualizer rounds its canvas: back to the image's pixels
-        picture = cv2.resize(picture, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_AREA)
+    # one picture per output the model gave (the panels draw only the first of them)
+    pictures = {}
+    for output, key in (("panoptic", "panoptic_seg"), ("instances", "instances"), ("semantic", "sem_seg")):
+        if key in prediction:
+            picture = draw_prediction(image, {key: prediction[key]}, metadata, args.confidence_threshold)
+            if picture.shape != image.shape:  # the Visualizer rounds its canvas: back to the image's pixels
+                picture = cv2.resize(picture, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_AREA)
+            pictures[output] = picture
     data = hierarchy_page.image_page_data(
         str(entry["image_id"]),
         image,
@@ -206,7 +211,7 @@ def write_explorer_page(
         ignore_label=ignore_label,
         ground_truth_kind=kind,
         class_names=class_names,
-        prediction=picture,
+        predictions=pictures,
         links=links,
     )
     path = os.path.join(args.html, "images", name)

@@ -1,7 +1,7 @@
 """The hierarchy explorer: one self-contained web page per image, and an index page.
 
 ``tools/visualize_hierarchy.py --html DIR`` writes them. A page needs no server and no network:
-the photo, the prediction picture and every cluster map are inside the HTML (see
+the photo, the prediction pictures and every cluster map are inside the HTML (see
 :mod:`hcformer.utils.embedded_id_maps` for the map format), next to the page's script and style,
 which live as plain files in ``explorer/`` beside this module and are inlined when a page is
 written. Nothing here runs a model: the inputs are the same arrays the PNG panels are drawn from.
@@ -9,8 +9,8 @@ written. Nothing here runs a model: the inputs are the same arrays the PNG panel
 What a page holds, as one JSON object in ``<script type="application/json" id="explorer-data">``
 (:func:`read_page_data` reads it back):
 
-- ``width``, ``height``, ``photo`` (JPEG data URL), ``prediction`` (JPEG data URL of detectron2's
-  overlay, or null);
+- ``width``, ``height``, ``photo`` (JPEG data URL), ``predictions``: {"panoptic" | "instances" |
+  "semantic": JPEG data URL of detectron2's overlay of that output}, for the outputs the model has;
 - ``clusterings``: finest level first, then the coarser levels, then the query clustering; each
   with its ``name`` ("level<k>" or "queries"), ``stride``, ``num_clusters``, ``map`` (PNG data
   URL of the cluster ids, the ids the model returned) and ``scores`` (UE, ASA and their
@@ -38,6 +38,7 @@ from .embedded_id_maps import MAX_ID, encode_id_map, encode_picture
 
 __all__ = [
     "IGNORED_SEGMENT",
+    "PREDICTION_KINDS",
     "PageClustering",
     "segment_class_names",
     "image_page_data",
@@ -50,6 +51,7 @@ __all__ = [
 
 EXPLORER_DIR = Path(__file__).with_name("explorer")
 IGNORED_SEGMENT = MAX_ID  # the ground-truth map's value for ignored pixels
+PREDICTION_KINDS = ("panoptic", "instances", "semantic")  # the outputs a page can show, in this order
 THUMBNAIL_WIDTH = 240  # pixels of the index's thumbnails (a JPEG each, a few kB)
 _DATA_TAG = '<script type="application/json" id="explorer-data">'
 
@@ -122,7 +124,7 @@ def image_page_data(
     ignore_label: Optional[int] = None,
     ground_truth_kind: Optional[str] = None,
     class_names: Optional[Dict[int, str]] = None,
-    prediction: Optional[np.ndarray] = None,
+    predictions: Optional[Dict[str, np.ndarray]] = None,
     links: Optional[Dict[str, Optional[str]]] = None,
 ) -> Dict:
     """Everything the page of one image shows (the module docstring lists the fields).
@@ -132,7 +134,8 @@ def image_page_data(
         clusterings: finest first; the levels, then the query clustering if there is one.
         gt, ignore_label, ground_truth_kind: the ground-truth segments, as scored; None: none.
         class_names: {segment id: class name} (:func:`segment_class_names`).
-        prediction: (H, W, 3) uint8 picture of the model's prediction over the photo.
+        predictions: {kind: (H, W, 3) uint8 picture of the model's output of that kind over
+            the photo}, kinds among PREDICTION_KINDS, shown in that order.
         links: relative URLs of "index", "previous" and "next" pages.
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -143,14 +146,18 @@ def image_page_data(
             raise ValueError(f"clustering {c.name} of image {image_id!r} has shape {c.labels.shape}, expected {size}")
     if gt is not None and gt.shape != size:
         raise ValueError(f"ground truth of image {image_id!r} has shape {gt.shape}, expected {size}")
-    if prediction is not None and prediction.shape != image.shape:
-        raise ValueError(f"prediction picture of image {image_id!r} has shape {prediction.shape}, expected {image.shape}")
+    predictions = predictions or {}
+    for kind, picture in predictions.items():
+        if kind not in PREDICTION_KINDS:
+            raise ValueError(f"prediction kind {kind!r} of image {image_id!r} is none of {PREDICTION_KINDS}")
+        if picture.shape != image.shape:
+            raise ValueError(f"{kind} picture of image {image_id!r} has shape {picture.shape}, expected {image.shape}")
     return {
         "image_id": str(image_id),
         "width": int(size[1]),
         "height": int(size[0]),
         "photo": encode_picture(image),
-        "prediction": encode_picture(prediction) if prediction is not None else None,
+        "predictions": {kind: encode_picture(predictions[kind]) for kind in PREDICTION_KINDS if kind in predictions},
         "clusterings": [
             {
                 "name": c.name,

@@ -31,8 +31,7 @@ const state = {
   level: 0, // index into clusterings
   maps: [], // Int32Array of cluster ids per clustering, row-major
   groundTruth: null, // Int32Array of segment indices, IGNORED_SEGMENT where ignored
-  photo: null,
-  prediction: null,
+  pictures: {}, // "photo" and each prediction kind → decoded picture
   groundTruthLayer: null, // canvas of the segments' colours, made when first shown
   pointer: null, // {x, y} of the hovered pixel, null outside the image
   hovered: "", // "level:cluster:parent" of what the highlight layer shows
@@ -113,9 +112,8 @@ function clusteringName(index) {
 
 function drawBase() {
   const context = layers.base.getContext("2d");
-  const showPrediction = $("show-prediction").checked && state.prediction;
   context.globalAlpha = 1;
-  context.drawImage(showPrediction ? state.prediction : state.photo, 0, 0);
+  context.drawImage(state.pictures[$("picture").value], 0, 0);
   if ($("show-ground-truth").checked && state.groundTruth) {
     if (state.groundTruthLayer === null) state.groundTruthLayer = groundTruthLayer(state.groundTruth); // on first use
     context.globalAlpha = GROUND_TRUTH_ALPHA;
@@ -329,12 +327,12 @@ async function main() {
   layOut();
   fillScores();
   slider.max = String(clusterings.length - 1);
-  if (!data.prediction) $("show-prediction").disabled = true;
+  for (const kind of Object.keys(data.predictions)) $("picture").add(new Option(`prediction: ${kind}`, kind));
   if (!data.ground_truth) $("show-ground-truth").disabled = true;
 
-  const pictures = [loadPicture(data.photo, "photo")];
-  if (data.prediction) pictures.push(loadPicture(data.prediction, "prediction picture"));
-  [state.photo, state.prediction = null] = await Promise.all(pictures);
+  const urls = { photo: data.photo, ...data.predictions };
+  const pictures = await Promise.all(Object.entries(urls).map(([kind, url]) => loadPicture(url, `${kind} picture`)));
+  Object.keys(urls).forEach((kind, i) => (state.pictures[kind] = pictures[i]));
   state.maps = await Promise.all(clusterings.map((c) => decodeIds(c.map, `${c.name} cluster map`)));
   if (data.ground_truth) {
     state.groundTruth = await decodeIds(data.ground_truth.map, "ground-truth map");
@@ -342,7 +340,7 @@ async function main() {
 
   slider.addEventListener("input", () => selectLevel(Number(slider.value)));
   $("show-boundaries").addEventListener("change", drawBoundaries);
-  $("show-prediction").addEventListener("change", drawBase);
+  $("picture").addEventListener("change", drawBase);
   $("show-ground-truth").addEventListener("change", drawBase);
   stage.addEventListener("mousemove", (event) => {
     state.pointer = pixelUnder(event);
