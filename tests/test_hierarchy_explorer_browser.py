@@ -10,6 +10,7 @@ chooses, the overlays, the index's order.
 import importlib.util
 import io
 import json
+import time
 
 import numpy as np
 import pytest
@@ -76,6 +77,25 @@ def _drawn_boundaries(browser: Browser) -> np.ndarray:
     drawn = np.zeros(shape[0] * shape[1], dtype=bool)
     drawn[indices] = True
     return drawn.reshape(shape)
+
+
+def _wait_for(browser: Browser, expression: str, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not browser.evaluate(expression):
+        assert time.monotonic() < deadline, f"{expression} still false after {seconds} s"
+        time.sleep(0.01)
+
+
+def _show(browser: Browser, picture: str, ground_truth: bool) -> np.ndarray:
+    """Choose the picture and the ground-truth overlay as a user does; the base layer's pixels
+    once drawn (the page decodes a picture when it is first chosen)."""
+    browser.evaluate(f"(() => {{ const s = document.getElementById('picture'); if (s.value !== {picture!r}) {{"
+                     f" s.value = {picture!r}; s.dispatchEvent(new Event('change')); }} }})()")
+    if browser.evaluate("document.getElementById('show-ground-truth').checked") != ground_truth:
+        browser.evaluate("document.getElementById('show-ground-truth').click()")
+    shows = f"{picture}+ground truth" if ground_truth else picture
+    _wait_for(browser, f"document.getElementById('layer-base').dataset.shows === {shows!r}")
+    return _base_pixels(browser)
 
 
 def _base_pixels(browser: Browser) -> np.ndarray:
@@ -162,19 +182,13 @@ def test_the_overlays_change_the_picture(page):
     browser, data = page
     options = "Array.from(document.getElementById('picture').options).map((o) => o.value)"
     assert browser.evaluate(options) == ["photo", "panoptic", "instances", "semantic"]
-    photo = _base_pixels(browser)
-    pictures = {}
-    for kind in ("panoptic", "semantic", "photo"):
-        browser.evaluate(f"(() => {{ const s = document.getElementById('picture'); s.value = {kind!r};"
-                         " s.dispatchEvent(new Event('change')); })()")
-        pictures[kind] = _base_pixels(browser)
-    assert np.abs(pictures["panoptic"] - photo).mean() > 1
-    assert np.abs(pictures["semantic"] - pictures["panoptic"]).mean() > 1
-    assert np.array_equal(pictures["photo"], photo)  # back to the photo
-    browser.evaluate("document.getElementById('show-ground-truth').click()")
-    assert np.abs(_base_pixels(browser) - photo).mean() > 10  # the segments' colours, blended at 55 %
-    browser.evaluate("document.getElementById('show-ground-truth').click()")
-    assert np.array_equal(_base_pixels(browser), photo)
+    photo = _show(browser, "photo", ground_truth=False)
+    panoptic = _show(browser, "panoptic", ground_truth=False)
+    semantic = _show(browser, "semantic", ground_truth=False)
+    assert np.abs(panoptic - photo).mean() > 1
+    assert np.abs(semantic - panoptic).mean() > 1
+    assert np.abs(_show(browser, "semantic", ground_truth=True) - semantic).mean() > 10  # segments blended at 55 %
+    assert np.array_equal(_show(browser, "photo", ground_truth=False), photo)  # back to the photo
     assert browser.console_errors() == []
 
 

@@ -110,16 +110,32 @@ function clusteringName(index) {
   return c.stride === null ? level : `${level} · stride ${c.stride}`;
 }
 
-function drawBase() {
+// The pictures other than the photo are decoded when first chosen: most visits never look at
+// all of them, and each is a full-size JPEG to decode before the page could be ready.
+async function picture(kind) {
+  if (!(kind in state.pictures)) {
+    state.pictures[kind] = await loadPicture(kind === "photo" ? data.photo : data.predictions[kind], `${kind} picture`);
+  }
+  return state.pictures[kind];
+}
+
+async function drawBase() {
+  const kind = $("picture").value;
+  const chosen = await picture(kind);
+  if ($("picture").value !== kind) return; // another picture was chosen meanwhile: that call draws
   const context = layers.base.getContext("2d");
   context.globalAlpha = 1;
-  context.drawImage(state.pictures[$("picture").value], 0, 0);
-  if ($("show-ground-truth").checked && state.groundTruth) {
+  context.drawImage(chosen, 0, 0);
+  const withGroundTruth = $("show-ground-truth").checked && state.groundTruth !== null;
+  if (withGroundTruth) {
     if (state.groundTruthLayer === null) state.groundTruthLayer = groundTruthLayer(state.groundTruth); // on first use
     context.globalAlpha = GROUND_TRUTH_ALPHA;
     context.drawImage(state.groundTruthLayer, 0, 0);
     context.globalAlpha = 1;
   }
+  // what the canvas shows, e.g. "panoptic+ground truth": drawing is asynchronous, so a reader
+  // (a test, a screenshot) waits for this rather than for the click
+  layers.base.dataset.shows = withGroundTruth ? `${kind}+ground truth` : kind;
 }
 
 // The pixels whose right or lower neighbour lies in another cluster: the rule of the PNG panels
@@ -330,9 +346,6 @@ async function main() {
   for (const kind of Object.keys(data.predictions)) $("picture").add(new Option(`prediction: ${kind}`, kind));
   if (!data.ground_truth) $("show-ground-truth").disabled = true;
 
-  const urls = { photo: data.photo, ...data.predictions };
-  const pictures = await Promise.all(Object.entries(urls).map(([kind, url]) => loadPicture(url, `${kind} picture`)));
-  Object.keys(urls).forEach((kind, i) => (state.pictures[kind] = pictures[i]));
   state.maps = await Promise.all(clusterings.map((c) => decodeIds(c.map, `${c.name} cluster map`)));
   if (data.ground_truth) {
     state.groundTruth = await decodeIds(data.ground_truth.map, "ground-truth map");
@@ -340,22 +353,25 @@ async function main() {
 
   slider.addEventListener("input", () => selectLevel(Number(slider.value)));
   $("show-boundaries").addEventListener("change", drawBoundaries);
-  $("picture").addEventListener("change", drawBase);
-  $("show-ground-truth").addEventListener("change", drawBase);
+  const redraw = () => drawBase().catch(fail);
+  $("picture").addEventListener("change", redraw);
+  $("show-ground-truth").addEventListener("change", redraw);
   stage.addEventListener("mousemove", (event) => {
     state.pointer = pixelUnder(event);
     showHover();
   });
   stage.addEventListener("mouseleave", clearHover);
 
-  drawBase();
+  await drawBase();
   selectLevel(0);
   $("status").textContent = `${W}×${H} pixels · ${clusterings.length} clusterings · hover to inspect a cluster`;
   document.body.dataset.ready = "true";
 }
 
-main().catch((error) => {
+function fail(error) {
   $("status").textContent = `The page could not be drawn: ${error.message}`;
   $("status").classList.add("error");
   console.error(error);
-});
+}
+
+main().catch(fail);
