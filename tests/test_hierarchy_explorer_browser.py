@@ -106,10 +106,13 @@ def _base_pixels(browser: Browser) -> np.ndarray:
     return np.array(values, dtype=np.int16)
 
 
-def _select_next_level(browser: Browser) -> None:
-    """Focus the slider and press the right arrow, as a user does."""
+def _select_next_level(browser: Browser, data: dict) -> None:
+    """Focus the slider and press the right arrow, as a user does; wait until the boundaries of
+    the next clustering are drawn (its map is decoded on first use)."""
+    following = data["clusterings"][int(browser.evaluate("document.getElementById('level').value")) + 1]["name"]
     browser.evaluate("document.getElementById('level').focus()")
     browser.press(*ARROW_RIGHT)
+    _wait_for(browser, f"document.getElementById('layer-boundaries').dataset.clustering === {following!r}")
 
 
 # ------------------------------------------------------------------ image page
@@ -143,7 +146,7 @@ def test_hovering_a_pixel_shows_its_cluster_at_two_levels(page):
     labelled = members & (segments != IGNORED_SEGMENT)
     counts = np.bincount(segments[labelled])
     leaked = labelled.sum() - counts.max()
-    _select_next_level(browser)  # level 1, the mouse still on the pixel
+    _select_next_level(browser, data)  # level 1, the mouse still on the pixel
     assert _text(browser, "hover-cluster") == str(maps[1][y, x])
     assert _text(browser, "hover-size") == f"{members.sum()} px ({labelled.sum()} labelled)"
     majority = data["ground_truth"]["segments"][counts.argmax()]
@@ -167,8 +170,8 @@ def test_the_slider_changes_the_drawn_level(page):
     assert browser.evaluate("document.getElementById('level').value") == "0"
     level0 = _drawn_boundaries(browser)
     assert np.array_equal(level0, cluster_boundaries(maps[0]))  # the PNG panels' lines, pixel for pixel
-    _select_next_level(browser)
-    _select_next_level(browser)
+    _select_next_level(browser, data)
+    _select_next_level(browser, data)
     assert browser.evaluate("document.getElementById('layer-boundaries').dataset.clustering") == "level2"
     assert _text(browser, "level-name").startswith("level 2 · stride 16 · ")
     level2 = _drawn_boundaries(browser)

@@ -29,7 +29,7 @@ const slider = $("level");
 
 const state = {
   level: 0, // index into clusterings
-  maps: [], // Int32Array of cluster ids per clustering, row-major
+  maps: [], // per clustering: Int32Array of its cluster ids (row-major), or the promise of it
   groundTruth: null, // Int32Array of segment indices, IGNORED_SEGMENT where ignored
   pictures: {}, // "photo" and each prediction kind → decoded picture
   groundTruthLayer: null, // canvas of the segments' colours, made when first shown
@@ -145,6 +145,7 @@ function drawBoundaries() {
   context.clearRect(0, 0, W, H);
   if (!$("show-boundaries").checked) return;
   const ids = state.maps[state.level];
+  if (!(ids instanceof Int32Array)) return; // still decoding: selectLevel draws once it is done
   const image = context.createImageData(W, H);
   // one 32-bit store per pixel; the colour is packed through the same kind of view, so the
   // platform's byte order does not matter
@@ -228,7 +229,7 @@ function percent(part, whole) {
 }
 
 function showHover() {
-  if (state.pointer === null) return;
+  if (state.pointer === null || !(state.maps[state.level] instanceof Int32Array)) return; // not decoded yet
   const { x, y } = state.pointer;
   const i = y * W + x;
   const level = state.level;
@@ -266,12 +267,24 @@ function showHover() {
   }
 }
 
-function selectLevel(index) {
-  state.level = index;
+// A clustering's ids, decoded on first use: opening the page decodes only the first clustering
+// and its parent, not every map of a large image.
+function decodedMap(index) {
+  if (!state.maps[index]) {
+    const c = clusterings[index];
+    state.maps[index] = decodeIds(c.map, `${c.name} cluster map`).then((ids) => (state.maps[index] = ids));
+  }
+  return state.maps[index]; // the ids, or the promise of them
+}
+
+async function selectLevel(index) {
   slider.value = String(index);
+  const wanted = [index, index + 1].filter((i) => i < clusterings.length); // the clustering, its parent
+  await Promise.all(wanted.map(decodedMap));
+  if (slider.value !== String(index)) return; // moved on meanwhile: the newer call draws
+  state.level = index;
   const c = clusterings[index];
   $("level-name").textContent = `${clusteringName(index)} · ${c.num_clusters} clusters`;
-  layers.boundaries.dataset.clustering = c.name;
   for (const row of document.querySelectorAll("#scores tbody tr")) {
     row.classList.toggle("current", row.dataset.index === String(index));
   }
@@ -279,6 +292,8 @@ function selectLevel(index) {
   state.hovered = "";
   if (state.pointer !== null) showHover();
   else clearHover();
+  // which clustering the boundaries show; drawing waits for decoding, so readers wait for this
+  layers.boundaries.dataset.clustering = c.name;
 }
 
 // ------------------------------------------------------------------------------ page
@@ -300,7 +315,7 @@ function fillScores() {
       cell.textContent = text;
       row.appendChild(cell);
     }
-    row.addEventListener("click", () => selectLevel(index));
+    row.addEventListener("click", () => selectLevel(index).catch(fail));
     body.appendChild(row);
   });
 }
@@ -346,12 +361,11 @@ async function main() {
   for (const kind of Object.keys(data.predictions)) $("picture").add(new Option(`prediction: ${kind}`, kind));
   if (!data.ground_truth) $("show-ground-truth").disabled = true;
 
-  state.maps = await Promise.all(clusterings.map((c) => decodeIds(c.map, `${c.name} cluster map`)));
   if (data.ground_truth) {
     state.groundTruth = await decodeIds(data.ground_truth.map, "ground-truth map");
   }
 
-  slider.addEventListener("input", () => selectLevel(Number(slider.value)));
+  slider.addEventListener("input", () => selectLevel(Number(slider.value)).catch(fail));
   $("show-boundaries").addEventListener("change", drawBoundaries);
   const redraw = () => drawBase().catch(fail);
   $("picture").addEventListener("change", redraw);
@@ -363,7 +377,7 @@ async function main() {
   stage.addEventListener("mouseleave", clearHover);
 
   await drawBase();
-  selectLevel(0);
+  await selectLevel(0);
   $("status").textContent = `${W}×${H} pixels · ${clusterings.length} clusterings · hover to inspect a cluster`;
   document.body.dataset.ready = "true";
 }
