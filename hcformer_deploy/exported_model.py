@@ -44,10 +44,13 @@ class ExportedModel:
         confidence_threshold: if set, replaces the export's object mask threshold (panoptic
             queries must score above it), as the demo's ``--confidence-threshold`` does.
         num_threads: intra-op threads of onnxruntime / torch (None: their default).
+        allow_spinning: onnxruntime's threads busy-wait for work between runs (its default,
+            lowest latency); False when the process runs other work in between (e.g. a
+            benchmark alternating with PyTorch), which the spinning threads would slow down.
     """
 
     def __init__(self, directory: str, confidence_threshold: Optional[float] = None,
-                 num_threads: Optional[int] = None):
+                 num_threads: Optional[int] = None, allow_spinning: bool = True):
         self.info = read_export_info(directory)
         self.format = self.info["format"]
         self.outputs = list(self.info["outputs"])
@@ -61,6 +64,8 @@ class ExportedModel:
             options = onnxruntime.SessionOptions()
             if num_threads:
                 options.intra_op_num_threads = num_threads
+            if not allow_spinning:
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self.session = onnxruntime.InferenceSession(
                 self.info["model_path"], options, providers=["CPUExecutionProvider"]
             )
