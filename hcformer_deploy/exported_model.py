@@ -121,7 +121,7 @@ class ExportedModel:
                     output_size: Tuple[int, int]) -> Dict:
         """``HCFormer.inference`` for one image from the graph's outputs."""
         info, post, tasks = self.info, self.info["postprocess"], self.info["tasks"]
-        d, stride = info["input"]["size_divisibility"], info["mask_stride"]
+        d = info["input"]["size_divisibility"]
         padded = tuple(-(-side // d) * d for side in fed_size)
         height, width = output_size
         mask_cls = outputs["pred_logits"][0]
