@@ -9,15 +9,20 @@ written. Nothing here runs a model: the inputs are the same arrays the PNG panel
 What a page holds, as one JSON object in ``<script type="application/json" id="explorer-data">``
 (:func:`read_page_data` reads it back):
 
-- ``width``, ``height``, ``photo`` (JPEG data URL), ``predictions``: {"panoptic" | "instances" |
-  "semantic": JPEG data URL of detectron2's overlay of that output}, for the outputs the model has;
+- ``image_id``, ``width``, ``height``, ``photo`` (JPEG data URL), ``predictions``: {"panoptic" |
+  "instances" | "semantic": JPEG data URL of detectron2's overlay of that output}, for the
+  outputs the model has;
 - ``clusterings``: finest level first, then the coarser levels, then the query clustering; each
   with its ``name`` ("level<k>" or "queries"), ``stride``, ``num_clusters``, ``map`` (PNG data
   URL of the cluster ids, the ids the model returned) and ``scores`` (UE, ASA and their
   numerators, the numbers of the tool's JSON; null without ground truth);
 - ``ground_truth``: null, or its ``kind``, ``map`` (PNG data URL of the index of each pixel's
   segment in ``segments``, :data:`IGNORED_SEGMENT` where the pixel is ignored) and ``segments``
-  (the original id and class name of each segment).
+  (the original id and class name of each segment);
+- ``links``: relative URLs of the index and of the previous and next pages.
+
+The index page's object (:func:`index_page_data`) lists every image's thumbnail, page and
+scores, and the dataset's means.
 
 The per-cluster numbers shown on hover (size, majority ground-truth segment, leaked pixels) are
 computed by the page from these two maps, with the rule of
