@@ -135,6 +135,23 @@ def test_shapes_export_matches_eager_at_several_sizes(shapes_model, shapes_expor
     assert_matches_eager(shapes_model, shapes_export, *size, clusterings=True)
 
 
+def test_runner_draws_the_exported_cluster_maps(shapes_export, tmp_path):
+    runner = load_script("tools/run_exported.py")
+    Image.fromarray(random_image(80, 120).permute(1, 2, 0).numpy().astype(np.uint8)).save(tmp_path / "photo.png")
+    directory = str(Path(shapes_export.info["model_path"]).parent)
+    pictures = {}
+    for level in (None, 0, 3):
+        out = tmp_path / f"out{level}"
+        flags = [] if level is None else ["--show-level", str(level)]
+        assert runner.main(["--exported", directory, "--input", str(tmp_path / "photo.png"), "--output", str(out), *flags]) == 0
+        pictures[level] = np.asarray(Image.open(out / "photo.png"))
+    yellow = {level: (pictures[level] == (255, 255, 0)).all(-1) & (pictures[None] != (255, 255, 0)).any(-1) for level in (0, 3)}
+    # level 0 cells (stride 4) have more boundaries than level 3 clusters, which merge them
+    assert yellow[0].sum() > yellow[3].sum() > 0
+    assert runner.main(["--exported", directory, "--input", str(tmp_path / "photo.png"), "--output", str(tmp_path / "x"),
+                        "--show-level", "7"]) == 2
+
+
 # ---------------------------------------------------------------------------- other configs
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])

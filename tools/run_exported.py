@@ -7,7 +7,8 @@ Needs torch (CPU is enough: post-processing) and, for an ONNX export, onnxruntim
 ``hcformer_deploy``. Per image it writes ``<name>.png`` (the prediction drawn over the image:
 panoptic segments, else the instances, else the semantic classes, one colour per class) and with
 ``--save-predictions`` the demo's prediction files (``<name>_panoptic.png`` / ``.json``,
-``<name>_instances.json``, ``<name>_sem_seg.png``). The predictions are the eager demo's
+``<name>_instances.json``, ``<name>_sem_seg.png``); ``--show-level K`` draws the cluster boundaries
+of hierarchy level K (an export made with ``--clusterings``). The predictions are the eager demo's
 (``demo/demo.py``) for a ``--dynamic`` export; ``--confidence-threshold`` means what it means there.
 
 A missing export directory, an unreadable image or an unusable export.json stop the run with one
@@ -41,6 +42,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="instances scoring below it are dropped; panoptic queries must score above it (default 0.5)")
     parser.add_argument("--save-predictions", action="store_true", help="also write the prediction files")
     parser.add_argument("--threads", type=int, help="intra-op threads (default: the runtime's)")
+    parser.add_argument("--show-level", type=int, metavar="K",
+                        help="draw the cluster boundaries of hierarchy level K (an export made with --clusterings)")
     return parser.parse_args(argv)
 
 
@@ -98,11 +101,27 @@ def draw(image_rgb: np.ndarray, prediction: Dict, alpha: float = 0.5) -> np.ndar
     return picture.round().astype(np.uint8)
 
 
+def draw_boundaries(picture: np.ndarray, ids: np.ndarray, colour=(255, 255, 0)) -> np.ndarray:
+    """The picture with the pixels whose right or lower neighbour lies in another cluster in ``colour``."""
+    edge = np.zeros(ids.shape, dtype=bool)
+    edge[:, :-1] |= ids[:, :-1] != ids[:, 1:]
+    edge[:-1, :] |= ids[:-1, :] != ids[1:, :]
+    picture = picture.copy()
+    picture[edge] = colour
+    return picture
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s]: %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
     try:
         model = ExportedModel(args.exported, confidence_threshold=args.confidence_threshold, num_threads=args.threads)
+        levels = [name for name in model.outputs if name.startswith("level")]
+        if args.show_level is not None and f"level{args.show_level}" not in levels:
+            raise ValueError(
+                f"--show-level {args.show_level}: the export has "
+                + (f"levels 0..{len(levels) - 1}" if levels else "no cluster maps (export it with --clusterings)")
+            )
         paths = image_paths(args.input)
         os.makedirs(args.output, exist_ok=True)
         logger.info("%s export of %s: %d image(s)", model.format, model.info.get("config_file") or args.exported, len(paths))
@@ -111,7 +130,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             image = read_rgb(path)
             prediction = filter_instances(model(image), args.confidence_threshold)
             name = os.path.splitext(os.path.basename(path))[0]
-            Image.fromarray(draw(image, prediction)).save(os.path.join(args.output, f"{name}.png"))
+            picture = draw(image, prediction)
+            if args.show_level is not None:
+                picture = draw_boundaries(picture, prediction["clusterings"][f"level{args.show_level}"].numpy())
+            Image.fromarray(picture).save(os.path.join(args.output, f"{name}.png"))
             if args.save_predictions:
                 save_prediction(prediction, os.path.join(args.output, name), model.info["classes"], image_id=name)
             found = [f"{len(prediction['panoptic_seg'][1])} segments"] if "panoptic_seg" in prediction else []
