@@ -93,7 +93,9 @@ function fillSortOptions() {
     const what = c.name === "queries" ? "the query clustering" : `${c.name}${c.stride === null ? "" : ` (stride ${c.stride})`}`;
     select.appendChild(new Option(`UE at ${what}`, c.name));
   }
-  select.value = data.clusterings[data.clusterings.length - 1].name; // where leaks add up most
+  // the coarsest level by default: the hierarchy's leaks have all added up there
+  const levels = data.clusterings.filter((c) => c.name !== "queries");
+  select.value = (levels.length ? levels[levels.length - 1] : data.clusterings[0]).name;
 }
 
 function drawThumbnails() {
