@@ -202,11 +202,14 @@ def test_the_index_sorts_by_ue(explorer, browser):
     assert browser.console_errors() == []
     order = "Array.from(document.querySelectorAll('#images li')).map((li) => li.dataset.imageId)"
     ue = {e["image_id"]: e["scores"]["level3"]["UE"] for e in explorer.summary["images"]}
-    browser.evaluate("(() => { const s = document.getElementById('sort-by'); s.value = 'level3';"
-                     " s.dispatchEvent(new Event('change')); })()")
+    assert browser.evaluate("document.getElementById('sort-by').value") == "level3"  # the coarsest, by default
     assert browser.evaluate(order) == sorted(ue, key=ue.get, reverse=True)  # worst first
     browser.evaluate("document.getElementById('sort-descending').click()")
     assert browser.evaluate(order) == sorted(ue, key=ue.get)
+    ue = {e["image_id"]: e["scores"]["level0"]["UE"] for e in explorer.summary["images"]}
+    browser.evaluate("(() => { const s = document.getElementById('sort-by'); s.value = 'level0';"
+                     " s.dispatchEvent(new Event('change')); })()")
+    assert browser.evaluate(order) == sorted(ue, key=ue.get)  # still best first, by another level
     # the two plots (UE, ASA): a point per clustering
     assert browser.evaluate("document.querySelectorAll('svg.plot').length") == 2
     assert browser.evaluate("document.querySelectorAll('svg.plot circle').length") == 2 * 5
