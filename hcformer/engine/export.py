@@ -95,6 +95,11 @@ def _trace(graph: nn.Module, example: torch.Tensor, fmt: str, path: str, dynamic
         )
 
 
+def _remove(path: str) -> None:
+    if os.path.exists(path):
+        os.remove(path)
+
+
 def _difference(got: np.ndarray, wanted: np.ndarray) -> float:
     """Largest absolute difference; for hard cluster ids, the share of pixels that differ."""
     if got.shape != wanted.shape:
@@ -115,7 +120,7 @@ def run_exported(path: str, fmt: str, image: np.ndarray) -> list:
     return session.run(None, {INPUT_NAME: image})
 
 
-def _classes(cfg: CfgNode, model: nn.Module) -> Dict:
+def _classes(cfg: CfgNode) -> Dict:
     """Class names and dataset category ids, as the demo's prediction files use them."""
     # the demo's choice of metadata (hcformer.utils imports detectron2's Visualizer: only here)
     from hcformer.utils.hierarchy_visualization import visualization_metadata
@@ -186,6 +191,7 @@ def export_model(
     try:
         _trace(graph, example, fmt, path, dynamic, output_names)
     except (RuntimeError, torch.onnx.errors.OnnxExporterError) as error:
+        _remove(path)  # no half-written file that looks like an export
         raise _not_exportable(error, fmt, dynamic) from error
     logger.info("Wrote %s (%.1f MB) in %.1f s; checking it against the eager model ...", path,
                 os.path.getsize(path) / 2**20, time.perf_counter() - start)
@@ -206,6 +212,7 @@ def export_model(
                     ", ".join(f"{name} {value:.2g}" for name, value in differences[size].items()))
         worst = max(differences[size], key=differences[size].get)
         if differences[size][worst] > CHECK_TOLERANCE:
+            _remove(path)
             raise ExportError(
                 f"the exported {fmt} model differs from the eager model at {size}: {worst} by "
                 f"{differences[size][worst]:.3g} (more than {CHECK_TOLERANCE}); the trace does not hold for this input"
@@ -238,7 +245,7 @@ def export_model(
             "thing_ids": sorted(int(i) for i in thing_map.values()),
             "resize_masks_first": model.sem_seg_postprocess_before_inference,
         },
-        "classes": _classes(cfg, model),
+        "classes": _classes(cfg),
         "check": {"max_abs_difference": differences, "seed": seed},
         "opset": OPSET if fmt == "onnx" else None,
         "torch_version": torch.__version__,
