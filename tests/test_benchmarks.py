@@ -44,3 +44,16 @@ def test_bench_model_smoke(tmp_path):
     ]
     for r in results["eval"] + results["train"]:
         assert r["peak_bytes"] > 0
+
+
+@pytest.mark.slow
+def test_bench_deform_conv_smoke(tmp_path):
+    stdout, results = run_smoke("bench_deform_conv.py", tmp_path)
+    assert "| shape | input |" in stdout
+    assert [r["shape"] for r in results["rows"]] == [
+        "res3 3x3", "res3 shortcut 1x1", "res4 3x3", "res4 shortcut 1x1", "res5 3x3", "res5 shortcut 1x1",
+    ]
+    for r in results["rows"]:
+        for backend in ("torchvision", "sampled", "bag"):
+            assert r[f"{backend}_forward_ms"] > 0 and r[f"{backend}_forward_backward_ms"] > 0
+        assert r["sampled_max_rel_diff"] < 1e-4 and r["bag_max_rel_diff"] < 1e-4, r
