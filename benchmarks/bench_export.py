@@ -8,7 +8,9 @@ on one image, in rounds that run each of them once, in rotating order, so that m
 hits all three alike. Eager runs the model's default backends (blocked clustering, the CPU
 DCNv2 backend); the exports hold the reference clustering and DCNv2 as one operator
 (TorchScript: torchvision's kernel, ONNX: DeformConv). Median latency per implementation, the
-model files' sizes, and the largest difference of each export's outputs to eager's.
+model files' sizes, and the largest difference of each export's outputs to eager's. Each of
+the three runs in a process of its own (see ``_worker``); the rounds still alternate between
+them.
 
     python benchmarks/bench_export.py                                   # COCO R50 panoptic, 800x1216 and 512x512
     python benchmarks/bench_export.py --sizes 512x512 --rounds 3 --json export.json
@@ -16,6 +18,7 @@ model files' sizes, and the largest difference of each export's outputs to eager
 import argparse
 import json
 import logging
+import multiprocessing
 import os
 import statistics
 import sys
@@ -23,7 +26,6 @@ import tempfile
 import time
 from typing import Dict, List
 
-import numpy as np
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,6 +48,52 @@ def parse_size(text: str):
     return int(height), int(width)
 
 
+def _worker(kind: str, config_file: str, directory: str, size, threads: int, conn) -> None:
+    """One implementation in a process of its own: build it, then time one run per request.
+
+    Separate processes, so that no runtime's thread pool or allocator state acts on another's
+    runs (in one process, the eager graph was measured 3–7× slower once an onnxruntime session
+    existed, on a loaded machine; not separated from the load).
+    """
+    torch.set_num_threads(threads)
+    height, width = size
+    image = (torch.rand((1, 3, height, width), generator=torch.Generator().manual_seed(1)) * 255).numpy()
+    if kind == "eager":
+        cfg = inference_cfg(config_file, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
+        torch.manual_seed(0)
+        graph = ExportGraph(build_inference_model(cfg), cfg.INPUT.FORMAT).eval()
+
+        def run():
+            with torch.no_grad():
+                graph(torch.from_numpy(image))
+    else:
+        exported = ExportedModel(directory, num_threads=threads)
+
+        def run():
+            exported.run_graph(image)
+    run()  # warm-up: first-call allocations, TorchScript's profiling runs
+    conn.send("ready")
+    while conn.recv() == "run":
+        start = time.perf_counter()
+        run()
+        conn.send(time.perf_counter() - start)
+
+
+def _differences(cfg, directories: Dict[str, str], size, threads: int) -> Dict[str, float]:
+    """Largest difference of each export's outputs to the eager graph's, on the benchmark image."""
+    height, width = size
+    image = (torch.rand((1, 3, height, width), generator=torch.Generator().manual_seed(1)) * 255).numpy()
+    torch.manual_seed(0)
+    graph = ExportGraph(build_inference_model(cfg), cfg.INPUT.FORMAT).eval()
+    with torch.no_grad():
+        reference = dict(zip(("pred_logits", "pred_masks", "sem_seg"), graph(torch.from_numpy(image))))
+    differences = {}
+    for fmt, directory in directories.items():
+        outputs = ExportedModel(directory, num_threads=threads).run_graph(image)
+        differences[fmt] = max(float((outputs[key] - reference[key]).abs().max()) for key in reference)
+    return differences
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", default=DEFAULT_CONFIG)
@@ -56,46 +104,44 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
+    config_file = os.path.join(ROOT, args.config_file)
+    context = multiprocessing.get_context("spawn")
 
-    opts = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""]
     results: List[Dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for height, width in args.sizes:
-            cfg = inference_cfg(os.path.join(ROOT, args.config_file), opts)
-            runners = {}
-            sizes = {}
+            cfg = inference_cfg(config_file, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
+            directories, sizes = {}, {}
             for fmt in ("torchscript", "onnx"):
-                directory = os.path.join(tmp, f"{fmt}_{height}x{width}")
+                directories[fmt] = os.path.join(tmp, f"{fmt}_{height}x{width}")
                 torch.manual_seed(0)
                 start = time.perf_counter()
-                export_model(cfg, fmt, directory, height, width, config_file=args.config_file)
+                info = export_model(cfg, fmt, directories[fmt], height, width, config_file=args.config_file)
                 logging.info("%s export at %dx%d: %.0f s", fmt, height, width, time.perf_counter() - start)
-                exported = ExportedModel(directory, num_threads=args.threads, allow_spinning=False)
-                sizes[fmt] = os.path.getsize(exported.info["model_path"])
-                runners[fmt] = exported.run_graph
-            torch.manual_seed(0)
-            graph = ExportGraph(build_inference_model(cfg), cfg.INPUT.FORMAT).eval()
+                sizes[fmt] = os.path.getsize(os.path.join(directories[fmt], info["model_file"]))
+            differences = _differences(cfg, directories, (height, width), args.threads)
 
-            def eager(image: np.ndarray) -> Dict[str, torch.Tensor]:
-                with torch.no_grad():
-                    return dict(zip(("pred_logits", "pred_masks", "sem_seg"), graph(torch.from_numpy(image))))
-
-            runners = {"eager": eager, **runners}
-            image = (torch.rand((1, 3, height, width), generator=torch.Generator().manual_seed(1)) * 255).numpy()
-            reference = eager(image)
-            differences = {
-                name: max(float((run(image)[key] - reference[key]).abs().max()) for key in reference)
-                for name, run in runners.items() if name != "eager"
-            }
-            times: Dict[str, List[float]] = {name: [] for name in runners}
-            names = list(runners)
+            workers = {}
+            for kind in ("eager", "torchscript", "onnx"):
+                parent, child = context.Pipe()
+                process = context.Process(target=_worker, args=(
+                    kind, config_file, directories.get(kind, ""), (height, width), args.threads, child))
+                process.start()
+                workers[kind] = (process, parent)
+            for process, conn in workers.values():
+                assert conn.recv() == "ready"
+            names = list(workers)
+            times: Dict[str, List[float]] = {name: [] for name in names}
             for r in range(args.rounds):
+                # one at a time, in rotating order: the others wait on their pipes
                 for name in names[r % len(names):] + names[: r % len(names)]:
-                    start = time.perf_counter()
-                    runners[name](image)
-                    times[name].append(time.perf_counter() - start)
+                    workers[name][1].send("run")
+                    times[name].append(workers[name][1].recv())
                 logging.info("round %d/%d at %dx%d: %s", r + 1, args.rounds, height, width,
                              ", ".join(f"{n} {times[n][-1]:.2f} s" for n in names))
+            for process, conn in workers.values():
+                conn.send("stop")
+                process.join()
             medians = {name: statistics.median(t) for name, t in times.items()}
             results.append({"size": f"{height}x{width}", "median_s": medians, "times_s": times,
                             "file_bytes": sizes, "max_abs_difference": differences})
