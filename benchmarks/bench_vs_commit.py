@@ -228,6 +228,7 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=4, help="children per tree and measurement")
     p.add_argument("--repeats", type=int, default=2, help="timed repetitions per child")
     p.add_argument("--models", nargs="+", choices=list(MODELS), help="inference rows of these models only")
+    p.add_argument("--train-threads", type=int, nargs="+", default=[2], help="threads of the training step rows")
     p.add_argument("--skip-eval", action="store_true")
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--no-memory", action="store_true")
@@ -282,9 +283,10 @@ def main(argv=None):
             print("\n## training step, batch 2, 512x512, forward + backward + AdamW\n")
             print("| model | threads | baseline ms | this tree ms | × | CPU × | peak MiB baseline / this | × | same |")
             print("|---|---|---|---|---|---|---|---|---|")
-            row = measure(args, "train", TRAIN_MODEL, 2, workdir)
-            results["rows"].append(row)
-            print_row(row, args)
+            for threads in args.train_threads:
+                row = measure(args, "train", TRAIN_MODEL, threads, workdir)
+                results["rows"].append(row)
+                print_row(row, args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
