@@ -184,16 +184,14 @@ class HCFormer(nn.Module):
         return torch.cat(scales).abs().sum()
 
     def prepare_targets(self, batched_inputs: List[Dict], images: ImageList) -> List[Dict[str, Tensor]]:
-        """Per image: labels (n,) and masks (n, H_pad, W_pad) zero-padded to the batch size, as
-        float32 0 / 1: the matcher and the criterion of every decoder layer sample them with
-        ``grid_sample``, which needs floats; cast once here, not 2 × layers times there."""
+        """Per image: labels (n,) and masks (n, H_pad, W_pad) zero-padded to the batch size."""
         H, W = images.tensor.shape[-2:]
         targets = []
         for x in batched_inputs:
             inst = x["instances"].to(self.device)
             masks = inst.gt_masks
             masks = getattr(masks, "tensor", masks)  # BitMasks or a tensor
-            padded = masks.new_zeros((masks.shape[0], H, W), dtype=torch.float32)
+            padded = masks.new_zeros((masks.shape[0], H, W))
             padded[:, : masks.shape[1], : masks.shape[2]] = masks
             targets.append({"labels": inst.gt_classes, "masks": padded})
         return targets
