@@ -1,10 +1,10 @@
-"""Write an exported model's prediction for one image in the demo's file formats, without detectron2.
+"""Write one image's prediction in the demo's file formats, without detectron2: the one writer
+of the eager demo (``--save-predictions``, through ``hcformer.utils.prediction_files``, which
+documents the formats) and of exported models (``tools/run_exported.py``).
 
-The files and their content are those of ``hcformer.utils.prediction_files.save_prediction``
-(the eager demo's ``--save-predictions``): ``<stem>_panoptic.png`` (panopticapi's id2rgb) and
-``<stem>_panoptic.json``, ``<stem>_instances.json`` (COCO results, RLE masks, XYWH boxes),
-``<stem>_sem_seg.png``; category ids are the dataset's where export.json's ``classes`` maps them.
-tests/test_export.py compares both writers' files for the same photo.
+``<stem>_panoptic.png`` (panopticapi's id2rgb) and ``<stem>_panoptic.json``,
+``<stem>_instances.json`` (COCO results, RLE masks, XYWH boxes), ``<stem>_sem_seg.png``; category
+ids are the dataset's where ``classes`` (export.json's, or ``metadata_classes``) maps them.
 """
 import json
 import os
@@ -33,9 +33,10 @@ def save_prediction(prediction: Dict, stem: str, classes: Dict, image_id=None) -
     """Write the prediction's panoptic, instance and semantic outputs next to ``stem``.
 
     Args:
-        prediction: one image's output of ``ExportedModel``.
+        prediction: one image's output of ``ExportedModel`` (instances as a dict of tensors:
+            pred_boxes XYXY (N, 4), pred_masks (N, H, W), pred_classes, scores).
         stem: path prefix of the files, e.g. ``out/000123``; its directory is created.
-        classes: export.json's ``classes`` (class names, dataset category ids).
+        classes: class names and dataset category ids (export.json's ``classes``).
         image_id: written into the JSON files (default: the stem's base name).
 
     Returns:

@@ -124,18 +124,10 @@ def _classes(cfg: CfgNode) -> Dict:
     """Class names and dataset category ids, as the demo's prediction files use them."""
     # the demo's choice of metadata (hcformer.utils imports detectron2's Visualizer: only here)
     from hcformer.utils.hierarchy_visualization import visualization_metadata
+    from hcformer.utils.prediction_files import metadata_classes
 
     names = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
-    metadata = visualization_metadata(names[0] if names else None, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
-    maps = {}
-    for key in ("thing_dataset_id_to_contiguous_id", "stuff_dataset_id_to_contiguous_id"):
-        mapping = metadata.get(key, None) or {}
-        maps[key] = {str(dataset_id): int(contiguous) for dataset_id, contiguous in mapping.items()}
-    return {
-        "thing_classes": list(metadata.get("thing_classes", None) or []),
-        "stuff_classes": list(metadata.get("stuff_classes", None) or []),
-        **maps,
-    }
+    return metadata_classes(visualization_metadata(names[0] if names else None, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES))
 
 
 def export_model(

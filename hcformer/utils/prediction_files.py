@@ -20,29 +20,28 @@ output                files
 Category ids in the JSON files are the dataset's (e.g. COCO's 1..200) when the metadata has the
 ``*_dataset_id_to_contiguous_id`` maps, else the model's contiguous ids; PNG classes are always
 contiguous ids.
+
+The files are written by :func:`hcformer_deploy.prediction_files.save_prediction`, the writer
+of exported models' predictions too: this module only turns the model's detectron2 output and
+metadata into that writer's plain input, so both kinds of model write the same files.
 """
-import json
-import os
-from typing import Dict, List, Optional
+from typing import Dict, List
 
-import numpy as np
 from detectron2.data import Metadata
-from detectron2.evaluation.coco_evaluation import instances_to_coco_json
-from panopticapi.utils import id2rgb
-from PIL import Image
 
-__all__ = ["save_prediction"]
+from hcformer_deploy.prediction_files import save_prediction as save_plain_prediction
 
-
-def _contiguous_to_dataset(metadata: Metadata, isthing: bool) -> Dict[int, int]:
-    key = "thing_dataset_id_to_contiguous_id" if isthing else "stuff_dataset_id_to_contiguous_id"
-    mapping = metadata.get(key, None) or {}
-    return {contiguous: dataset_id for dataset_id, contiguous in mapping.items()}
+__all__ = ["metadata_classes", "save_prediction"]
 
 
-def _class_name(metadata: Metadata, contiguous_id: int, isthing: bool) -> Optional[str]:
-    names = metadata.get("thing_classes" if isthing else "stuff_classes", None) or []
-    return names[contiguous_id] if contiguous_id < len(names) else None
+def metadata_classes(metadata: Metadata) -> Dict:
+    """The class names and dataset category ids of ``metadata`` as plain JSON data: what an
+    export's ``export.json`` holds under "classes" and the prediction files read."""
+    classes = {key: list(metadata.get(key, None) or []) for key in ("thing_classes", "stuff_classes")}
+    for key in ("thing_dataset_id_to_contiguous_id", "stuff_dataset_id_to_contiguous_id"):
+        mapping = metadata.get(key, None) or {}
+        classes[key] = {str(dataset_id): int(contiguous) for dataset_id, contiguous in mapping.items()}
+    return classes
 
 
 def save_prediction(prediction: Dict, stem: str, metadata: Metadata, image_id=None) -> List[str]:
@@ -57,47 +56,13 @@ def save_prediction(prediction: Dict, stem: str, metadata: Metadata, image_id=No
     Returns:
         the paths written.
     """
-    os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
-    image_id = os.path.basename(stem) if image_id is None else image_id
-    written = []
-
-    if "panoptic_seg" in prediction:
-        panoptic_seg, segments_info = prediction["panoptic_seg"]
-        ids = panoptic_seg.cpu().numpy().astype(np.int64)
-        png = f"{stem}_panoptic.png"
-        Image.fromarray(id2rgb(ids)).save(png)
-        segments = []
-        for segment in segments_info:
-            isthing = bool(segment["isthing"])
-            contiguous = int(segment["category_id"])
-            segments.append(
-                {
-                    "id": int(segment["id"]),
-                    "category_id": _contiguous_to_dataset(metadata, isthing).get(contiguous, contiguous),
-                    "category_name": _class_name(metadata, contiguous, isthing),
-                    "isthing": isthing,
-                    "area": int((ids == segment["id"]).sum()),
-                }
-            )
-        path = f"{stem}_panoptic.json"
-        with open(path, "w") as f:
-            json.dump({"image_id": image_id, "file_name": os.path.basename(png), "segments_info": segments}, f)
-        written += [png, path]
-
+    plain = dict(prediction)
     if "instances" in prediction:
-        results = instances_to_coco_json(prediction["instances"].to("cpu"), image_id)
-        to_dataset = _contiguous_to_dataset(metadata, isthing=True)
-        for result in results:
-            result["category_id"] = to_dataset.get(result["category_id"], result["category_id"])
-        path = f"{stem}_instances.json"
-        with open(path, "w") as f:
-            json.dump(results, f)
-        written.append(path)
-
-    if "sem_seg" in prediction:
-        classes = prediction["sem_seg"].argmax(0).cpu().numpy()
-        dtype = np.uint8 if prediction["sem_seg"].shape[0] <= 256 else np.uint16
-        path = f"{stem}_sem_seg.png"
-        Image.fromarray(classes.astype(dtype)).save(path)
-        written.append(path)
-    return written
+        instances = prediction["instances"].to("cpu")
+        plain["instances"] = {
+            "pred_boxes": instances.pred_boxes.tensor,
+            "pred_masks": instances.pred_masks,
+            "pred_classes": instances.pred_classes,
+            "scores": instances.scores,
+        }
+    return save_plain_prediction(plain, stem, metadata_classes(metadata), image_id)
