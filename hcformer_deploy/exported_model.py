@@ -44,13 +44,13 @@ class ExportedModel:
         confidence_threshold: if set, replaces the export's object mask threshold (panoptic
             queries must score above it), as the demo's ``--confidence-threshold`` does.
         num_threads: intra-op threads of onnxruntime / torch (None: their default).
-        allow_spinning: onnxruntime's threads busy-wait for work between runs (its default,
-            lowest latency); False when the process runs other work in between (e.g. a
-            benchmark alternating with PyTorch), which the spinning threads would slow down.
+        allow_spinning: let onnxruntime's threads busy-wait for work after a run (onnxruntime's
+            own default). Off here: every prediction runs the post-processing in PyTorch right
+            after the graph, on the same cores the spinning threads would keep busy.
     """
 
     def __init__(self, directory: str, confidence_threshold: Optional[float] = None,
-                 num_threads: Optional[int] = None, allow_spinning: bool = True):
+                 num_threads: Optional[int] = None, allow_spinning: bool = False):
         self.info = read_export_info(directory)
         self.format = self.info["format"]
         self.outputs = list(self.info["outputs"])
