@@ -63,25 +63,35 @@ def test_backend_matches_torchvision(backend, stride, kernel, dtype, tol):
 
 
 @pytest.mark.parametrize("backend", OURS)
-def test_backend_in_the_module_without_bias_grad_and_channels_last(backend):
-    """The module (offset conv + sigmoid) in training: frozen weights, a channels-last input."""
+@pytest.mark.parametrize("frozen_weight", [True, False])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_backend_in_the_module(backend, frozen_weight, channels_last):
+    """The module (offset conv + sigmoid) in training, with frozen or trained conv weights, on an
+    NCHW or a channels-last input (whose layout the "bag" output keeps)."""
     torch.manual_seed(0)
     layer = ModulatedDeformConv(6, 5, 3, stride=2, padding=1)
     with torch.no_grad():
         layer.offset.weight.normal_(std=0.3)
         layer.deform.bias.normal_()
-    layer.deform.weight.requires_grad_(False)
-    x = torch.randn(2, 6, 11, 8).to(memory_format=torch.channels_last)
+    layer.deform.weight.requires_grad_(not frozen_weight)
+    x = torch.randn(2, 6, 11, 8)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
     results = []
     for name in ("torchvision", backend):
         xi = x.clone().requires_grad_()
         with use_backend(name):
             out = layer(xi)
         out.square().sum().backward()
-        results.append((out.detach(), xi.grad, layer.offset.weight.grad.clone(), layer.deform.bias.grad.clone()))
+        grads = [xi.grad, layer.offset.weight.grad.clone(), layer.deform.bias.grad.clone()]
+        if not frozen_weight:
+            grads.append(layer.deform.weight.grad.clone())
+        results.append([out.detach()] + grads)
         layer.zero_grad(set_to_none=True)
     for r, o in zip(*results):
         torch.testing.assert_close(o, r, atol=1e-5, rtol=1e-5)
+    if backend == "bag":
+        assert results[1][0].is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
 def test_backend_switch():
