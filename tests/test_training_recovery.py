@@ -263,7 +263,10 @@ def test_two_processes_train_the_weights_of_one(tmp_path):
     two = train(tmp_path / "two", "--num-gpus", "2", "--dist-url", "auto")
     assert sorted(one) == sorted(two)
     worst = {k: float((one[k].double() - two[k].double()).abs().max()) for k in one if one[k].is_floating_point()}
-    assert max(worst.values()) < 1e-5, sorted(worst.items(), key=lambda kv: -kv[1])[:5]
+    # Rounding only: oneDNN sums a channels-last conv's weight gradient in another order for one
+    # image than for two (measured: 1.07e-5 at most after 4 AdamW steps), while each AdamW step
+    # moves a weight by up to the learning rate (3e-4), which other points or normalisers would.
+    assert max(worst.values()) < 2e-5, sorted(worst.items(), key=lambda kv: -kv[1])[:5]
 
 
 @pytest.mark.slow
