@@ -34,41 +34,25 @@ Backends (``set_backend`` / ``use_backend``; "auto" is the default):
 "auto" is "torchvision" on CUDA and while tracing, "bag" otherwise. The parameters are the
 same for all backends (``deform`` and ``offset`` convs, the original's checkpoint layout).
 """
-import contextlib
-from typing import Iterator, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import deform_conv2d as _torchvision_deform_conv2d
 
+from .backend_switch import BackendSwitch
+
 BACKENDS = ("auto", "torchvision", "sampled", "bag")
-_selected = "auto"
-
-
-def set_backend(name: str) -> str:
-    """Compute DCNv2 with backend ``name`` from now on (process-wide); returns the previous one."""
-    global _selected
-    if name not in BACKENDS:
-        raise ValueError(f"unknown deformable convolution backend {name!r}; choose from {list(BACKENDS)}")
-    previous, _selected = _selected, name
-    return previous
-
-
-@contextlib.contextmanager
-def use_backend(name: str) -> Iterator[None]:
-    """Compute the deformable convolutions of the ``with`` block with backend ``name``."""
-    previous = set_backend(name)
-    try:
-        yield
-    finally:
-        set_backend(previous)
+_switch = BackendSwitch("deformable convolution", BACKENDS, default="auto")
+# set_backend(name) -> the previous name; ``with use_backend(name):`` for a block
+set_backend, use_backend = _switch.set, _switch.use
 
 
 def resolved_backend(device: torch.device) -> str:
     """The backend the selected one stands for on ``device``."""
-    if _selected != "auto":
-        return _selected
+    if _switch.selected != "auto":
+        return _switch.selected
     if device.type == "cuda" or torch.jit.is_tracing():
         return "torchvision"
     return "bag"

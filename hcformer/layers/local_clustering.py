@@ -28,7 +28,6 @@ The three products have two implementations, which give the same values and grad
   cell, in cache-sized blocks, with hand-written backward passes; several times faster and
   lighter than the reference (benchmarks/RESULTS.md).
 """
-import contextlib
 from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import local_clustering_blocked as blocked
+from .backend_switch import BackendSwitch
 
 Grid = Union[int, Sequence[int]]
 
@@ -125,34 +125,16 @@ BACKENDS: Dict[str, Backend] = {
     "reference": Backend(reference_affinity, reference_gather, reference_scatter),
     "blocked": Backend(blocked.affinity, blocked.gather, blocked.scatter),
 }
-_selected = "blocked"
-
-
-def set_backend(name: str) -> str:
-    """Compute the products with backend ``name`` from now on (process-wide); returns the
-    name of the previous one."""
-    global _selected
-    if name not in BACKENDS:
-        raise ValueError(f"unknown local clustering backend {name!r}; choose from {sorted(BACKENDS)}")
-    previous, _selected = _selected, name
-    return previous
-
-
-@contextlib.contextmanager
-def use_backend(name: str) -> Iterator[None]:
-    """Compute the products of the ``with`` block with backend ``name``."""
-    previous = set_backend(name)
-    try:
-        yield
-    finally:
-        set_backend(previous)
+_switch = BackendSwitch("local clustering", sorted(BACKENDS), default="blocked")
+# set_backend(name) -> the previous name; ``with use_backend(name):`` for a block
+set_backend, use_backend = _switch.set, _switch.use
 
 
 def _compute(product: str, *args) -> Tensor:
     # In the dtype of the inputs: autocast would otherwise run the blocked ``bmm`` in half
     # precision, or the reference's sums in fp32, whatever the caller chose.
     with torch.autocast(device_type=args[0].device.type, enabled=False):
-        return getattr(BACKENDS[_selected], product)(*args)
+        return getattr(BACKENDS[_switch.selected], product)(*args)
 
 
 # ---------------------------------------------------------------------------- public API
