@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 
 from .embedded_id_maps import MAX_ID, encode_id_map, encode_picture
+from .hierarchy_visualization import check_sizes
 
 __all__ = [
     "IGNORED_SEGMENT",
@@ -143,14 +144,8 @@ def image_page_data(
             the photo}, kinds among PREDICTION_KINDS, shown in that order.
         links: relative URLs of "index", "previous" and "next" pages.
     """
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image {image_id!r} must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+    check_sizes(image, {f"clustering {c.name}": c.labels for c in clusterings}, gt, what=f"image {image_id!r}")
     size = image.shape[:2]
-    for c in clusterings:
-        if c.labels.shape != size:
-            raise ValueError(f"clustering {c.name} of image {image_id!r} has shape {c.labels.shape}, expected {size}")
-    if gt is not None and gt.shape != size:
-        raise ValueError(f"ground truth of image {image_id!r} has shape {gt.shape}, expected {size}")
     predictions = predictions or {}
     for kind, picture in predictions.items():
         if kind not in PREDICTION_KINDS:

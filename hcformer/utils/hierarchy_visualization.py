@@ -80,6 +80,19 @@ class HierarchyFigure:
 
 
 # ---------------------------------------------------------------------------------------- cells
+def check_sizes(image: np.ndarray, label_maps: Dict[str, np.ndarray], gt: Optional[np.ndarray], what: str = "image") -> None:
+    """Raise ValueError unless ``image`` is (H, W, 3) uint8 RGB and every one of ``label_maps``
+    (by name) and ``gt`` (if any) is (H, W); ``what`` names the image in the message."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"{what} must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+    size = image.shape[:2]
+    for name, labels in label_maps.items():
+        if labels.shape != size:
+            raise ValueError(f"{name} of {what} has shape {labels.shape}, expected {size}")
+    if gt is not None and gt.shape != size:
+        raise ValueError(f"ground truth of {what} has shape {gt.shape}, expected {size}")
+
+
 def cluster_boundaries(labels: np.ndarray) -> np.ndarray:
     """(H, W) bool: pixels whose right or lower neighbour is in another cluster (1-pixel lines)."""
     edges = np.zeros(labels.shape, dtype=bool)
@@ -285,15 +298,8 @@ def draw_hierarchy(
             that titles fit. None: no limit.
         seed: of the random cluster colours.
     """
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+    check_sizes(image, {f"level {level.level}": level.labels for level in levels}, gt)
     size = image.shape[:2]
-    for level in levels:
-        if level.labels.shape != size:
-            raise ValueError(f"labels of level {level.level} have shape {level.labels.shape}, expected {size}")
-    if gt is not None and gt.shape != size:
-        raise ValueError(f"ground truth has shape {gt.shape}, expected the image's {size}")
-
     cell_size = _cell_size(size, min_cell_size, max_cell_size)
     shown = _resize(image, cell_size)
 
