@@ -18,9 +18,9 @@ from pycocotools.coco import COCO
 from hcformer.config import add_hcformer_config
 from hcformer.data import DATASET_MAPPERS, build_dataset_mapper
 from hcformer.data.color_aug_ssd import ColorAugSSD, PhotometricDistortion
-from hcformer.data.shapes import ShapesSpec, register_shapes_datasets
 from hcformer.data.dataset_mappers.mask_former_instance_dataset_mapper import annotation_mask
 from hcformer.data.datasets.catalog_utils import unregister_dataset
+from hcformer_shapes import ShapesSpec, register_shapes_datasets
 
 PREFIX = "shapes_mappertest"
 SIZE = 64

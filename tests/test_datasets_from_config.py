@@ -17,10 +17,10 @@ from PIL import Image
 
 from hcformer.config import add_hcformer_config
 from hcformer.data.datasets import DatasetConfigError, MissingDatasetError
-from hcformer.data.shapes import ShapesSpec, ensure_shapes_dataset
 from hcformer.data.datasets.register_from_config import register_datasets_from_config
 from hcformer.data.dataset_loading import DatasetLoadError
 from hcformer.engine.config_validation import ConfigError, merge_config_list, validate_config
+from hcformer_shapes import ShapesSpec, ensure_shapes_dataset
 from tiny_configs import SHAPES_CONFIG
 
 SHAPE_NAMES = ["circle", "square", "triangle", "star"]

@@ -16,7 +16,7 @@ from test_datasets_from_config import SHAPE_NAMES, gappy_instances_json
 from test_eval_only import read_copypaste, without_nan
 from tiny_configs import ROOT, TINY_SHAPES_OVERRIDES, load_script
 
-from hcformer.data.shapes import ShapesSpec, ensure_shapes_dataset
+from hcformer_shapes import ShapesSpec, ensure_shapes_dataset
 
 CONFIGS = ROOT / "configs" / "shapes"
 TRAIN = ["SEED", "0", "SOLVER.IMS_PER_BATCH", "1", "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "1",

@@ -65,7 +65,7 @@ def test_trainer_runs_on_shapes(tmp_path: Path):
     from detectron2.utils.events import TensorboardXWriter
 
     from hcformer.checkpoint import HCFormerCheckpointer
-    from hcformer.data import ShapesSpec, register_shapes_datasets
+    from hcformer_shapes import ShapesSpec, register_shapes_datasets
     from hcformer.engine.trainer import Trainer
 
     spec = ShapesSpec(image_size=64, num_train=4, num_val=2)

@@ -28,9 +28,9 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from hcformer.config import add_hcformer_config
-from hcformer.data.shapes import ShapesSpec, register_shapes_datasets
 from hcformer.data.datasets.catalog_utils import unregister_dataset
 from hcformer.evaluation import ThingsCOCOEvaluator, build_evaluator
+from hcformer_shapes import ShapesSpec, register_shapes_datasets
 
 # detectron2 v0.6 evaluators use np.int / np.float (deprecated, still present in numpy 1.23)
 pytestmark = pytest.mark.filterwarnings("ignore:`np.(int|float)` is a deprecated alias")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hcformer.data.shapes import ShapesSpec, ensure_shapes_dataset
+from hcformer_shapes import ShapesSpec, ensure_shapes_dataset
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "datasets"
 

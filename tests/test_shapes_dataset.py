@@ -5,6 +5,8 @@ import itertools
 import json
 import multiprocessing
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -16,10 +18,10 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from hcformer.data.datasets import MissingDatasetError
-from hcformer.data.shapes import ShapesSpec, register_shapes_datasets
-from hcformer.data.shapes import generator
 from hcformer.data.datasets.atomic_dir import MARKER_NAME, build_directory_once
 from hcformer.data.datasets.catalog_utils import unregister_dataset
+from hcformer_shapes import ShapesSpec, register_shapes_datasets
+from hcformer_shapes import generator
 
 TINY = ShapesSpec(image_size=48, num_train=3, num_val=2, seed=7)
 
@@ -261,6 +263,32 @@ def test_registration_gives_metadata_first_and_generates_on_first_load(tmp_path,
     finally:
         for name in names:
             unregister_dataset(name)
+
+
+def test_hcformer_imports_the_shapes_only_for_a_config_naming_them(tmp_path):
+    # hcformer never imports hcformer_shapes on its own; registering a config's datasets (what
+    # every entry point does) imports it when DATASETS.TRAIN / TEST name a shapes_* dataset.
+    # In a fresh process: this one imported hcformer_shapes above.
+    script = """
+import sys
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog
+import hcformer
+from hcformer.data.datasets import register_datasets_from_config
+assert "hcformer_shapes" not in sys.modules, "importing hcformer imported hcformer_shapes"
+cfg = get_cfg()
+hcformer.add_hcformer_config(cfg)
+cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = ("coco_2017_train_panoptic_with_sem_seg",), ()
+register_datasets_from_config(cfg)
+assert "hcformer_shapes" not in sys.modules and "shapes_val" not in DatasetCatalog
+cfg.DATASETS.TEST = ("shapes_sem_seg_val",)
+register_datasets_from_config(cfg)
+assert "shapes_val" in DatasetCatalog and "shapes_train_panoptic_with_sem_seg" in DatasetCatalog
+"""
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "shapes").exists()  # registered, not generated
 
 
 def test_bad_parameters_name_the_variable(monkeypatch):

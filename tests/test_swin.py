@@ -320,7 +320,7 @@ SWIN_T = ("MODEL.SWIN.EMBED_DIM", 96, "MODEL.SWIN.DEPTHS", [2, 2, 6, 2], "MODEL.
 
 @pytest.mark.parametrize("swin", [(), SWIN_T], ids=["shapes config", "Swin-T"])
 def test_swin_shapes_config_trains(tmp_path, swin):
-    from hcformer.data import ShapesSpec, register_shapes_datasets
+    from hcformer_shapes import ShapesSpec, register_shapes_datasets
     from hcformer.engine.trainer import Trainer
 
     register_shapes_datasets(str(tmp_path), ShapesSpec(image_size=64, num_train=4, num_val=1),

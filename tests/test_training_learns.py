@@ -12,7 +12,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs/shapes/semantic-segmenta
 
 @pytest.mark.slow
 def test_short_training_beats_the_untrained_model(tmp_path: Path):
-    from hcformer.data import ShapesSpec, register_shapes_datasets
+    from hcformer_shapes import ShapesSpec, register_shapes_datasets
     from hcformer.engine.trainer import Trainer
 
     spec = ShapesSpec(image_size=64, num_train=48, num_val=12, seed=3)

@@ -56,7 +56,7 @@ def test_non_finite_terms_are_named():
 def tiny_shapes_cfg(tmp_path: Path, prefix: str, *overrides: str, num_train: int = 4):
     """The tiny shapes model's config, batch 1, on ``num_train`` generated 64 px images,
     writing to tmp_path/out (created), with ``overrides`` (KEY VALUE ...) on top."""
-    from hcformer.data import ShapesSpec, register_shapes_datasets
+    from hcformer_shapes import ShapesSpec, register_shapes_datasets
 
     register_shapes_datasets(str(tmp_path / "datasets"), ShapesSpec(image_size=64, num_train=num_train, num_val=1),
                              prefix=prefix, replace=True)

@@ -33,7 +33,7 @@ sys.path.insert(1, os.path.join(os.path.dirname(_TOOLS), "datasets"))  # voc_sam
 from hcformer.data.datasets.catalog_utils import unregister_dataset  # noqa: E402
 from hcformer.engine.inference_model import inference_cfg  # noqa: E402
 from visualize_hierarchy import parse_args as visualizer_args  # noqa: E402
-from visualize_hierarchy import safe_name, visualize  # noqa: E402
+from visualize_hierarchy import check_dataset, safe_name, visualize  # noqa: E402
 from voc_sample import register_voc_sample  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,6 +84,7 @@ def main(argv: Optional[List[str]] = None) -> List[str]:
         finally:  # its files go with the temporary directory
             unregister_dataset(VOC_DATASET)
         if args.dataset:
+            check_dataset(args.dataset)  # also imports hcformer_shapes for a shapes_* name
             first = DatasetCatalog.get(args.dataset)[0]
             written += make_figures(args, args.dataset, first.get("image_id", 0), safe_name(args.dataset), work_dir)
     for path in written:

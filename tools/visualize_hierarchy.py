@@ -64,6 +64,7 @@ from tqdm import tqdm
 
 import hcformer  # noqa: F401  registers the models
 import hcformer.data  # noqa: F401  registers the datasets
+from hcformer.data.datasets import import_dataset_packages
 from hcformer.engine.inference_model import build_inference_model, inference_cfg
 from hcformer.evaluation import ground_truth_kind, load_segment_ground_truth, undersegmentation_counts
 from hcformer.modeling import HCFormer
@@ -109,7 +110,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def check_dataset(name: str) -> None:
-    """Raise a ValueError naming the registered datasets closest to ``name`` if it is not one."""
+    """Raise a ValueError naming the registered datasets closest to ``name`` if it is not one.
+    A name of a dataset package (``shapes_*``: hcformer_shapes) imports that package first."""
+    import_dataset_packages([name])
     if name in DatasetCatalog:
         return
     registered = sorted(DatasetCatalog)

@@ -1,7 +1,8 @@
-"""Data side of hcformer. Importing it registers the datasets (see ``datasets`` and the synthetic
-``shapes``); mappers turn dataset records into model inputs."""
+"""Data side of hcformer. Importing it registers the datasets (see ``datasets``; the synthetic
+shapes are a package of their own, ``hcformer_shapes``); mappers turn dataset records into model
+inputs."""
 
-from . import datasets, shapes  # noqa: F401  (registers datasets)
+from . import datasets  # noqa: F401  (registers datasets)
 from .build import DATASET_MAPPERS, build_dataset_mapper
 from .dataset_mappers import (
     COCOInstanceLSJDatasetMapper,
@@ -11,7 +12,6 @@ from .dataset_mappers import (
     MaskFormerSemanticDatasetMapper,
 )
 from .datasets import MissingDatasetError
-from .shapes import ShapesSpec, ensure_shapes_dataset, register_shapes_datasets, shapes_dataset_names
 
 __all__ = [
     "DATASET_MAPPERS",
@@ -22,8 +22,4 @@ __all__ = [
     "MaskFormerPanopticDatasetMapper",
     "MaskFormerSemanticDatasetMapper",
     "MissingDatasetError",
-    "ShapesSpec",
-    "ensure_shapes_dataset",
-    "register_shapes_datasets",
-    "shapes_dataset_names",
 ]

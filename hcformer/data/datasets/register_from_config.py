@@ -50,6 +50,7 @@ from .coco_panoptic_files import (
     read_panoptic_json,
     require_entries,
 )
+from .dataset_packages import import_dataset_packages
 
 __all__ = [
     "DatasetConfigError",
@@ -290,11 +291,15 @@ def register_datasets_from_config(cfg) -> List[str]:
     """Register every dataset of DATASETS.COCO_INSTANCES / COCO_PANOPTIC / SEM_SEG; return their
     names. Safe to call again with the same config (each process, each tool).
 
+    First, the packages registering the DATASETS.TRAIN / TEST names of their own (the synthetic
+    ``shapes_*`` of ``hcformer_shapes``) are imported: see :mod:`.dataset_packages`.
+
     Raises:
         DatasetConfigError: an entry of the wrong form, a name registered with other files, a
             class list that cannot be read (names the key, the entry and the file).
         MissingDatasetError: a file or folder of an entry does not exist.
     """
+    import_dataset_packages([*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST])
     for key, (fields, optional, _) in CONFIG_DATASET_KEYS.items():
         entries = cfg.DATASETS[key]
         if not isinstance(entries, (list, tuple)):

@@ -92,7 +92,7 @@ def _load_tool(name: str, tools_dir: Path = PROJECT_DIR / "tools"):
 @pytest.mark.slow
 def test_trainer_runs_on_shapes_and_the_visualiser_and_level_scores_work(tmp_path: Path):
     pytest.importorskip("hcformer.data.build")
-    from hcformer.data import ShapesSpec, register_shapes_datasets
+    from hcformer_shapes import ShapesSpec, register_shapes_datasets
     from hcformer.engine.trainer import Trainer
 
     spec = ShapesSpec(image_size=64, num_train=4, num_val=2)

@@ -18,7 +18,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the cast package
 
 from cast.superpixels import SUPERPIXEL_METHODS, compute_superpixels  # noqa: E402
-from hcformer.data.shapes.generator import render_sample  # noqa: E402
+from hcformer_shapes.generator import render_sample  # noqa: E402
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 import hcformer  # noqa: F401  registers models and datasets
 from hcformer.checkpoint import HCFormerCheckpointer
 from hcformer.config import add_hcformer_config
+from hcformer.data.datasets import register_datasets_from_config
 from hcformer.engine.analysis import flop_count_analysis
 from hcformer.layers.local_clustering import use_backend
 
@@ -53,7 +54,8 @@ __all__ = [
 # ---------------------------------------------------------------------------------- configs
 def load_cfg(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
     """HCFormer + MODEL.EXPEDIT config of ``config_file`` with ``opts`` (KEY VALUE ...) merged,
-    on the CPU when CUDA is not available (as the project's command-line setup does)."""
+    on the CPU when CUDA is not available (as the project's command-line setup does); its
+    datasets are registered (the shapes of the project's configs by importing hcformer_shapes)."""
     from hcformer.engine.setup import adapt_to_machine
 
     cfg = get_cfg()
@@ -61,6 +63,7 @@ def load_cfg(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
     add_expedit_config(cfg)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
+    register_datasets_from_config(cfg)
     adapt_to_machine(cfg)
     return cfg
 

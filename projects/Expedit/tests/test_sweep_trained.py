@@ -7,8 +7,8 @@ import pytest
 
 from expedit.analysis import load_cfg, valid_alphas
 from hcformer.data.datasets.catalog_utils import unregister_dataset
-from hcformer.data.shapes.register import register_shapes_datasets
-from hcformer.data.shapes.generator import ShapesSpec
+from hcformer_shapes.generator import ShapesSpec
+from hcformer_shapes.register import register_shapes_datasets
 
 PROJECT = Path(__file__).resolve().parents[1]
 PREFIX = "expedit_sweep_test"

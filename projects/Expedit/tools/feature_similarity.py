@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the expedit pack
 
 from expedit import expedite_swin  # noqa: E402
 from expedit.analysis import mean_cosine_similarity, per_image  # noqa: E402
-from hcformer.data.shapes.generator import render_sample  # noqa: E402
+from hcformer_shapes.generator import render_sample  # noqa: E402
 from hcformer.modeling.backbone.swin import HCSwin  # noqa: E402
 
 

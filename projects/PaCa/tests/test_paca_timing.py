@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from hcformer.data import ShapesSpec, register_shapes_datasets
+from hcformer_shapes import ShapesSpec, register_shapes_datasets
 
 PROJECT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from hcformer.data import ShapesSpec, register_shapes_datasets
+from hcformer_shapes import ShapesSpec, register_shapes_datasets
 from paca.checkpoint import PaCaCheckpointer
 from paca.engine import PaCaTrainer, get_paca_cfg
 

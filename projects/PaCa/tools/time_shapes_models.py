@@ -42,7 +42,7 @@ from tqdm import tqdm
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-import hcformer  # noqa: E402,F401  registers HCFormer and the shapes datasets
+import hcformer  # noqa: E402,F401  registers HCFormer (inference_cfg: the shapes datasets)
 from hcformer.engine.inference_model import inference_cfg  # noqa: E402
 from paca.engine import PaCaTrainer  # noqa: E402  importing paca registers its models and MODEL.PACA.*
 

@@ -31,6 +31,7 @@ from detectron2.modeling import build_model
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import hcformer  # noqa: E402,F401  registers HCFormer and the datasets
+from hcformer.data.datasets import register_datasets_from_config  # noqa: E402
 from paca.checkpoint import PaCaCheckpointer  # noqa: E402
 from paca.engine import get_paca_cfg  # noqa: E402
 from paca.modeling import PaCaBackbone  # noqa: E402
@@ -72,6 +73,7 @@ def main(argv=None) -> List[Path]:
     cfg = get_paca_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    register_datasets_from_config(cfg)  # DATASETS.TEST[0] without --input (the shapes: hcformer_shapes)
     if not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()

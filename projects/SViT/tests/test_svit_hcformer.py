@@ -105,7 +105,7 @@ def test_project_config_builds_and_runs_one_inference(path: Path):
 def test_training_on_shapes(tmp_path: Path):
     """Two iterations of HCFormer's Trainer with the tiny HC-SViT, then the final evaluation."""
     pytest.importorskip("hcformer.data.build")
-    from hcformer.data import ShapesSpec, register_shapes_datasets
+    from hcformer_shapes import ShapesSpec, register_shapes_datasets
     from hcformer.engine.trainer import Trainer
 
     spec = ShapesSpec(image_size=64, num_train=4, num_val=2)

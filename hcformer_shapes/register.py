@@ -22,12 +22,12 @@ from typing import Any, Dict, List, Optional
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_sem_seg, register_coco_instances
 
-from ..datasets.catalog_utils import (
+from hcformer.data.datasets.catalog_utils import (
     require_matching_sem_seg_files,
     run_before_loading,
     unregister_dataset,
 )
-from ..datasets.register_coco_panoptic_annos_semseg import (
+from hcformer.data.datasets.register_coco_panoptic_annos_semseg import (
     panoptic_metadata_from_categories,
     register_coco_panoptic_with_sem_seg,
 )

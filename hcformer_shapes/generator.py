@@ -36,7 +36,7 @@ import pycocotools.mask as mask_util
 from PIL import Image
 from tqdm import tqdm
 
-from ..datasets.atomic_dir import build_directory_once
+from hcformer.data.datasets.atomic_dir import build_directory_once
 
 __all__ = [
     "SHAPES_CATEGORIES",
@@ -52,7 +52,9 @@ __all__ = [
     "ensure_shapes_dataset",
 ]
 
-logger = logging.getLogger(__name__)
+# a child of the "hcformer" logger, which every entry point sets up (setup_logger(name="hcformer")),
+# so that "Generating the shapes dataset ..." reaches their console and log file
+logger = logging.getLogger("hcformer.shapes")
 
 GENERATOR_VERSION = 1  # bump when the rendering changes, so old folders are not reused
 SPLITS = ("train", "val")
