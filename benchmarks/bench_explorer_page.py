@@ -44,7 +44,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from voc_sample import register_voc_sample  # noqa: E402
 
 import visualize_hierarchy  # noqa: E402
-from hcformer.utils.headless_browser import Browser, find_chromium  # noqa: E402
+from headless_browser import Browser, find_chromium  # noqa: E402
 from hcformer.utils.hierarchy_page import read_page_data  # noqa: E402
 
 DATASET = "bench_explorer_voc_resized"

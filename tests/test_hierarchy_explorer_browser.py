@@ -18,11 +18,13 @@ from PIL import Image
 
 from explorer_pages import write_voc_explorer
 from hcformer.utils.embedded_id_maps import decode_id_map
-from hcformer.utils.headless_browser import Browser, find_chromium
 from hcformer.utils.hierarchy_page import IGNORED_SEGMENT, read_page_data
 from hcformer.utils.hierarchy_visualization import cluster_boundaries
+from tiny_configs import load_script
 
-CHROMIUM = find_chromium()
+headless_browser = load_script("tools/headless_browser.py")  # a module of the tools, not of hcformer
+Browser = headless_browser.Browser
+CHROMIUM = headless_browser.find_chromium()
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(

@@ -30,11 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))  # visualize_hierarchy.py
 sys.path.insert(1, str(ROOT / "datasets"))  # voc_sample.py
 import visualize_hierarchy  # noqa: E402
+from headless_browser import Browser, find_chromium  # noqa: E402
 from voc_sample import register_voc_sample  # noqa: E402
 
 from hcformer.evaluation import leakage_mask  # noqa: E402
 from hcformer.utils.embedded_id_maps import decode_id_map  # noqa: E402
-from hcformer.utils.headless_browser import Browser, find_chromium  # noqa: E402
 from hcformer.utils.hierarchy_page import IGNORED_SEGMENT, read_page_data  # noqa: E402
 
 VOC_DATASET = "hcformer_screenshot_voc_sample"

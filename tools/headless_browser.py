@@ -1,5 +1,7 @@
 """Headless Chromium driven through its DevTools protocol: the explorer pages' browser tests,
-their benchmark (benchmarks/bench_explorer_page.py) and the README's screenshot use it.
+their benchmark (benchmarks/bench_explorer_page.py) and the README's screenshot
+(make_explorer_screenshot.py) use it. A module of the tools, not a script, and not part of
+hcformer, which never opens a browser: the scripts import it with tools/ on ``sys.path``.
 
 The protocol is JSON messages over one websocket: a command is ``{"id", "method", "params"}``
 and gets a reply with the same id; everything else that arrives is an event (a console message,
