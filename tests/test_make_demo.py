@@ -34,3 +34,5 @@ def test_make_demo_script_trains_evaluates_and_draws(tmp_path):
     assert summary["iterations"] == 3 and (out / "model_final.pth").is_file()
     assert len(list((out / "hierarchy").glob("*_hierarchy.png"))) == 2
     assert "UE_level0" in result.stdout  # the printed summary
+    log = (out / "log.txt").read_text()
+    assert log.count("Start inference on") == 1, "the trained model was evaluated more than once"

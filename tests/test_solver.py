@@ -216,3 +216,30 @@ def test_multistep_schedule_is_detectron2s():
         WARMUP_FACTOR=1.0,
     )
     assert _lrs(cfg, [0, 5, 89, 90, 95]) == pytest.approx([1e-4, 1e-4, 1e-4, 1e-5, 1e-6])
+
+
+def test_cpu_adamw_is_fused_and_matches_torchs_reference_loop():
+    """On the CPU the AdamW is torch's fused kernel (one pass per parameter); its updates, with
+    weight decay and full-model clipping, equal those of torch's single-tensor loop."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
+    reference_model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
+    reference_model.load_state_dict(model.state_dict())
+    cfg = _cfg(OPTIMIZER="ADAMW", BASE_LR=1e-2, WEIGHT_DECAY=0.05)
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.1
+    optimizer = build_optimizer(cfg, model)
+    assert all(group["fused"] for group in optimizer.param_groups)
+    reference = torch.optim.AdamW(reference_model.parameters(), lr=1e-2, weight_decay=0.05, foreach=False)
+    for _ in range(5):
+        x = torch.randn(2, 3, 6, 6)
+        for net, opt in ((model, optimizer), (reference_model, reference)):
+            opt.zero_grad()
+            net(x).square().sum().backward()
+            if opt is reference:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 0.1)
+            opt.step()
+    for p, q in zip(model.parameters(), reference_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)

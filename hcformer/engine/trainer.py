@@ -254,6 +254,16 @@ class Trainer(DefaultTrainer):
         )
         return super().build_hooks()
 
+    def train(self) -> Optional[Dict[str, Dict[str, float]]]:
+        """detectron2's, returning the results of the evaluation after the last iteration.
+
+        detectron2 v0.6 returns them only with TEST.EXPECTED_RESULTS set (its docstring promises
+        them whenever evaluation is enabled); without them, a caller wanting the numbers had to
+        evaluate the trained model a second time.
+        """
+        results = super().train()
+        return results if results is not None else getattr(self, "_last_eval_results", None)
+
     def after_train(self) -> None:
         """detectron2's, except that only a completed training is evaluated.
 
