@@ -22,8 +22,9 @@ times are medians over all repetitions of a tree, the ratio is this tree's / the
   entry-point``, the default: ``hcformer.engine.cpu_allocator`` where the tree has it, glibc's
   defaults in trees from before it), or leaves glibc's defaults in both (``--allocator glibc``).
   The memory children override it (they set glibc's mmap threshold themselves).
-- ``--head-overrides KEY VALUE ...``: config overrides for this tree's children only, e.g.
-  ``MODEL.RESNETS.USE_CHECKPOINT True`` to measure what recomputation trades.
+- ``--train-overrides KEY VALUE ...``: config overrides of the training children of both trees;
+  ``--head-overrides``: of this tree's only, e.g. ``MODEL.RESNETS.USE_CHECKPOINT True`` to measure
+  what recomputation trades against the baseline's default.
 - outputs: the first child of each tree saves its outputs (inference: ``sem_seg``, the panoptic
   map and segments, the instances; training: the losses of the first step and the gradients of
   every parameter), and the two are compared: ``sem_seg`` within 1e-5, the panoptic map and
@@ -201,7 +202,8 @@ def measure(args, kind: str, model: str, threads: int, workdir: str) -> Dict[str
     for r in range(args.rounds):
         order += ["baseline", "head"] if r % 2 == 0 else ["head", "baseline"]
     peaks = {}
-    overrides = {"baseline": [], "head": args.head_overrides if kind == "train" else []}
+    both = args.train_overrides if kind == "train" else []
+    overrides = {"baseline": both, "head": both + (args.head_overrides if kind == "train" else [])}
     for i, name in enumerate(order):
         first = not runs[name]
         runs[name].append(run_child(trees[name], kind, model, threads, args.repeats, weights,
@@ -211,7 +213,7 @@ def measure(args, kind: str, model: str, threads: int, workdir: str) -> Dict[str
         for name in trees:
             peaks[name] = run_child(trees[name], kind, model, threads, 0, weights, memory=True,
                                     overrides=overrides[name])["peak_bytes"]
-    row: Dict[str, object] = {"kind": kind, "model": model, "threads": threads, "head_overrides": overrides["head"],
+    row: Dict[str, object] = {"kind": kind, "model": model, "threads": threads, "overrides": overrides,
                               "allocator": args.allocator}
     for name in trees:
         row[f"{name}_s"] = statistics.median(t for run in runs[name] for t in run["times"])
@@ -253,6 +255,8 @@ def parse_args(argv=None):
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--allocator", choices=("entry-point", "glibc"), default="entry-point",
                    help="malloc as each tree's entry points set it up (default), or glibc's defaults in both")
+    p.add_argument("--train-overrides", nargs="+", default=[], metavar="KEY VALUE",
+                   help="config overrides of both trees' training children")
     p.add_argument("--head-overrides", nargs="+", default=[], metavar="KEY VALUE",
                    help="config overrides of this tree's training children only")
     p.add_argument("--no-check", dest="check", action="store_false", help="do not compare the outputs")
@@ -320,7 +324,8 @@ def main(argv=None):
 def print_row(row, args) -> None:
     mem = "- | -" if args.no_memory else (
         f"{row['baseline_peak_bytes'] / 2**20:.0f} / {row['head_peak_bytes'] / 2**20:.0f} | {row['peak_ratio']:.2f}")
-    model = " ".join([row["model"], *row["head_overrides"]])
+    baseline, head = row["overrides"]["baseline"], row["overrides"]["head"]
+    model = row["model"] + (f" ({' '.join(baseline)} / {' '.join(head)})" if baseline or head else "")
     print(f"| {model} | {row['threads']} | {1e3 * row['baseline_s']:.0f} | {1e3 * row['head_s']:.0f} | "
           f"{row['ratio']:.2f} | {row['cpu_ratio']:.2f} | {mem} | {fmt_same(row)} |", flush=True)
 
