@@ -68,9 +68,8 @@ def setup(args: argparse.Namespace, extra_config: Sequence[Callable[[CfgNode], N
     cfg.freeze()
     default_setup(cfg, args)  # also saves the final config to OUTPUT_DIR/config.yaml
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="hcformer")
-    if cfg.MODEL.DEVICE == "cpu":
-        owned.append(keep_freed_memory())
-    for line in resolved + owned:
+    allocator = [keep_freed_memory()] if cfg.MODEL.DEVICE == "cpu" else []
+    for line in resolved + owned + allocator:
         logger.info(line)
     for note in notes:
         logger.warning(note)
