@@ -208,16 +208,17 @@ class HCResNet(Backbone):
             FrozenBatchNorm2d.convert_frozen_batchnorm(m)
 
     def store_conv_weights_channels_last(self) -> None:
-        """Keep the plain convs' weights in channels-last memory (values unchanged).
+        """Keep the conv weights in channels-last memory (values unchanged).
 
         On CPU the maps run channels-last (see ``forward``), and oneDNN wants the weights in
         the maps' layout: a contiguous weight is reordered (copied) at every call, and in
         backward its gradient, computed channels-last, is copied back to the parameter's layout.
         Stored channels-last, neither copy happens (−5 % of a ResNet-18 training step). The
-        deformable convs keep theirs: their GEMM reads the weight as an (O, C·9) matrix.
+        DCNs' weights (their ``deform`` conv) too: the "bag" backend reads the weight as an
+        (O, kh·kw·C) matrix, a view of a channels-last weight and a copy of a contiguous one.
         """
         for module in self.modules():
-            if type(module) is nn.Conv2d:
+            if type(module) is nn.Conv2d:  # the plain convs, the DCNs' and the clustering layers'
                 module.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor, image_sizes: Optional[Sequence[Tuple[int, int]]] = None) -> Dict[str, object]:
