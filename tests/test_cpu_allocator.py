@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from hcformer.engine.cpu_allocator import USER_SETTINGS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Fills a 64 MiB tensor and frees it, 24 times: the page faults of each fill.
@@ -32,7 +34,7 @@ PAGES_OF_64_MIB = 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
 
 
 def run_probe(mode: str, env_extra=None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")}
+    env = {k: v for k, v in os.environ.items() if k not in USER_SETTINGS}  # glibc's defaults unless env_extra
     env.update(env_extra or {}, PYTHONPATH=ROOT)
     done = subprocess.run([sys.executable, "-c", PROBE, mode], env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
