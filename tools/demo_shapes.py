@@ -7,13 +7,12 @@
 2. trains the config (default: configs/shapes/panoptic-segmentation/hcformer_R18_shapes.yaml)
    with detectron2's trainer (progress and ETA on the console);
 3. evaluates PQ / AP / mIoU and the undersegmentation error of every hierarchy level;
-4. writes hierarchy panels of a few validation images (tools/visualize_hierarchy.py);
+4. writes hierarchy panels of a few validation images (tools/visualize_hierarchy.py, in this process);
 5. prints a summary and writes it to <output>/summary.json.
 """
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -45,7 +44,10 @@ def flatten_results(results: dict) -> dict:
 def main() -> None:
     args = parse_args()
     sys.path.insert(0, ROOT)
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
     from detectron2.engine import default_argument_parser
+    from visualize_hierarchy import parse_args as hierarchy_args
+    from visualize_hierarchy import visualize as visualize_hierarchy
 
     from hcformer.engine.setup import setup
     from hcformer.engine.trainer import Trainer
@@ -64,12 +66,11 @@ def main() -> None:
 
     weights = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
     panels = os.path.join(cfg.OUTPUT_DIR, "hierarchy")
-    subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools/visualize_hierarchy.py"), "--config-file", args.config_file,
-         "--dataset", cfg.DATASETS.TEST[0], "--num-images", str(args.num_panels), "--output", panels,
-         "--json", os.path.join(panels, "summary.json"), "MODEL.WEIGHTS", weights] + args.opts,
-        check=True,
-    )
+    # in this process (the loggers set up above), which saves a second start of Python, torch and detectron2
+    visualize_hierarchy(hierarchy_args(
+        ["--config-file", args.config_file, "--dataset", cfg.DATASETS.TEST[0], "--num-images", str(args.num_panels),
+         "--output", panels, "--json", os.path.join(panels, "summary.json"), "MODEL.WEIGHTS", weights] + args.opts
+    ))
     summary = {
         "config": os.path.relpath(args.config_file, ROOT),
         "iterations": cfg.SOLVER.MAX_ITER,
