@@ -120,6 +120,28 @@ def test_uncertain_points_concentrate_on_the_decision_boundary():
     assert (uniform[..., 0] - 0.3).abs().mean() > 0.2
 
 
+def test_uncertain_points_are_detectron2s_point_set():
+    """The same points as detectron2's PointRend function (same draws), in another order: the
+    top-k here is unsorted, which permutes only the terms of the losses' sums over points."""
+    from detectron2.projects.point_rend.point_features import (
+        get_uncertain_point_coords_with_randomness as detectron2_points,
+    )
+
+    logits = torch.randn(3, 1, 24, 32)
+    torch.manual_seed(0)
+    ours = get_uncertain_point_coords_with_randomness(logits, lambda l: -l.abs(), 500, 3.0, 0.75)
+    torch.manual_seed(0)
+    theirs = detectron2_points(logits, lambda l: -l.abs(), 500, 3.0, 0.75)
+    assert not torch.equal(ours[:, :375], theirs[:, :375])  # the order differs ...
+
+    def as_set(coords):  # rows sorted by (x, y)
+        key = coords[..., 0] * 4 + coords[..., 1]
+        return coords.gather(1, key.argsort(dim=1)[..., None].expand(-1, -1, 2))
+
+    torch.testing.assert_close(as_set(ours[:, :375]), as_set(theirs[:, :375]), rtol=0, atol=0)  # ... not the set
+    torch.testing.assert_close(ours[:, 375:], theirs[:, 375:], rtol=0, atol=0)  # the uniform rest: the same draws
+
+
 # ------------------------------------------------------------------------- matcher
 def test_pairwise_costs_match_per_pair_losses():
     torch.manual_seed(0)
