@@ -53,20 +53,28 @@ EVAL_MODELS = {
 }
 DEFAULT_EVAL_MODELS = [name for name in EVAL_MODELS if "R50" in name]
 TRAIN_CONFIG = f"{PANOPTIC}/hcformer_R50_bs16_50ep.yaml"
-# training modes: name → (MODEL.HC.POINT_DECODING, MODEL.RESNETS.USE_CHECKPOINT, previous
-# primitive, backbone alone). "backbone alone" is the floor that decoding cannot go below: the
-# backbone's forward + backward (its gradients included) on the same images, no head.
+# what the backbone recomputes in backward: MODEL.RESNETS.USE_CHECKPOINT and CHECKPOINT_STAGES
+RECOMPUTE = {
+    "nothing": [False, []],
+    "every block": [True, []],
+    "stem-res3": [False, ["stem", "res2", "res3"]],  # the COCO / ADE20K / Cityscapes configs' default
+}
+# training modes: name → (MODEL.HC.POINT_DECODING, recomputation, previous primitive, backbone
+# alone). "backbone alone" is the floor that decoding cannot go below: the backbone's forward +
+# backward (its gradients included) on the same images, no head.
 TRAIN_MODES = {
-    "point decoding": (True, False, False, False),
-    "full decoding": (False, False, False, False),
-    "full decoding, previous primitive": (False, False, True, False),
-    "backbone alone": (True, False, False, True),
-    "point decoding, backbone checkpointing": (True, True, False, False),
-    "full decoding, backbone checkpointing": (False, True, False, False),
+    "point decoding": (True, "nothing", False, False),
+    "full decoding": (False, "nothing", False, False),
+    "full decoding, previous primitive": (False, "nothing", True, False),
+    "backbone alone": (True, "nothing", False, True),
+    "point decoding, backbone checkpointing": (True, "every block", False, False),
+    "full decoding, backbone checkpointing": (False, "every block", False, False),
+    "point decoding, stem-res3 recomputed": (True, "stem-res3", False, False),
 }
 # a small network for --smoke: what tests/conftest.py builds
 SMOKE_OVERRIDES = [
-    "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 6,
+    "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.NORM", "BN", "MODEL.RESNETS.CHECKPOINT_STAGES", [],
+    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 6,
     "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", 8, "MODEL.MASK_FORMER.DEC_LAYERS", 3,
     "MODEL.MASK_FORMER.HIDDEN_DIM", 64, "MODEL.MASK_FORMER.DIM_FEEDFORWARD", 128,
     "MODEL.SEM_SEG_HEAD.MASK_DIM", 64, "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", 256,
@@ -150,9 +158,11 @@ def eval_workload(args, name: str):
 
 
 def train_workload(args, mode: str):
-    point_decoding, checkpointing, previous_primitive, backbone_alone = TRAIN_MODES[mode]
-    overrides = ["MODEL.HC.POINT_DECODING", point_decoding, "MODEL.RESNETS.USE_CHECKPOINT", checkpointing]
-    if checkpointing and args.smoke:
+    point_decoding, recompute, previous_primitive, backbone_alone = TRAIN_MODES[mode]
+    every_block, stages = RECOMPUTE[recompute]
+    overrides = ["MODEL.HC.POINT_DECODING", point_decoding,
+                 "MODEL.RESNETS.USE_CHECKPOINT", every_block, "MODEL.RESNETS.CHECKPOINT_STAGES", stages]
+    if recompute != "nothing" and args.smoke:
         overrides += ["MODEL.RESNETS.NORM", "FrozenBN"]  # the smoke model's BN cannot be recomputed
     model = build(TRAIN_CONFIG, args.device, overrides, smoke=args.smoke).train()
     num_classes = model.sem_seg_head.predictor.class_embed.out_features - 1
@@ -295,12 +305,12 @@ def main(argv=None):
         rows = []
         print(f"\n## training step, batch {args.batch}, {args.train_size}x{args.train_size}, "
               f"{args.segments} segments per image\n")
-        # "× full": against full decoding with the same backbone checkpointing setting
+        # "× full": against full decoding with the same block-by-block checkpointing setting
         print("| decoding | step ms | × full | CPU s | × full | peak MiB | × full |")
         print("|---|---|---|---|---|---|---|")
         peaks = {} if args.no_memory else memory_in_child(args, "train", modes)
         for name in modes:
-            ref = "full decoding, backbone checkpointing" if TRAIN_MODES[name][1] else "full decoding"
+            ref = "full decoding, backbone checkpointing" if TRAIN_MODES[name][1] == "every block" else "full decoding"
             row = {"mode": name, "reference": ref, "step_ms": 1e3 * statistics.median(times[name]["wall"]),
                    "times": times[name]}
             row["cpu_s"] = statistics.median(times[name]["cpu"])

@@ -83,9 +83,13 @@ def add_hcformer_config(cfg: CN) -> None:
     cfg.MODEL.RESNETS.WEIGHTS = ""  # (hcformer) local ImageNet weights (.pth / .pkl), optional
     cfg.MODEL.RESNETS.STEM_TYPE = "basic"  # accepted for Mask2Former config files; always "basic"
     cfg.MODEL.RESNETS.RES5_MULTI_GRID = [1, 1, 1]  # accepted for the original config files; unused
-    # (hcformer) recompute every residual block in backward instead of keeping its activations;
-    # needs a norm without running statistics (FrozenBN, GN)
+    # (hcformer) recompute activations in backward instead of keeping them; both need a norm
+    # without running statistics (FrozenBN, GN) and give the same gradients. USE_CHECKPOINT:
+    # every residual block on its own (CHECKPOINT_STAGES is then moot). CHECKPOINT_STAGES: the
+    # named stages ("stem", "res2" … "res5"), each as one segment; the early stages hold the
+    # largest maps for their compute (the COCO / ADE20K / Cityscapes bases: stem, res2, res3).
     cfg.MODEL.RESNETS.USE_CHECKPOINT = False
+    cfg.MODEL.RESNETS.CHECKPOINT_STAGES = []
 
     # ---------------------------------------------------------------- Swin backbone
     cfg.MODEL.SWIN = CN()

@@ -41,6 +41,7 @@ def test_bench_model_smoke(tmp_path):
     assert [r["mode"] for r in results["train"]] == [
         "point decoding", "full decoding", "full decoding, previous primitive", "backbone alone",
         "point decoding, backbone checkpointing", "full decoding, backbone checkpointing",
+        "point decoding, stem-res3 recomputed",
     ]
     for r in results["eval"] + results["train"]:
         assert r["peak_bytes"] > 0

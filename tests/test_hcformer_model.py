@@ -1,9 +1,12 @@
 """HCFormer model: sizes, outputs of all tasks, training step, padding, checkpoint layout."""
+from typing import Dict, Tuple
+
 import pytest
 import torch
 import torchvision
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
+from torch import nn
 
 from hcformer.checkpoint import HCFormerCheckpointer
 from hcformer.modeling.backbone.resnet import HCResNet
@@ -215,21 +218,65 @@ def test_torchvision_imagenet_weights_load_into_hc_resnet(tmp_path, downsampling
         torch.testing.assert_close(weight, tv.layer4[0].conv1.weight)
 
 
-@pytest.mark.parametrize("downsampling", ["conv", "deform"])
-def test_resnet_gradient_checkpointing_gives_the_same_gradients(downsampling):
+def saved_activation_bytes(model: nn.Module, x: torch.Tensor) -> Tuple[int, Dict[str, torch.Tensor]]:
+    """Bytes of the tensors autograd keeps for backward after ``model(x)`` (each storage once,
+    parameters left out), and the outputs."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x)
+    return sum(kept.values()), out
+
+
+@pytest.mark.parametrize(
+    "downsampling, recompute",
+    [("conv", {"use_checkpoint": True}), ("deform", {"use_checkpoint": True}),
+     ("deform", {"checkpoint_stages": ["stem", "res2"]}), ("deform", {"checkpoint_stages": ["res3", "res5"]})],
+)
+def test_resnet_gradient_checkpointing_gives_the_same_gradients_in_less_memory(downsampling, recompute):
     torch.manual_seed(0)
     kwargs = dict(depth=18, level=3, downsampling=downsampling, norm="FrozenBN", emb_dim=16)
     plain = HCResNet(**kwargs).train()
-    checkpointed = HCResNet(**kwargs, use_checkpoint=True).train()
+    checkpointed = HCResNet(**kwargs, **recompute).train()
     checkpointed.load_state_dict(plain.state_dict())
     x = torch.randn(2, 3, 64, 96)
-    for model in (plain, checkpointed):
-        out = model(x)
+    kept = {}
+    for name, model in (("plain", plain), ("checkpointed", checkpointed)):
+        kept[name], out = saved_activation_bytes(model, x)
         (out["res5"].square().mean() + out["assign"].assignments[-1].square().mean()).backward()
     for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, msg=name)
+        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0, msg=name)
+    assert kept["checkpointed"] < kept["plain"], kept
 
 
-def test_resnet_gradient_checkpointing_refuses_batch_norm():
+def test_resnet_checkpoint_stages_drop_what_the_stage_held():
+    """Recomputing the stem and res2 as one segment keeps neither their inner maps nor the
+    block outputs inside res2: at least those bytes fewer than without."""
+    torch.manual_seed(0)
+    kwargs = dict(depth=18, level=3, downsampling="conv", norm="FrozenBN", emb_dim=16)
+    x = torch.randn(2, 3, 64, 96)
+    plain, _ = saved_activation_bytes(HCResNet(**kwargs).train(), x)
+    stem_res2, _ = saved_activation_bytes(HCResNet(**kwargs, checkpoint_stages=["stem", "res2"]).train(), x)
+    # stem: the ReLU output at stride 2 (64 ch) and int64 max-pool indices at stride 4; res2 (2
+    # basic blocks, 64 ch at stride 4): 4 maps inside the blocks; the image and res2's output stay
+    stride2, stride4 = 2 * 64 * 32 * 48 * 4, 2 * 64 * 16 * 24 * 4
+    assert plain - stem_res2 >= stride2 + 2 * stride4 + 3 * stride4
+
+
+def test_resnet_gradient_checkpointing_refuses_batch_norm_and_bad_stages():
     with pytest.raises(ValueError, match="MODEL.RESNETS.USE_CHECKPOINT.*'BN'"):
         HCResNet(depth=18, norm="BN", use_checkpoint=True)
+    with pytest.raises(ValueError, match="MODEL.RESNETS.CHECKPOINT_STAGES.*'BN'"):
+        HCResNet(depth=18, norm="BN", checkpoint_stages=["res2"])
+    with pytest.raises(ValueError, match=r"CHECKPOINT_STAGES: unknown stage\(s\) \['layer1'\]"):
+        HCResNet(depth=18, norm="FrozenBN", checkpoint_stages=["layer1"])
+    both = r"set MODEL.RESNETS.USE_CHECKPOINT False and MODEL.RESNETS.CHECKPOINT_STAGES \[\]$"
+    with pytest.raises(ValueError, match=both):
+        HCResNet(depth=18, norm="BN", use_checkpoint=True, checkpoint_stages=["stem"])

@@ -23,6 +23,7 @@ from .clustered_downsampling import ClusteredDownsampling, clustered_transitions
 from .pyramid import check_rgb_input, describe_outputs
 from .res5_encoder import build_res5_aux
 
+STAGES = ("stem", "res2", "res3", "res4", "res5")  # the names MODEL.RESNETS.CHECKPOINT_STAGES takes
 # depth → (block type, blocks per stage)
 RESNET_SPECS = {
     18: ("basic", (2, 2, 2, 2)),
@@ -154,6 +155,7 @@ class HCResNet(Backbone):
         freeze_at: int = 0,
         aux: Optional[nn.Module] = None,
         use_checkpoint: bool = False,
+        checkpoint_stages: Sequence[str] = (),
     ):
         super().__init__()
         if depth not in RESNET_SPECS:
@@ -161,13 +163,22 @@ class HCResNet(Backbone):
         transitions = clustered_transitions(level)
         if downsampling not in ("deform", "conv"):
             raise ValueError(f'MODEL.RESNETS.DOWNSAMPLING must be "deform" or "conv", got {downsampling!r}')
-        if use_checkpoint and norm in ("BN", "SyncBN", "naiveSyncBN"):
-            # the recomputation in backward would update the running statistics a second time
+        unknown = [stage for stage in checkpoint_stages if stage not in STAGES]
+        if unknown:
             raise ValueError(
-                f"MODEL.RESNETS.USE_CHECKPOINT needs a norm without running statistics updated in "
-                f'training (e.g. "FrozenBN", "GN"), got MODEL.RESNETS.NORM {norm!r}'
+                f"MODEL.RESNETS.CHECKPOINT_STAGES: unknown stage(s) {unknown}, expected names from {STAGES}"
             )
-        self.use_checkpoint = use_checkpoint
+        if (use_checkpoint or checkpoint_stages) and norm in ("BN", "SyncBN", "naiveSyncBN"):
+            # the recomputation in backward would update the running statistics a second time
+            keys = {"MODEL.RESNETS.USE_CHECKPOINT": "False"} if use_checkpoint else {}
+            keys.update({"MODEL.RESNETS.CHECKPOINT_STAGES": "[]"} if checkpoint_stages else {})
+            raise ValueError(
+                f"Recomputing activations in backward ({', '.join(keys)}) needs a norm without running "
+                f'statistics updated in training (e.g. "FrozenBN", "GN"), got MODEL.RESNETS.NORM {norm!r}; '
+                "with it, set " + " and ".join(f"{key} {off}" for key, off in keys.items())
+            )
+        self.use_checkpoint = use_checkpoint  # every block on its own: then the stages are moot
+        self.checkpoint_stages = frozenset() if use_checkpoint else frozenset(checkpoint_stages)
         self.depth = depth
         block_type, blocks = RESNET_SPECS[depth]
         block_cls = Bottleneck if block_type == "bottleneck" else BasicBlock
@@ -235,34 +246,45 @@ class HCResNet(Backbone):
             # through the convs, norms and DCNv2 (whose output follows its input's layout),
             # and the stage outputs are NHWC views. ~10 % of the backbone's time at 800×1216.
             x = x.contiguous(memory_format=torch.channels_last)
-        x = self._run(self.stem, x)
-        x = self._run_blocks(self.layer1, x)
+        x = self._run("stem", [self.stem], x)
+        x = self._run("res2", self.layer1, x)
         feats["res2"] = x
         clusterings = ClusteredDownsampling(self.clustering_layers, image_sizes)
         for k in range(3):
-            layer = getattr(self, f"layer{k + 2}")
+            stage, layer = f"res{k + 3}", getattr(self, f"layer{k + 2}")
             fine = x
-            x = self._run(layer[0], fine)
+            x = self._run(stage, layer[:1], fine)  # its output is the clustering's coarse side
             clusterings(k, fine, x)
-            x = self._run_blocks(layer[1:], x)
-            feats[f"res{k + 3}"] = x
+            x = self._run(stage, layer[1:], x)
+            feats[stage] = x
         if self.aux is not None:
             feats["res5"] = self.aux(feats["res5"])
         out = {k: v for k, v in feats.items() if k in self._out_features}
         out["assign"] = clusterings.hierarchy(feats["res5"].shape[-2:])
         return out
 
-    def _run(self, module: nn.Module, x: Tensor) -> Tensor:
-        """``module(x)``; with ``use_checkpoint`` in training, its activations are recomputed in
-        backward instead of kept (only the block inputs stay in memory)."""
-        if self.use_checkpoint and self.training and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(module, x, use_reentrant=False)
-        return module(x)
+    def _run(self, stage: str, modules: Sequence[nn.Module], x: Tensor) -> Tensor:
+        """Apply ``modules`` (the stem, or consecutive blocks of ``stage``) to ``x`` in order.
 
-    def _run_blocks(self, blocks: nn.Sequential, x: Tensor) -> Tensor:
-        for block in blocks:
-            x = self._run(block, x)
-        return x
+        In training their activations can be recomputed in backward instead of kept: one module
+        at a time with ``use_checkpoint`` (every module's input stays in memory), or as one
+        segment when ``stage`` is in ``checkpoint_stages`` (only ``x`` and the result stay).
+        """
+
+        def run_all(y: Tensor) -> Tensor:
+            for module in modules:
+                y = module(y)
+            return y
+
+        if not (self.training and torch.is_grad_enabled()):
+            return run_all(x)
+        if self.use_checkpoint:
+            for module in modules:
+                x = torch.utils.checkpoint.checkpoint(module, x, use_reentrant=False)
+            return x
+        if stage in self.checkpoint_stages:
+            return torch.utils.checkpoint.checkpoint(run_all, x, use_reentrant=False)
+        return run_all(x)
 
     @property
     def size_divisibility(self) -> int:
@@ -288,6 +310,7 @@ class D2HCResNet(HCResNet):
             freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
             aux=aux,
             use_checkpoint=r.USE_CHECKPOINT,
+            checkpoint_stages=r.CHECKPOINT_STAGES,
         )
         if r.WEIGHTS:
             load_imagenet_weights(self, r.WEIGHTS, allow_pickle=cfg.MODEL.ALLOW_PICKLE)
