@@ -262,7 +262,7 @@ def test_resnet_gradient_checkpointing_gives_the_same_gradients_in_less_memory(d
 
 
 def test_resnet_checkpoint_stages_drop_what_the_stage_held():
-    """Recomputing the stem and res2 as one segment keeps neither their inner maps nor the
+    """Recomputing the stem and res2 (a segment each) keeps neither their inner maps nor the
     block outputs inside res2: at least those bytes fewer than without."""
     torch.manual_seed(0)
     kwargs = dict(depth=18, level=3, downsampling="conv", norm="FrozenBN", emb_dim=16)
@@ -270,7 +270,8 @@ def test_resnet_checkpoint_stages_drop_what_the_stage_held():
     plain, _ = saved_activation_bytes(HCResNet(**kwargs).train(), x)
     stem_res2, _ = saved_activation_bytes(HCResNet(**kwargs, checkpoint_stages=["stem", "res2"]).train(), x)
     # stem: the ReLU output at stride 2 (64 ch) and int64 max-pool indices at stride 4; res2 (2
-    # basic blocks, 64 ch at stride 4): 4 maps inside the blocks; the image and res2's output stay
+    # basic blocks, 64 ch at stride 4): 3 maps inside the blocks. What stays: the image, the
+    # stem's output (the input of the res2 segment) and res2's output
     stride2, stride4 = 2 * 64 * 32 * 48 * 4, 2 * 64 * 16 * 24 * 4
     assert plain - stem_res2 >= stride2 + 2 * stride4 + 3 * stride4
 
