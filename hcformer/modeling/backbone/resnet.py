@@ -177,8 +177,8 @@ class HCResNet(Backbone):
                 f'statistics updated in training (e.g. "FrozenBN", "GN"), got MODEL.RESNETS.NORM {norm!r}; '
                 "with it, set " + " and ".join(f"{key} {off}" for key, off in keys.items())
             )
-        self.use_checkpoint = use_checkpoint  # every block on its own: then the stages are moot
-        self.checkpoint_stages = frozenset() if use_checkpoint else frozenset(checkpoint_stages)
+        self.use_checkpoint = use_checkpoint  # every block on its own; ``_run`` then ignores the stages
+        self.checkpoint_stages = frozenset(checkpoint_stages)
         self.depth = depth
         block_type, blocks = RESNET_SPECS[depth]
         block_cls = Bottleneck if block_type == "bottleneck" else BasicBlock
