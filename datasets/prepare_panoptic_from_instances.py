@@ -50,14 +50,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from hcformer.data.checks import check_record_size, check_rle_sizes
-from hcformer.data.dataset_loading import _json_problem
+from hcformer.data.dataset_loading import json_problem, require_entries
 from hcformer.data.dataset_mappers.mask_former_instance_dataset_mapper import annotation_mask
 from hcformer.data.datasets.atomic_dir import build_directory_once, read_marker
 from hcformer.data.datasets.coco_panoptic_files import (
     ensure_instances_json,
     ensure_semantic_pngs,
     file_sha256,
-    require_entries,
 )
 from hcformer.data.image_reading import read_image_file
 
@@ -70,7 +69,7 @@ class ConversionError(ValueError):
 
 def read_instances_json(path: str) -> Dict:
     """The content of a COCO instance JSON, with the structure the conversion needs."""
-    problem = _json_problem(path, "instances")  # images, categories: the loaders' own checks
+    problem = json_problem(path, "instances")  # images, categories: the loaders' own checks
     if problem:
         raise ConversionError(problem)
     with open(path) as f:

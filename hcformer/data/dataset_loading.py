@@ -20,7 +20,7 @@ from detectron2.data.build import (
     print_instances_class_histogram,
 )
 
-__all__ = ["DatasetLoadError", "load_dataset_dicts"]
+__all__ = ["DatasetLoadError", "json_problem", "load_dataset_dicts", "require_entries"]
 
 
 class DatasetLoadError(ValueError):
@@ -52,7 +52,7 @@ def _annotation_file(name: str):
     return None, None
 
 
-def _json_problem(path: str, kind: str) -> Optional[str]:
+def json_problem(path: str, kind: str) -> Optional[str]:
     """What is wrong with the structure of the annotation JSON ``path`` (None: nothing seen)."""
     _, format_name, required, per_image, entry_keys = _JSON_FORMATS[kind]
     lists = ", ".join(map(repr, required))
@@ -74,19 +74,39 @@ def _json_problem(path: str, kind: str) -> Optional[str]:
     for key in ("images", "annotations", "categories"):
         if key in content and not isinstance(content[key], list):
             return f"{path}: {key!r} is a JSON {type(content[key]).__name__}; {expected}"
-    entries = content[per_image]
-    if not entries:
+    if not content[per_image]:
         return f"{path} has an empty {per_image!r} list: the dataset has no images"
+    return entries_problem(path, per_image, content[per_image], entry_keys)
+
+
+def entries_problem(path: str, list_name: str, entries: List, keys, unique_ids: bool = False) -> Optional[str]:
+    """What is wrong with the list ``list_name`` of the JSON ``path`` (None: nothing): every
+    entry must be an object with ``keys`` (and, with ``unique_ids``, an "id" no other has)."""
     for i, entry in enumerate(entries):
-        missing = entry_keys
-        if isinstance(entry, dict):
-            missing = [k for k in entry_keys if k not in entry]
+        missing = [k for k in keys if not isinstance(entry, dict) or k not in entry]
         if missing:
             return (
-                f"{path}: entry {i} of {per_image!r} lacks {list(missing)} ({str(entry)[:100]}); "
-                f"every entry needs {list(entry_keys)}"
+                f"{path}: entry {i} of {list_name!r} lacks {missing} ({str(entry)[:100]}); every "
+                f"entry needs {list(keys)}"
             )
+    if unique_ids:
+        seen = set()
+        for entry in entries:
+            if entry["id"] in seen:
+                return f"{path}: two entries of {list_name!r} have the id {entry['id']!r}"
+            seen.add(entry["id"])
     return None
+
+
+def require_entries(path: str, list_name: str, entries: List, keys, unique_ids: bool = False) -> None:
+    """:func:`entries_problem` as an error.
+
+    Raises:
+        DatasetLoadError: naming the file, the list and the first bad entry.
+    """
+    problem = entries_problem(path, list_name, entries, keys, unique_ids)
+    if problem:
+        raise DatasetLoadError(problem)
 
 
 def _load_one(name: str) -> List[Dict]:
@@ -99,7 +119,7 @@ def _load_one(name: str) -> List[Dict]:
             raise
         # a JSON of the wrong structure makes detectron2's loaders fail with a TypeError, a
         # KeyError of a list name or "No images found": say what the file lacks instead
-        problem = _json_problem(path, kind) if path else None
+        problem = json_problem(path, kind) if path else None
         if problem:
             raise DatasetLoadError(f"dataset {name!r}: {problem}") from None
         if isinstance(e, AssertionError):
@@ -127,7 +147,7 @@ def _load_one(name: str) -> List[Dict]:
             ) from None
         raise  # a TypeError / AttributeError we cannot explain: keep the traceback
     if not records:
-        problem = _json_problem(path, kind) if path else None
+        problem = json_problem(path, kind) if path else None
         raise DatasetLoadError(f"dataset {name!r}: " + (problem or f"{files} lists no images"))
     return records
 

@@ -35,7 +35,7 @@ from detectron2.utils.colormap import colormap
 from PIL import Image
 from tqdm import tqdm
 
-from ..dataset_loading import DatasetLoadError, _json_problem
+from ..dataset_loading import DatasetLoadError, json_problem, require_entries
 from ..checks import check_panoptic_segments
 from ..dataset_mappers.mapper_utils import rgb_to_panoptic_id, semantic_from_panoptic
 from ..image_reading import read_label_file
@@ -45,7 +45,6 @@ from .register_coco_panoptic_annos_semseg import panoptic_metadata_from_categori
 __all__ = [
     "IGNORE_LABEL",
     "contiguous_ids",
-    "require_entries",
     "read_panoptic_json",
     "panoptic_metadata",
     "panoptic_semantic_labels",
@@ -71,28 +70,6 @@ def contiguous_ids(categories: List[Dict]) -> Dict[int, int]:
     return {category_id: i for i, category_id in enumerate(ids)}
 
 
-def require_entries(path: str, list_name: str, entries: List, keys, unique_ids: bool = False) -> None:
-    """Every entry of the list ``list_name`` of the JSON ``path`` must be an object with ``keys``
-    (and, with ``unique_ids``, an "id" no other entry has).
-
-    Raises:
-        DatasetLoadError: naming the file, the list and the first bad entry.
-    """
-    for i, entry in enumerate(entries):
-        missing = [k for k in keys if not isinstance(entry, dict) or k not in entry]
-        if missing:
-            raise DatasetLoadError(
-                f"{path}: entry {i} of {list_name!r} lacks {missing} ({str(entry)[:100]}); every "
-                f"entry needs {list(keys)}"
-            )
-    if unique_ids:
-        seen = set()
-        for entry in entries:
-            if entry["id"] in seen:
-                raise DatasetLoadError(f"{path}: two entries of {list_name!r} have the id {entry['id']!r}")
-            seen.add(entry["id"])
-
-
 def read_panoptic_json(path: str) -> Dict[str, Any]:
     """The content of the COCO-panoptic JSON ``path``, checked for what the loader uses.
 
@@ -102,7 +79,7 @@ def read_panoptic_json(path: str) -> Dict[str, Any]:
             annotation of an image not in "images" or a segment of a category not in
             "categories".
     """
-    problem = _json_problem(path, "panoptic")  # the checks shared with every loader
+    problem = json_problem(path, "panoptic")  # the checks shared with every loader
     if problem:
         raise DatasetLoadError(problem)
     with open(path) as f:

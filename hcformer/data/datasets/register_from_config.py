@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_sem_seg, register_coco_instances
 
-from ..dataset_loading import _json_problem
+from ..dataset_loading import json_problem, require_entries
 from .catalog_utils import MissingDatasetError, require_matching_sem_seg_files
 from .coco_panoptic_files import (
     derived_instances_json,
@@ -48,7 +48,6 @@ from .coco_panoptic_files import (
     load_panoptic_records,
     panoptic_metadata,
     read_panoptic_json,
-    require_entries,
 )
 from .dataset_packages import import_dataset_packages
 
@@ -101,7 +100,7 @@ def _claim_name(name: str, entry: List[str]) -> bool:
 
 def _classes_from_instances_json(json_file: str, where: str) -> List[Dict]:
     """The "categories" of a COCO instance JSON, checked: entries with an id and a name."""
-    problem = _json_problem(json_file, "instances")  # the checks shared with every loader
+    problem = json_problem(json_file, "instances")  # the checks shared with every loader
     if problem:
         raise DatasetConfigError(f"{where}: {problem}")
     with open(json_file) as f:
