@@ -64,6 +64,16 @@ def test_baddbmm_counts_like_bmm():
     assert fused.unsupported_ops() == {}
 
 
+def test_average_pooling_counts_as_fvcore_counts_its_adaptive_form():
+    """SViT pools grid cells with avg_pool2d (it exports); its FLOPs stay those of the
+    adaptive pooling it replaced: one per input element."""
+    x = torch.rand(2, 8, 16, 24)
+    pooled = flop_count_analysis(_Product(lambda x: torch.nn.functional.avg_pool2d(x, (4, 8), (4, 8))), (x,))
+    adaptive = flop_count_analysis(_Product(lambda x: torch.nn.functional.adaptive_avg_pool2d(x, (4, 3))), (x,))
+    assert pooled.total() == adaptive.total() == x.numel()
+    assert pooled.unsupported_ops() == {}
+
+
 def test_scaled_dot_product_attention_counts_both_products():
     q, k, v = torch.rand(2, 4, 5, 8), torch.rand(2, 4, 7, 8), torch.rand(2, 4, 7, 6)
     fused = flop_count_analysis(_Product(nn.functional.scaled_dot_product_attention), (q, k, v))

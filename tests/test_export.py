@@ -19,6 +19,7 @@ from PIL import Image
 from tiny_configs import ROOT, load_script
 
 from hcformer.engine.inference_model import build_inference_model, inference_cfg
+from hcformer.engine.projects import import_project_of
 from hcformer_deploy.exported_model import ExportedModel
 
 SHAPES = ROOT / "configs/shapes/panoptic-segmentation/hcformer_R18_shapes.yaml"
@@ -26,6 +27,7 @@ COCO_R50 = ROOT / "configs/coco/panoptic-segmentation/hcformer_R50_bs16_50ep.yam
 SWIN = ROOT / "configs/shapes/panoptic-segmentation/hcformer_swinT_shapes.yaml"
 PACA = ROOT / "projects/PaCa/configs/shapes/hcformer_hc_paca_tiny_shapes.yaml"
 SVIT = ROOT / "projects/SViT/configs/shapes/hcformer_svit_tiny_shapes.yaml"
+CAST = ROOT / "projects/CAST/configs/shapes/hcformer_cast_tiny_shapes.yaml"
 # the issue's tolerances: onnxruntime within 1e-4 of the eager model, TorchScript within 1e-5
 TOLERANCE = {"onnx": 1e-4, "torchscript": 1e-5}
 # the eager model also returns "sem_seg", which the graph always computes
@@ -160,27 +162,51 @@ def test_coco_r50_panoptic_fixed_size_export_matches_eager(tmp_path, fmt):
     exported = export(tmp_path, COCO_R50, fmt, "--height", "64", "--width", "96", opts=opts)
     assert exported.info["postprocess"]["num_queries"] == 100 and exported.num_classes == 133
     assert_matches_eager(eager_model(COCO_R50, opts), exported, 64, 96)
-    # exported without --dynamic: that size only
+    # exported without --dynamic: that size only, checked on the traced image and another one
     assert not exported.info["input"]["dynamic"]
+    assert set(exported.info["check"]["max_abs_difference"]) == {"64x96", "64x96, another image"}
     with pytest.raises(ValueError, match="takes 64x96 images only, got 96x64"):
         exported.run_graph(random_image(96, 64)[None].numpy())
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", [SWIN, PACA], ids=["hc_swin", "hc_paca"])
-def test_swin_and_paca_exports_match_eager(tmp_path, config):
+@pytest.mark.parametrize("config", [SWIN, PACA, SVIT], ids=["hc_swin", "hc_paca", "hc_svit"])
+def test_swin_paca_and_svit_exports_match_eager(tmp_path, config):
     exported = export(tmp_path, config, "onnx", "--dynamic", "--height", "64", "--width", "64")
+    # 70x100: SViT's super-token grids (8 at stride 4) pad its maps, which 64x64 did not
     assert_matches_eager(eager_model(config), exported, 70, 100)
 
 
 @pytest.mark.slow
-def test_svit_export_names_what_is_not_exportable(tmp_path, capfd):
+def test_cast_export_names_what_is_not_exportable(tmp_path, capfd):
+    """CAST's superpixels are computed by OpenCV outside torch: no graph holds them."""
     torch.manual_seed(0)
-    argv = ["--config-file", str(SVIT), "--format", "onnx", "--output", str(tmp_path), "--height", "64", "--width", "64"]
+    argv = ["--config-file", str(CAST), "--format", "onnx", "--output", str(tmp_path), "--height", "64", "--width", "64"]
     assert export_tool.main(argv) == 2
     errors = [line for line in capfd.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1
-    assert "adaptive pooling" in errors[0] and "SuperTokenAttention" in errors[0]
+    assert errors[0].startswith("error: the model cannot be exported to onnx: ")
+    assert "(in projects/CAST/cast/model.py:" in errors[0] and errors[0].endswith(", superpixels)")
+    assert not (tmp_path / "export.json").exists() and not (tmp_path / "model.onnx").exists()
+
+
+@pytest.mark.slow
+def test_a_trace_that_froze_a_size_fails_its_check_and_leaves_no_file(tmp_path, capfd, monkeypatch):
+    """The bug this project had: SViT's super-token sums sized by int(), a constant in the trace.
+    Exported at 64x64, the file cannot run at the check's second size: one error line, no file."""
+    import_project_of(str(SVIT))  # the tool's own way to import the config's project
+    import svit.super_token_attention as sta
+
+    scatter = sta.scatter
+    monkeypatch.setattr(sta, "scatter", lambda values, weights, size, grid, kernel: scatter(
+        values, weights, (int(size[0]), int(size[1])), grid, kernel))
+    torch.manual_seed(0)
+    argv = ["--config-file", str(SVIT), "--format", "onnx", "--output", str(tmp_path), "--dynamic",
+            "--height", "64", "--width", "64"]
+    assert export_tool.main(argv) == 2
+    errors = [line for line in capfd.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: the exported onnx model fails at 81x67: "), errors
+    assert errors[0].endswith("; the trace does not hold for this input")
     assert not (tmp_path / "export.json").exists() and not (tmp_path / "model.onnx").exists()
 
 

@@ -3,9 +3,9 @@
 fvcore counts one multiply-add as one FLOP and skips operators it has no handle for; the
 handles below cover the ones HCFormer-like models spend real compute in: torchvision's
 deformable convolution, ``baddbmm`` (``nn.MultiheadAttention`` with an attention mask),
-PyTorch's fused attention, and the local clustering (affinities and decoding, autograd
-functions that tracing sees as single ``prim::PythonOp`` nodes): K = 9 multiply-adds per fine
-pixel and channel, (EMB_DIM + queries) x 9 per pixel, about 0.15 G for R50 at 800x1067.
+PyTorch's fused attention, average pooling, and the local clustering (affinities and decoding,
+autograd functions that tracing sees as single ``prim::PythonOp`` nodes): K = 9 multiply-adds
+per fine pixel and channel, (EMB_DIM + queries) x 9 per pixel, about 0.15 G for R50 at 800x1067.
 Element-wise ops stay uncounted, as everywhere in fvcore.
 """
 from math import prod
@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 from fvcore.nn import ActivationCountAnalysis, FlopCountAnalysis
-from fvcore.nn.jit_handles import Handle, generic_activation_jit, get_shape
+from fvcore.nn.jit_handles import Handle, elementwise_flop_counter, generic_activation_jit, get_shape
 from torch import nn
 
 
@@ -65,6 +65,9 @@ EXTRA_FLOP_HANDLES: Dict[str, Handle] = {
     "prim::PythonOp._Affinity": affinity_flop_jit,
     "prim::PythonOp._Gather": gather_flop_jit,
     "prim::PythonOp._Scatter": scatter_flop_jit,
+    # average pooling as fvcore counts its adaptive form: one addition per input element (SViT's
+    # initial super tokens, a pooling of constant kernel so that it exports)
+    "aten::avg_pool2d": elementwise_flop_counter(1, 0),
 }
 
 # fvcore counts the outputs of its conv / matmul-like ops as activations; same for ours.

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import time
+import traceback
 import warnings
 from typing import Dict, Optional, Sequence
 
@@ -36,6 +37,7 @@ OPSET = DEFORM_CONV_OPSET
 # largest difference to the eager model accepted by the check after exporting (fp32 rounding
 # of a different operator order stays near 1e-6; a wrongly traced size gives O(1) differences)
 CHECK_TOLERANCE = 1e-3
+_TORCH_DIR = os.path.dirname(torch.__file__)
 
 
 class ExportError(RuntimeError):
@@ -70,7 +72,11 @@ def _not_exportable(error: Exception, fmt: str, dynamic: bool) -> ExportError:
     while cause is not None:
         scopes = re.findall(r"scope: ([^\s#]+)", str(cause)) or scopes
         cause = cause.__cause__ or cause.__context__
-    where = f" (in {scopes[0].split('/')[-1]})" if scopes else ""
+    if scopes:
+        where = f" (in {scopes[0].split('/')[-1]})"
+    else:  # Python code of the model that cannot take a traced value (a TypeError): its line
+        frames = [f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith(_TORCH_DIR)]
+        where = f" (in {os.path.relpath(frames[-1].filename)}:{frames[-1].lineno}, {frames[-1].name})" if frames else ""
     mode = " with --dynamic" if dynamic else ""
     return ExportError(f"the model cannot be exported to {fmt}{mode}: {what}{where}")
 
@@ -182,23 +188,35 @@ def export_model(
                 " (dynamic size)" if dynamic else "", path)
     try:
         _trace(graph, example, fmt, path, dynamic, output_names)
-    except (RuntimeError, torch.onnx.errors.OnnxExporterError) as error:
+    # RuntimeError: an operation the exporter lacks; TypeError: Python code of the model that
+    # cannot take a traced size or value (e.g. CAST's superpixels, computed outside torch)
+    except (RuntimeError, TypeError, torch.onnx.errors.OnnxExporterError) as error:
         _remove(path)  # no half-written file that looks like an export
         raise _not_exportable(error, fmt, dynamic) from error
     logger.info("Wrote %s (%.1f MB) in %.1f s; checking it against the eager model ...", path,
                 os.path.getsize(path) / 2**20, time.perf_counter() - start)
 
-    # A trace records one run: a dynamic export is also checked at a size it was not traced
-    # at, padded differently, which catches a size the trace froze into a constant.
+    # A trace records one run: the file is also checked on another image, which catches a value
+    # the trace froze from the traced image's content, and a dynamic export at a size it was
+    # not traced at, padded differently, which catches a size frozen into a constant.
     checks = {f"{height}x{width}": example}
     if dynamic:
         other = (height + size_divisibility // 2 + 1, width + 3)
         checks[f"{other[0]}x{other[1]}"] = torch.rand((1, 3) + other, generator=generator) * 255
+    else:
+        checks[f"{height}x{width}, another image"] = torch.rand((1, 3, height, width), generator=generator) * 255
     differences = {}
     for size, image in checks.items():
         with torch.no_grad(), use_backend("reference"):
             wanted = [t.numpy() for t in graph(image)]
-        got = run_exported(path, fmt, image.numpy())
+        try:
+            got = run_exported(path, fmt, image.numpy())
+        except Exception as error:  # onnxruntime's and torch.jit's errors have no common base
+            _remove(path)
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ExportError(
+                f"the exported {fmt} model fails at {size}: {first_line[:300]}; the trace does not hold for this input"
+            ) from error
         differences[size] = {name: _difference(a, b) for name, a, b in zip(output_names, got, wanted)}
         logger.info("At %s, largest difference to the eager model: %s", size,
                     ", ".join(f"{name} {value:.2g}" for name, value in differences[size].items()))

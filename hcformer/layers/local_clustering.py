@@ -78,15 +78,11 @@ def _candidates(coarse: Tensor, kernel: int) -> Iterator[Tensor]:
 
 
 def _shifted_sum(maps: Iterable[Tensor], kernel: int) -> Tensor:
-    """Σ_d of the (B, C, h, w) map of offset d moved to cell + d: the transpose of ``_candidates``."""
-    r = kernel // 2
-    total = None
-    for (dy, dx), x in zip(candidate_offsets(kernel), maps):
-        if total is None:
-            h, w = x.shape[-2:]
-            total = x.new_zeros(x.shape[0], x.shape[1], h + 2 * r, w + 2 * r)
-        total[:, :, r + dy : r + dy + h, r + dx : r + dx + w] += x
-    return total[:, :, r : r + h, r : r + w]
+    """Σ_d of the (B, C, h, w) map of offset d moved to cell + d, what moves off the grid
+    dropped: the transpose of ``_candidates``."""
+    # each move is a pad that adds zeros on one side and crops the other: pads of constant
+    # widths, so that a traced graph (export) moves the maps right at every input size
+    return sum(F.pad(x, (dx, -dx, dy, -dy)) for (dy, dx), x in zip(candidate_offsets(kernel), maps))
 
 
 def reference_affinity(fine: Tensor, coarse: Tensor, grid: Tuple[int, int], kernel: int) -> Tensor:
@@ -242,7 +238,7 @@ def scatter(
         normaliser (B, 1, h, w): Σ of the same weights (divide for a weighted mean).
     """
     g = _pair(grid)
-    coarse_hw = (int(coarse_size[0]), int(coarse_size[1]))
+    coarse_hw = (coarse_size[0], coarse_size[1])  # no int(): a traced size stays a size, not a constant
     _check_sizes(values.shape[-2:], coarse_hw, g)
     _check_kernel(weights, kernel)
     dtype = torch.promote_types(values.dtype, weights.dtype)

@@ -431,5 +431,5 @@ def scatter(
     fine: Tensor, weights: Tensor, coarse_hw: Tuple[int, int], grid: Tuple[int, int], kernel: int
 ) -> Tensor:
     """weightsᵀ (B, K, H, W) · fine (B, C, H, W) → sums (B, C, h, w)."""
-    layout = _Cells(coarse_hw, grid, kernel, int(fine.shape[0]))
+    layout = _Cells((int(coarse_hw[0]), int(coarse_hw[1])), grid, kernel, int(fine.shape[0]))  # plain ints: see _hw
     return _Scatter.apply(fine, weights, layout)

@@ -56,7 +56,9 @@ def sample_super_tokens(
     size = (H // gy, W // gx)
     scale = C**-0.5 if scale is None else scale
     with torch.no_grad():
-        tokens = F.adaptive_avg_pool2d(x, size)
+        # the mean of each grid cell: a pooling of constant kernel (the sides are grid multiples),
+        # so that the graph exports (ONNX has no adaptive pooling to a computed size)
+        tokens = F.avg_pool2d(x, kernel_size=grid, stride=grid)
         for i in range(n_iter):
             # scaling the (fewer) super tokens rather than the tokens: same logits, less work
             association = affinity(x, tokens * scale, grid=grid, kernel=3).softmax(dim=1)
@@ -113,8 +115,8 @@ class SuperTokenAttention(nn.Module):
             return self.mhsa(x)
         H, W = x.shape[-2:]
         gy, gx = self.grid
-        if H % gy or W % gx:
-            x = F.pad(x, (0, -W % gx, 0, -H % gy))
+        # padded even by 0: a traced graph then pads at every input size, not only at the traced one
+        x = F.pad(x, (0, -W % gx, 0, -H % gy))
         tokens, association = sample_super_tokens(x, self.grid, self.n_iter, self.scale)
         if self.keep_association:
             self.association = association[..., :H, :W]
