@@ -73,6 +73,7 @@ CASES = [  # (B, C, H, W, grid, kernel)
     (2, 3, 7, 9, 2, 3),  # odd sizes: coarse 4x5, last row/column half windows
     (1, 4, 12, 10, 4, 3),  # SViT-like grid
     (2, 3, 9, 6, (3, 2), 5),  # anisotropic grid, 5x5 neighbourhood
+    (1, 2, 2, 2, 2, 5),  # a 1x1 coarse grid: offsets reach past it on every side
 ]
 
 

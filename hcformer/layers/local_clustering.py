@@ -80,9 +80,12 @@ def _candidates(coarse: Tensor, kernel: int) -> Iterator[Tensor]:
 def _shifted_sum(maps: Iterable[Tensor], kernel: int) -> Tensor:
     """Σ_d of the (B, C, h, w) map of offset d moved to cell + d, what moves off the grid
     dropped: the transpose of ``_candidates``."""
-    # each move is a pad that adds zeros on one side and crops the other: pads of constant
-    # widths, so that a traced graph (export) moves the maps right at every input size
-    return sum(F.pad(x, (dx, -dx, dy, -dy)) for (dy, dx), x in zip(candidate_offsets(kernel), maps))
+    # Each map is placed at its offset in a frame r cells wider on every side, and the frame is
+    # cut off at the end: pads of constant widths, so that a traced graph (export) moves the maps
+    # right at every input size, also where an offset reaches past a small grid.
+    r = kernel // 2
+    framed = (F.pad(x, (r + dx, r - dx, r + dy, r - dy)) for (dy, dx), x in zip(candidate_offsets(kernel), maps))
+    return F.pad(sum(framed), (-r, -r, -r, -r))
 
 
 def reference_affinity(fine: Tensor, coarse: Tensor, grid: Tuple[int, int], kernel: int) -> Tensor:
