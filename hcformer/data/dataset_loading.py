@@ -8,6 +8,10 @@ a JSON of the wrong structure (a list at the top level, a missing or empty ``ann
 gives a bare ``TypeError`` or a misleading message. ``load_dataset_dicts`` re-raises them as
 ``DatasetLoadError`` naming the dataset, the JSON file and what it lacks, and refuses a training
 set that is empty after filtering instead of letting detectron2's sampler fail on size 0.
+
+The structure checks of annotation JSONs (:func:`json_problem`, :func:`require_entries`) are
+the ones every reader of such files shares: the config registration, the COCO-panoptic reader
+and ``datasets/prepare_panoptic_from_instances.py``.
 """
 import itertools
 import json
@@ -20,7 +24,7 @@ from detectron2.data.build import (
     print_instances_class_histogram,
 )
 
-__all__ = ["DatasetLoadError", "json_problem", "load_dataset_dicts", "require_entries"]
+__all__ = ["DatasetLoadError", "entries_problem", "json_problem", "load_dataset_dicts", "require_entries"]
 
 
 class DatasetLoadError(ValueError):
