@@ -260,7 +260,7 @@ def test_bgr_format_reverses_the_channels(datasets):
 def test_unknown_mapper_name_lists_the_known_ones():
     cfg = make_cfg("mask_former_semantic")
     cfg.INPUT.DATASET_MAPPER_NAME = "detr_panoptic"
-    with pytest.raises(KeyError, match="detr_panoptic.*coco_instance_lsj.*mask_former_semantic"):
+    with pytest.raises(ValueError, match="detr_panoptic.*coco_instance_lsj.*mask_former_semantic"):
         build_dataset_mapper(cfg)
 
 

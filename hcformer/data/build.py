@@ -22,7 +22,7 @@ from .dataset_loading import load_dataset_dicts
 from .detectron2_compat import RetryingMapDataset
 from .skip_bad_samples import SkipBadSamples
 
-__all__ = ["DATASET_MAPPERS", "ResumableSampler", "build_dataset_mapper", "build_train_loader"]
+__all__ = ["DATASET_MAPPERS", "ResumableSampler", "build_dataset_mapper", "build_train_loader", "check_mapper_name"]
 
 
 # name (cfg.INPUT.DATASET_MAPPER_NAME) -> class built as cls(cfg, is_train=True)
@@ -35,6 +35,14 @@ DATASET_MAPPERS: Dict[str, Callable] = {
 }
 
 
+def check_mapper_name(name: str) -> None:
+    """Raise ValueError unless INPUT.DATASET_MAPPER_NAME ``name`` is one of :data:`DATASET_MAPPERS`."""
+    if name not in DATASET_MAPPERS:
+        raise ValueError(
+            f"INPUT.DATASET_MAPPER_NAME={name!r} is not a known dataset mapper; known: {sorted(DATASET_MAPPERS)}"
+        )
+
+
 def build_dataset_mapper(cfg: CfgNode, is_train: bool = True) -> Callable[[Dict], Dict]:
     """The mapper named by ``cfg.INPUT.DATASET_MAPPER_NAME`` for training, wrapped in
     :class:`SkipBadSamples` when DATALOADER.SKIP_BAD_SAMPLES is True; for evaluation
@@ -43,11 +51,7 @@ def build_dataset_mapper(cfg: CfgNode, is_train: bool = True) -> Callable[[Dict]
     if not is_train:
         return EvaluationDatasetMapper(cfg, False)
     name = cfg.INPUT.DATASET_MAPPER_NAME
-    if name not in DATASET_MAPPERS:
-        raise KeyError(
-            f"cfg.INPUT.DATASET_MAPPER_NAME={name!r} is not a known dataset mapper; "
-            f"known names: {sorted(DATASET_MAPPERS)}"
-        )
+    check_mapper_name(name)
     mapper = DATASET_MAPPERS[name](cfg, True)
     return SkipBadSamples(mapper) if cfg.DATALOADER.SKIP_BAD_SAMPLES else mapper
 

@@ -13,6 +13,8 @@ import numpy as np
 from detectron2.data import transforms as T
 from fvcore.transforms.transform import NoOpTransform
 
+from .image_reading import check_image_format
+
 __all__ = ["ColorAugSSD", "PhotometricDistortion"]
 
 
@@ -32,10 +34,7 @@ class PhotometricDistortion(T.Transform):
         contrast_first: bool,
     ):
         super().__init__()
-        if image_format not in ("RGB", "BGR"):
-            raise ValueError(
-                f"ColorAugSSD supports INPUT.FORMAT 'RGB' or 'BGR', got {image_format!r}"
-            )
+        check_image_format(image_format)
         self._set_attributes(locals())
 
     def apply_image(self, img: np.ndarray) -> np.ndarray:

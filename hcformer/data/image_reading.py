@@ -21,10 +21,17 @@ from .checks import BadSampleError, MissingSampleFileError
 
 __all__ = [
     "BadSampleError",
+    "IMAGE_FORMATS",
     "MissingSampleFileError",
+    "check_image_format",
     "read_image_file",
     "read_label_file",
 ]
+
+# INPUT.FORMAT: detectron2 reads any PIL mode, but the model is built for colour images (3 input
+# channels, PIXEL_MEAN/STD of 3 values), and the colour augmentation, the demo and the exports
+# know these two channel orders only
+IMAGE_FORMATS = ("RGB", "BGR")
 
 # Single-channel modes a semantic label PNG may have (8-, 16- and 32-bit class ids).
 _LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L")
@@ -92,6 +99,15 @@ def _to_8_bit(image: Image.Image, path: str, role: str) -> Image.Image:
             "Convert it to 8 bits with the scaling that suits its data"
         )
     return Image.fromarray(np.round(values / 257.0).astype(np.uint8), mode="L")
+
+
+def check_image_format(image_format: str) -> None:
+    """Raise ValueError unless INPUT.FORMAT ``image_format`` is one of :data:`IMAGE_FORMATS`."""
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(
+            f"INPUT.FORMAT={image_format!r}: expected one of {list(IMAGE_FORMATS)} (the channel order "
+            "of the 3-channel images the model, the colour augmentation and the pretrained backbones take)"
+        )
 
 
 def read_image_file(path: str, format: str = "RGB", max_pixels: int = 0, role: str = "image") -> np.ndarray:

@@ -31,10 +31,6 @@ _UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: ([\w.]+)")
 _INT_FOR_FLOAT = re.compile(r"Type mismatch \(<class 'float'> vs\. <class 'int'>\)")
 
 
-# detectron2's read_image takes any PIL mode, but the model is built for colour images (3 input
-# channels, PIXEL_MEAN/STD of 3 values) and ColorAugSSD and the demo know these two orders only
-_IMAGE_FORMATS = ("RGB", "BGR")
-
 
 class ConfigError(ValueError):
     """One or more config values that cannot work; the message lists every one of them."""
@@ -264,7 +260,9 @@ def validate_config(cfg: CfgNode) -> List[str]:
     from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY
 
     import hcformer.modeling  # noqa: F401
-    from hcformer.data.build import DATASET_MAPPERS
+    from hcformer.data.build import check_mapper_name
+    from hcformer.data.image_reading import check_image_format
+    from hcformer.modeling.backbone.clustered_downsampling import check_level
     from hcformer.data.datasets.register_from_config import register_datasets_from_config
     from hcformer.modeling.head.hc_transformer_decoder import TRANSFORMER_DECODER_REGISTRY
 
@@ -285,25 +283,16 @@ def validate_config(cfg: CfgNode) -> List[str]:
             model.MASK_FORMER.TRANSFORMER_DECODER_NAME,
             TRANSFORMER_DECODER_REGISTRY,
         )
-    mapper = cfg.INPUT.DATASET_MAPPER_NAME
-    if mapper not in DATASET_MAPPERS:
-        problems.append(
-            f"INPUT.DATASET_MAPPER_NAME={mapper!r} is not a known dataset mapper; known: "
-            f"{sorted(DATASET_MAPPERS)}"
-        )
-
-    level = model.HC.LEVEL
-    if not isinstance(level, int) or isinstance(level, bool) or not 0 <= level <= 3:
-        problems.append(
-            f"MODEL.HC.LEVEL={level!r}: expected an integer 0..3 (the number of clustered "
-            "downsampling layers)"
-        )
-    if cfg.INPUT.FORMAT not in _IMAGE_FORMATS:
-        problems.append(
-            f"INPUT.FORMAT={cfg.INPUT.FORMAT!r}: expected one of {list(_IMAGE_FORMATS)} (the "
-            "channel order of the 3-channel images the model, the colour augmentation and the "
-            "pretrained backbones take)"
-        )
+    # the checks of the code that uses these values, run now and reported together
+    for check, value in (
+        (check_mapper_name, cfg.INPUT.DATASET_MAPPER_NAME),
+        (check_level, model.HC.LEVEL),
+        (check_image_format, cfg.INPUT.FORMAT),
+    ):
+        try:
+            check(value)
+        except ValueError as error:
+            problems.append(str(error))
     if cfg.INPUT.MAX_IMAGE_PIXELS <= 0:
         problems.append(f"INPUT.MAX_IMAGE_PIXELS={cfg.INPUT.MAX_IMAGE_PIXELS}: expected > 0")
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from detectron2.structures import ImageList
 from torch import Tensor, nn
 
+from hcformer.data.image_reading import check_image_format
 from hcformer_deploy.postprocess import semantic_inference
 
 __all__ = ["ExportGraph"]
@@ -41,8 +42,7 @@ class ExportGraph(nn.Module):
         self.pad = pad
         self.clusterings = clusterings
         self.size_divisibility = max(model.size_divisibility, 1)
-        if input_format not in ("RGB", "BGR"):
-            raise ValueError(f"INPUT.FORMAT is {input_format!r}; an export needs 'RGB' or 'BGR'")
+        check_image_format(input_format)
         self.bgr = input_format == "BGR"
 
     def forward(self, image: Tensor) -> Tuple[Tensor, ...]:

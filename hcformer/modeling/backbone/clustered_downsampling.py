@@ -18,16 +18,24 @@ from hcformer.modeling.hierarchy import LocalGridHierarchy
 
 from .pyramid import valid_cells
 
-__all__ = ["clustered_transitions", "ClusteredDownsampling"]
+__all__ = ["check_level", "clustered_transitions", "ClusteredDownsampling"]
 
 TRANSITIONS = 3
+
+
+def check_level(level: int) -> None:
+    """Raise ValueError unless MODEL.HC.LEVEL ``level`` is an integer 0..3."""
+    if not isinstance(level, int) or isinstance(level, bool) or not 0 <= level <= TRANSITIONS:
+        raise ValueError(
+            f"MODEL.HC.LEVEL={level!r}: expected an integer 0..{TRANSITIONS} (the number of clustered "
+            "downsampling layers)"
+        )
 
 
 def clustered_transitions(level: int) -> range:
     """The transitions k that have a clustering layer for MODEL.HC.LEVEL ``level``: the
     ``level`` coarsest, 3 - level .. 2."""
-    if not 0 <= level <= TRANSITIONS:
-        raise ValueError(f"MODEL.HC.LEVEL must be in 0..{TRANSITIONS}, got {level}")
+    check_level(level)
     return range(TRANSITIONS - level, TRANSITIONS)
 
 
