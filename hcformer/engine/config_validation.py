@@ -31,7 +31,6 @@ _UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: ([\w.]+)")
 _INT_FOR_FLOAT = re.compile(r"Type mismatch \(<class 'float'> vs\. <class 'int'>\)")
 
 
-
 class ConfigError(ValueError):
     """One or more config values that cannot work; the message lists every one of them."""
 
@@ -261,9 +260,9 @@ def validate_config(cfg: CfgNode) -> List[str]:
 
     import hcformer.modeling  # noqa: F401
     from hcformer.data.build import check_mapper_name
+    from hcformer.data.datasets.register_from_config import register_datasets_from_config
     from hcformer.data.image_reading import check_image_format
     from hcformer.modeling.backbone.clustered_downsampling import check_level
-    from hcformer.data.datasets.register_from_config import register_datasets_from_config
     from hcformer.modeling.head.hc_transformer_decoder import TRANSFORMER_DECODER_REGISTRY
 
     register_datasets_from_config(cfg)  # in every process, before any loader is built

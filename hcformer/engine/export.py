@@ -14,7 +14,7 @@ import re
 import time
 import traceback
 import warnings
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -115,15 +115,21 @@ def _difference(got: np.ndarray, wanted: np.ndarray) -> float:
     return float(np.abs(got.astype(np.float64) - wanted).max())
 
 
-def run_exported(path: str, fmt: str, image: np.ndarray) -> list:
-    """The outputs of an exported model file for a (1, 3, H, W) float32 image, as numpy arrays."""
+def load_exported(path: str, fmt: str) -> Callable[[np.ndarray], list]:
+    """An exported model file, loaded once, as a function of a (1, 3, H, W) float32 image that
+    returns the outputs as numpy arrays."""
     if fmt == "torchscript":
-        with torch.no_grad():
-            return [t.numpy() for t in torch.jit.load(path)(torch.from_numpy(image))]
+        module = torch.jit.load(path)
+
+        def run(image: np.ndarray) -> list:
+            with torch.no_grad():
+                return [t.numpy() for t in module(torch.from_numpy(image))]
+
+        return run
     import onnxruntime
 
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    return session.run(None, {INPUT_NAME: image})
+    return lambda image: session.run(None, {INPUT_NAME: image})
 
 
 def _classes(cfg: CfgNode) -> Dict:
@@ -205,12 +211,13 @@ def export_model(
         checks[f"{other[0]}x{other[1]}"] = torch.rand((1, 3) + other, generator=generator) * 255
     else:
         checks[f"{height}x{width}, another image"] = torch.rand((1, 3, height, width), generator=generator) * 255
-    differences = {}
+    differences, run = {}, None
     for size, image in checks.items():
         with torch.no_grad(), use_backend("reference"):
             wanted = [t.numpy() for t in graph(image)]
         try:
-            got = run_exported(path, fmt, image.numpy())
+            run = run or load_exported(path, fmt)  # loaded once for all the checks
+            got = run(image.numpy())
         except Exception as error:  # onnxruntime's and torch.jit's errors have no common base
             _remove(path)
             first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
