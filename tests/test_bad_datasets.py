@@ -145,6 +145,7 @@ def test_shapes_semantic_dataset_refuses_unmatched_images_and_labels(tmp_path):
             unregister_dataset(name)
 
 
+@pytest.mark.slow
 def test_builtin_ade20k_refuses_unmatched_images_and_labels(tmp_path):
     """detectron2 registers ADE20K at import, under $DETECTRON2_DATASETS: a fresh process."""
     root = tmp_path / "ADEChallengeData2016"

@@ -40,6 +40,7 @@ def run_probe(mode: str, env_extra=None) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_freed_tensor_memory_is_reused_without_page_faults():
     default = run_probe("default")
@@ -53,6 +54,7 @@ def test_freed_tensor_memory_is_reused_without_page_faults():
     assert all(f < 0.05 * PAGES_OF_64_MIB for f in kept["faults"][-8:]), kept
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_the_users_own_malloc_settings_win():
     probe = run_probe("keep", {"MALLOC_MMAP_THRESHOLD_": "65536"})

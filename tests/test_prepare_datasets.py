@@ -162,6 +162,7 @@ def hand_made_inputs(script, root):
     return [str(root / "panoptic.json"), str(root / "panoptic"), str(root / "out")], root / "out"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", [ade_script, coco_script], ids=["ade20k", "coco"])
 def test_a_rerun_removes_the_temporary_files_of_a_killed_run(tmp_path, script):
     """SIGKILL between writing a temporary PNG and renaming it: no ``finally`` runs, so the

@@ -265,6 +265,7 @@ def test_registration_gives_metadata_first_and_generates_on_first_load(tmp_path,
             unregister_dataset(name)
 
 
+@pytest.mark.slow
 def test_hcformer_imports_the_shapes_only_for_a_config_naming_them(tmp_path):
     # hcformer never imports hcformer_shapes on its own; registering a config's datasets (what
     # every entry point does) imports it when DATASETS.TRAIN / TEST name a shapes_* dataset.

@@ -30,6 +30,7 @@ def tiny_shapes(tmp_path):
         unregister_dataset(name)
 
 
+@pytest.mark.slow
 def test_sweep_core(tiny_shapes, tmp_path):
     tool = load_tool()
     cfg = load_cfg(
