@@ -108,7 +108,6 @@ def test_multihead_attention_is_fully_counted(need_weights: bool, masked: bool):
     assert flops.total() == projections + products
 
 
-
 @pytest.mark.slow
 def test_analyze_model_tool_json():
     root = Path(__file__).resolve().parents[1]
@@ -141,6 +140,20 @@ def test_analyze_model_opens_a_projects_config():
     assert done.returncode == 0, done.stderr[-2000:]
     parameters = json.loads(done.stdout)["parameters"]
     assert parameters["backbone"] > 20_000_000  # SViT-S
+
+
+@pytest.mark.slow
+def test_analyze_model_counts_hc_cast_superpixels_included():
+    """fvcore traces the model: CAST's superpixel count, a Python number of the image size,
+    must not be computed from a traced size (round() of one failed)."""
+    root = Path(__file__).resolve().parents[1]
+    config = root / "projects/CAST/configs/shapes/hcformer_cast_tiny_shapes.yaml"
+    command = [sys.executable, str(root / "tools/analyze_model.py"), "--config-file", str(config),
+               "--tasks", "flop", "--input-size", "64x64", "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=root, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    flops = json.loads(done.stdout)["flops"]["mean"]
+    assert flops["backbone"] > 0 and flops["sem_seg_head"] > 0
 
 
 def test_local_clustering_is_counted_as_multiply_adds():

@@ -178,16 +178,26 @@ def test_swin_paca_and_svit_exports_match_eager(tmp_path, config):
 
 
 @pytest.mark.slow
-def test_cast_export_names_what_is_not_exportable(tmp_path, capfd):
-    """CAST's superpixels are computed by OpenCV outside torch: no graph holds them."""
-    torch.manual_seed(0)
-    argv = ["--config-file", str(CAST), "--format", "onnx", "--output", str(tmp_path), "--height", "64", "--width", "64"]
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_cast_exports_at_a_fixed_size_superpixels_included(tmp_path, fmt):
+    """SLIC is tensor code: the graph computes the superpixels, tokens and segment hierarchy."""
+    exported = export(tmp_path, CAST, fmt, "--clusterings", "--height", "64", "--width", "64")
+    assert exported.info["outputs"][-1] == "level4"  # 4 pooling levels and the superpixels
+    assert_matches_eager(eager_model(CAST), exported, 64, 64, clusterings=True)
+
+
+@pytest.mark.parametrize("flags, opts, reason", [
+    (["--dynamic"], [], "follows the image size: export without --dynamic"),
+    ([], ["MODEL.CAST.SUPERPIXEL.METHOD", "SEEDS"], "'SEEDS' runs in OpenCV, outside the graph"),
+], ids=["dynamic", "seeds"])
+def test_cast_export_names_what_no_graph_holds(tmp_path, capfd, flags, opts, reason):
+    argv = ["--config-file", str(CAST), "--format", "onnx", "--output", str(tmp_path), "--height", "64",
+            "--width", "64", *flags, *opts]
     assert export_tool.main(argv) == 2
     errors = [line for line in capfd.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1
-    assert errors[0].startswith("error: the model cannot be exported to onnx: ")
-    assert "(in projects/CAST/cast/model.py:" in errors[0] and errors[0].endswith(", superpixels)")
-    assert not (tmp_path / "export.json").exists() and not (tmp_path / "model.onnx").exists()
+    assert len(errors) == 1 and errors[0].startswith("error: the model cannot be exported to onnx")
+    assert "D2HCCAST: " in errors[0] and reason in errors[0]
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.slow

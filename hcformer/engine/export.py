@@ -178,6 +178,11 @@ def export_model(
     model = build_inference_model(cfg).to("cpu")
     size_divisibility = max(model.size_divisibility, 1)
     height, width = export_size(cfg, size_divisibility, height, width, dynamic)
+    # a backbone that knows what no trace of it can hold says so (e.g. CAST's superpixels)
+    problem = model.backbone.export_problem(dynamic) if hasattr(model.backbone, "export_problem") else None
+    if problem:
+        raise ExportError(f"the model cannot be exported to {fmt}{' with --dynamic' if dynamic else ''}: "
+                          f"{type(model.backbone).__name__}: {problem}")
     graph = ExportGraph(model, cfg.INPUT.FORMAT, pad=dynamic, clusterings=clusterings).eval()
 
     generator = torch.Generator().manual_seed(seed)
@@ -195,7 +200,7 @@ def export_model(
     try:
         _trace(graph, example, fmt, path, dynamic, output_names)
     # RuntimeError: an operation the exporter lacks; TypeError: Python code of the model that
-    # cannot take a traced size or value (e.g. CAST's superpixels, computed outside torch)
+    # cannot take a traced size or value (e.g. round() of a traced size)
     except (RuntimeError, TypeError, torch.onnx.errors.OnnxExporterError) as error:
         _remove(path)  # no half-written file that looks like an export
         raise _not_exportable(error, fmt, dynamic) from error

@@ -5,6 +5,10 @@ Its output "res5" is the set of coarsest region tokens laid out as a (B, C, N, 1
 takes mask logits over those tokens down to the stride-8 grid (or to the pixels,
 MODEL.CAST.DECODE_STRIDE 1). Superpixels are computed here,
 in the model's input path, from the normalised batch (so train and test see the same).
+
+Exports (tools/export_model.py): SLIC is tensor code, so a graph traced at one image size
+holds it, superpixels included; its seed grid, and with it the number of tokens, follows the
+image size, so no graph holds every size (no --dynamic). SEEDS runs in OpenCV, outside any graph.
 """
 from typing import Dict, List, Optional, Tuple
 
@@ -44,6 +48,17 @@ class D2HCCAST(Backbone):
     @property
     def size_divisibility(self) -> int:
         return 8  # the stem's stride
+
+    def export_problem(self, dynamic: bool) -> Optional[str]:
+        """Why this backbone cannot be exported as asked (module docstring), or None."""
+        method = self.encoder.superpixel_method
+        if method.upper() != "SLIC":
+            return (f"MODEL.CAST.SUPERPIXEL.METHOD {method!r} runs in OpenCV, outside the graph; "
+                    "'SLIC' (tensor code) can be exported")
+        if dynamic:
+            return ("its SLIC seed grid, and with it the number of tokens, follows the image size: "
+                    "export without --dynamic, at the size to serve (--height, --width)")
+        return None
 
     def forward(self, x: Tensor, image_sizes: Optional[List[Tuple[int, int]]] = None) -> Dict[str, object]:
         """x (B, 3, H, W) normalised → {"res5": (B, C, N, 1) coarsest tokens, "assign": hierarchy}.

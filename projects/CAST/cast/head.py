@@ -26,9 +26,10 @@ class CASTTransformerDecoder(HCTransformerDecoder):
 
     def attention_mask_with_validity(self, masks: Tensor, valid: Tensor) -> Tensor:
         """(B, Q, N, 1) mask logits, (B, N) valid → bool (B·heads, Q, N), True = blocked."""
-        blocked = (masks.detach().flatten(2).sigmoid() < 0.5) | ~valid[:, None]
-        blocked[blocked.all(dim=-1)] = False
-        blocked |= ~valid[:, None]  # even a query that would see nothing skips empty tokens
+        empty = ~valid[:, None]
+        blocked = (masks.detach().flatten(2).sigmoid() < 0.5) | empty
+        blocked = blocked & ~blocked.all(dim=-1, keepdim=True)  # a query blocked everywhere sees all
+        blocked = blocked | empty  # even a query that would see nothing skips empty tokens
         return blocked.repeat_interleave(self.num_heads, dim=0)
 
     def forward(self, x: Tensor, hierarchy: CASTHierarchy) -> Dict[str, object]:  # type: ignore[override]

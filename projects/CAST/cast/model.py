@@ -122,7 +122,7 @@ class CAST(nn.Module):
         rgb = images.detach() * self.pixel_std + self.pixel_mean
         if not self.rgb_input:
             rgb = rgb.flip(1)
-        H, W = images.shape[-2:]
+        H, W = (int(n) for n in images.shape[-2:])
         count = self.num_superpixels
         if self.superpixel_size > 0:
             count = max(1, round(H * W / self.superpixel_size**2))

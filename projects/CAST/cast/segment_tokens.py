@@ -45,15 +45,16 @@ def scatter_mean(values: Tensor, labels: Tensor, num_segments: int) -> Tuple[Ten
     """Mean of (B, C, h, w) ``values`` over each id of (B, h, w) ``labels`` in [0, K).
 
     Returns (means (B, K, C), counts (B, K)); a segment without cells has mean 0 and count 0.
-    One ``index_add_`` over the batch: ids are offset by b·K so images do not mix.
+    Sums are ``scatter_add`` along the pixels of every image (ONNX's ScatterElements with an
+    add reduction: ``index_add_`` would export as a plain scatter, where repeated ids overwrite).
     """
     B, C = values.shape[:2]
-    index = (labels.flatten(1) + torch.arange(B, device=labels.device)[:, None] * num_segments).flatten()
-    flat = values.flatten(2).transpose(1, 2).reshape(-1, C)  # (B·hw, C)
-    sums = flat.new_zeros(B * num_segments, C).index_add_(0, index, flat)
-    counts = flat.new_zeros(B * num_segments).index_add_(0, index, flat.new_ones(index.shape[0]))
-    means = sums / counts.clamp_min(1)[:, None]
-    return means.view(B, num_segments, C), counts.view(B, num_segments)
+    ids = labels.flatten(1)  # (B, hw)
+    flat = values.flatten(2)  # (B, C, hw)
+    sums = flat.new_zeros(B, C, num_segments).scatter_add_(2, ids[:, None].expand(-1, C, -1), flat)
+    counts = flat.new_zeros(B, num_segments).scatter_add_(1, ids, flat.new_ones(ids.shape))
+    means = sums.transpose(1, 2) / counts.clamp_min(1)[..., None]
+    return means, counts
 
 
 class SegmentEmbedding(nn.Module):

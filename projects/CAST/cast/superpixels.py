@@ -64,7 +64,7 @@ def slic(lab: Tensor, num_segments: int, compactness: float = 10.0, iterations: 
     Returns:
         (B, H, W) int64 labels in [0, gh·gw); ids of seeds that lost all pixels are absent.
     """
-    B, _, H, W = lab.shape
+    B, _, H, W = (int(n) for n in lab.shape)
     gh, gw = _grid_shape(H, W, num_segments)
     K = gh * gw
     cell_h, cell_w = H / gh, W / gw
@@ -90,16 +90,17 @@ def slic(lab: Tensor, num_segments: int, compactness: float = 10.0, iterations: 
     offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
     candidates = torch.stack([
         ((home_y + dy).clamp(0, gh - 1)[:, None] * gw + (home_x + dx).clamp(0, gw - 1)[None, :]).flatten()
-        for dy, dx in offsets])  # (9, HW) seed ids; outside ones are never chosen (see below)
+        for dy, dx in offsets])  # (9, HW) seed ids; an offset off the grid repeats the edge seed
 
     # initial centres: the pixel at the middle of every seed cell
     cy = ((torch.arange(gh, device=device) + 0.5) * cell_h).long().clamp_max(H - 1)
     cx = ((torch.arange(gw, device=device) + 0.5) * cell_w).long().clamp_max(W - 1)
     centre_pixels = (cy[:, None] * W + cx[None, :]).flatten()  # (K,)
     centres = feats[:, :, centre_pixels]  # (B, 5, K)
-    far = 1e10  # padding centres: farther than any real one, finite so no inf - inf
     for _ in range(iterations):
-        grid = F.pad(centres.view(B, 5, gh, gw), (1, 1, 1, 1), value=far)
+        # off the grid, the edge centres repeat, as the clamped ids above do: the same seed at
+        # the same distance, first met in the same order, so it never changes a label
+        grid = F.pad(centres.view(B, 5, gh, gw), (1, 1, 1, 1), mode="replicate")
         best = feats.new_full((B, H * W), float("inf"))
         labels = candidates[4].expand(B, -1).clone()
         for k, (dy, dx) in enumerate(offsets):
@@ -164,8 +165,7 @@ def compute_superpixels(
     lab = rgb_to_lab(rgb.float().clamp(0, 1))
     if method == "SLIC":
         labels = slic(lab, num_segments, compactness, iterations)
-        H, W = rgb.shape[-2:]
-        gh, gw = _grid_shape(H, W, num_segments)
+        gh, gw = _grid_shape(int(rgb.shape[-2]), int(rgb.shape[-1]), num_segments)
         return labels, gh * gw
     if method == "SEEDS":
         images = _lab_to_opencv_uint8(lab).cpu().numpy()
