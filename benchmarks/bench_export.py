@@ -14,6 +14,7 @@ them.
 
     python benchmarks/bench_export.py                                   # COCO R50 panoptic, 800x1216 and 512x512
     python benchmarks/bench_export.py --sizes 512x512 --rounds 3 --json export.json
+    python benchmarks/bench_export.py --config-file FILE --sizes 512x512 MODEL.CAST.SUPERPIXEL.METHOD SLIC  # config overrides last
 """
 import argparse
 import json
@@ -48,7 +49,7 @@ def parse_size(text: str):
     return int(height), int(width)
 
 
-def _worker(kind: str, config_file: str, directory: str, size, threads: int, conn) -> None:
+def _worker(kind: str, config_file: str, opts: List[str], directory: str, size, threads: int, conn) -> None:
     """One implementation in a process of its own: build it, then time one run per request.
 
     Separate processes, so that no runtime's thread pool or allocator state acts on another's
@@ -59,7 +60,7 @@ def _worker(kind: str, config_file: str, directory: str, size, threads: int, con
     height, width = size
     image = (torch.rand((1, 3, height, width), generator=torch.Generator().manual_seed(1)) * 255).numpy()
     if kind == "eager":
-        cfg = inference_cfg(config_file, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
+        cfg = inference_cfg(config_file, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
         torch.manual_seed(0)
         graph = ExportGraph(build_inference_model(cfg), cfg.INPUT.FORMAT).eval()
 
@@ -101,6 +102,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
@@ -110,7 +112,7 @@ def main() -> None:
     results: List[Dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for height, width in args.sizes:
-            cfg = inference_cfg(config_file, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
+            cfg = inference_cfg(config_file, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *args.opts])
             directories, sizes = {}, {}
             for fmt in ("torchscript", "onnx"):
                 directories[fmt] = os.path.join(tmp, f"{fmt}_{height}x{width}")
@@ -125,7 +127,7 @@ def main() -> None:
             for kind in ("eager", "torchscript", "onnx"):
                 parent, child = context.Pipe()
                 process = context.Process(target=_worker, args=(
-                    kind, config_file, directories.get(kind, ""), (height, width), args.threads, child))
+                    kind, config_file, args.opts, directories.get(kind, ""), (height, width), args.threads, child))
                 process.start()
                 workers[kind] = (process, parent)
             for process, conn in workers.values():

@@ -88,30 +88,32 @@ def slic(lab: Tensor, num_segments: int, compactness: float = 10.0, iterations: 
     home_x = F.interpolate(torch.arange(gw, device=device, dtype=torch.float32).view(1, 1, 1, gw),
                            size=(1, W), mode="nearest").view(W).long()
     offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-    candidates = torch.stack([
-        ((home_y + dy).clamp(0, gh - 1)[:, None] * gw + (home_x + dx).clamp(0, gw - 1)[None, :]).flatten()
-        for dy, dx in offsets])  # (9, HW) seed ids; an offset off the grid repeats the edge seed
 
     # initial centres: the pixel at the middle of every seed cell
     cy = ((torch.arange(gh, device=device) + 0.5) * cell_h).long().clamp_max(H - 1)
     cx = ((torch.arange(gw, device=device) + 0.5) * cell_w).long().clamp_max(W - 1)
     centre_pixels = (cy[:, None] * W + cx[None, :]).flatten()  # (K,)
     centres = feats[:, :, centre_pixels]  # (B, 5, K)
+    ones = feats.new_ones(B, 1, H * W)
+    # a candidate's id is its pixel's home seed id plus the offset's step dy·gw + dx; an offset
+    # off the grid is never chosen (its centre is infinitely far), so no id needs clamping
+    home = (home_y[:, None] * gw + home_x[None, :]).flatten()  # (HW,)
     for _ in range(iterations):
-        # off the grid, the edge centres repeat, as the clamped ids above do: the same seed at
-        # the same distance, first met in the same order, so it never changes a label
-        grid = F.pad(centres.view(B, 5, gh, gw), (1, 1, 1, 1), mode="replicate")
-        best = feats.new_full((B, H * W), float("inf"))
-        labels = candidates[4].expand(B, -1).clone()
+        grid = F.pad(centres.view(B, 5, gh, gw), (1, 1, 1, 1), value=float("inf"))
         for k, (dy, dx) in enumerate(offsets):
             shifted = grid[:, :, 1 + dy:1 + dy + gh, 1 + dx:1 + dx + gw]
             centre = F.interpolate(shifted, size=(H, W), mode="nearest").flatten(2)  # (B, 5, HW)
             dist = (feats - centre).square().sum(1)
+            if k == 0:  # no tensor made up front: an export would store it as a constant
+                # the home seed (step 0) where this candidate is off the grid, or the image NaN
+                best, step = dist, torch.where(dist < float("inf"), dy * gw + dx, 0)
+                continue
             closer = dist < best  # strict: ties keep the earlier candidate, deterministic
             best = torch.where(closer, dist, best)
-            labels = torch.where(closer, candidates[k], labels)
+            step = torch.where(closer, dy * gw + dx, step)
+        labels = home + step  # (B, HW)
         sums = feats.new_zeros(B, 5, K).scatter_add_(2, labels[:, None].expand(-1, 5, -1), feats)
-        counts = feats.new_zeros(B, 1, K).scatter_add_(2, labels[:, None], feats.new_ones(B, 1, H * W))
+        counts = feats.new_zeros(B, 1, K).scatter_add_(2, labels[:, None], ones)
         # a seed that lost all its pixels keeps its old centre
         centres = torch.where(counts > 0, sums / counts.clamp_min(1), centres)
     return labels.view(B, H, W)
