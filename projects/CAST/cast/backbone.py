@@ -53,8 +53,8 @@ class D2HCCAST(Backbone):
         """Why this backbone cannot be exported as asked (module docstring), or None."""
         method = self.encoder.superpixel_method
         if method.upper() != "SLIC":
-            return (f"MODEL.CAST.SUPERPIXEL.METHOD {method!r} runs in OpenCV, outside the graph; "
-                    "'SLIC' (tensor code) can be exported")
+            return (f"MODEL.CAST.SUPERPIXEL.METHOD {method!r} runs in OpenCV, outside the graph; only "
+                    "'SLIC' (tensor code) exports, best with a model trained on SLIC superpixels")
         if dynamic:
             return ("its SLIC seed grid, and with it the number of tokens, follows the image size: "
                     "export without --dynamic, at the size to serve (--height, --width)")
