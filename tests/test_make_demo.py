@@ -36,3 +36,5 @@ def test_make_demo_script_trains_evaluates_and_draws(tmp_path):
     assert "UE_level0" in result.stdout  # the printed summary
     log = (out / "log.txt").read_text()
     assert log.count("Start inference on") == 1, "the trained model was evaluated more than once"
+    # training, then drawing in the same process: the allocator setting is said once
+    assert (result.stdout + result.stderr).count("malloc: ") == 1

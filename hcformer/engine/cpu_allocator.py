@@ -20,6 +20,7 @@ The user's own glibc tunables win: nothing is changed when ``MALLOC_MMAP_THRESHO
 import ctypes
 import ctypes.util
 import os
+from typing import Optional
 
 _M_TRIM_THRESHOLD = -1  # mallopt parameter numbers (malloc.h)
 _M_MMAP_THRESHOLD = -3
@@ -28,9 +29,17 @@ TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
 
 
-def keep_freed_memory() -> str:
+_applied = False  # a process that trains, then draws (the demo), sets up twice: say it once
+
+
+def keep_freed_memory() -> Optional[str]:
     """Apply the settings above to this process (and to the processes it forks later, such as
-    data-loader workers). Returns one line saying what was done, for the log."""
+    data-loader workers). Returns one line saying what was done, for the log; None when an
+    earlier call of this process did it."""
+    global _applied
+    if _applied:
+        return None
+    _applied = True
     user = [name for name in USER_SETTINGS if name in os.environ]
     if user:
         return f"malloc: left as set by {', '.join(user)}"

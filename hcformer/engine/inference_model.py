@@ -39,8 +39,9 @@ def inference_cfg(
     resolved = validate_config(cfg)  # also registers the DATASETS.COCO_* / SEM_SEG datasets
     for note in resolved + adapt_to_machine(cfg):
         logger.info(note)
-    if cfg.MODEL.DEVICE == "cpu":
-        logger.info(keep_freed_memory())
+    allocator = keep_freed_memory() if cfg.MODEL.DEVICE == "cpu" else None
+    if allocator:
+        logger.info(allocator)
     if freeze:
         cfg.freeze()
     return cfg

@@ -68,8 +68,8 @@ def setup(args: argparse.Namespace, extra_config: Sequence[Callable[[CfgNode], N
     cfg.freeze()
     default_setup(cfg, args)  # also saves the final config to OUTPUT_DIR/config.yaml
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="hcformer")
-    allocator = [keep_freed_memory()] if cfg.MODEL.DEVICE == "cpu" else []
-    for line in resolved + owned + allocator:
+    allocator = keep_freed_memory() if cfg.MODEL.DEVICE == "cpu" else None
+    for line in resolved + owned + ([allocator] if allocator else []):
         logger.info(line)
     for note in notes:
         logger.warning(note)
