@@ -108,16 +108,21 @@ def test_multihead_attention_is_fully_counted(need_weights: bool, masked: bool):
     assert flops.total() == projections + products
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def analyze_model_json(config: str, *args: str) -> dict:
+    """The JSON that tools/analyze_model.py prints for ``config`` (relative to the repository)."""
+    command = [sys.executable, str(ROOT / "tools/analyze_model.py"), "--config-file", str(ROOT / config), *args, "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)  # stdout holds nothing but the JSON object
+
+
 @pytest.mark.slow
 def test_analyze_model_tool_json():
-    root = Path(__file__).resolve().parents[1]
-    config = root / "configs/shapes/panoptic-segmentation/hcformer_R18_shapes.yaml"
-    command = [sys.executable, str(root / "tools/analyze_model.py"), "--config-file", str(config)]
-    command += ["--tasks", "flop", "parameter", "activation", "--input-size", "64x96", "--json"]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=root, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    results = json.loads(done.stdout)  # stdout holds nothing but the JSON object
-
+    results = analyze_model_json("configs/shapes/panoptic-segmentation/hcformer_R18_shapes.yaml",
+                                 "--tasks", "flop", "parameter", "activation", "--input-size", "64x96")
     parameters = results["parameters"]
     assert parameters["total"] == sum(n for name, n in parameters.items() if name != "total")
     for key in ("flops", "activations"):
@@ -132,27 +137,18 @@ def test_analyze_model_tool_json():
 def test_analyze_model_opens_a_projects_config():
     """A config under projects/<P>/ gets its project imported, as in every other tool (its
     MODEL.SVIT keys and D2HCSViT backbone exist only then)."""
-    root = Path(__file__).resolve().parents[1]
-    config = root / "projects/SViT/configs/ade20k/semantic-segmentation/hcformer_svit_small_bs16_160k.yaml"
-    command = [sys.executable, str(root / "tools/analyze_model.py"), "--config-file", str(config),
-               "--tasks", "parameter", "--json"]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=root, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    parameters = json.loads(done.stdout)["parameters"]
-    assert parameters["backbone"] > 20_000_000  # SViT-S
+    results = analyze_model_json("projects/SViT/configs/ade20k/semantic-segmentation/hcformer_svit_small_bs16_160k.yaml",
+                                 "--tasks", "parameter")
+    assert results["parameters"]["backbone"] > 20_000_000  # SViT-S
 
 
 @pytest.mark.slow
 def test_analyze_model_counts_hc_cast_superpixels_included():
     """fvcore traces the model: CAST's superpixel count, a Python number of the image size,
     must not be computed from a traced size (round() of one failed)."""
-    root = Path(__file__).resolve().parents[1]
-    config = root / "projects/CAST/configs/shapes/hcformer_cast_tiny_shapes.yaml"
-    command = [sys.executable, str(root / "tools/analyze_model.py"), "--config-file", str(config),
-               "--tasks", "flop", "--input-size", "64x64", "--json"]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=root, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    flops = json.loads(done.stdout)["flops"]["mean"]
+    results = analyze_model_json("projects/CAST/configs/shapes/hcformer_cast_tiny_shapes.yaml",
+                                 "--tasks", "flop", "--input-size", "64x64")
+    flops = results["flops"]["mean"]
     assert flops["backbone"] > 0 and flops["sem_seg_head"] > 0
 
 

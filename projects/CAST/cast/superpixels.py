@@ -98,16 +98,22 @@ def slic(lab: Tensor, num_segments: int, compactness: float = 10.0, iterations: 
     # a candidate's id is its pixel's home seed id plus the offset's step dy·gw + dx; an offset
     # off the grid is never chosen (its centre is infinitely far), so no id needs clamping
     home = (home_y[:, None] * gw + home_x[None, :]).flatten()  # (HW,)
+
+    def distances(grid: Tensor, dy: int, dx: int) -> Tensor:
+        """(B, HW) SLIC distance of every pixel to the centre of its home cell's (dy, dx) neighbour."""
+        shifted = grid[:, :, 1 + dy:1 + dy + gh, 1 + dx:1 + dx + gw]
+        centre = F.interpolate(shifted, size=(H, W), mode="nearest").flatten(2)  # (B, 5, HW)
+        return (feats - centre).square().sum(1)
+
+    (dy0, dx0), *others = offsets
     for _ in range(iterations):
         grid = F.pad(centres.view(B, 5, gh, gw), (1, 1, 1, 1), value=float("inf"))
-        for k, (dy, dx) in enumerate(offsets):
-            shifted = grid[:, :, 1 + dy:1 + dy + gh, 1 + dx:1 + dx + gw]
-            centre = F.interpolate(shifted, size=(H, W), mode="nearest").flatten(2)  # (B, 5, HW)
-            dist = (feats - centre).square().sum(1)
-            if k == 0:  # no tensor made up front: an export would store it as a constant
-                # the home seed (step 0) where this candidate is off the grid, or the image NaN
-                best, step = dist, torch.where(dist < float("inf"), dy * gw + dx, 0)
-                continue
+        # started from the first candidate, not from tensors made up front (an export would
+        # store those as constants); the home seed (step 0) where it is off the grid, or NaN
+        best = distances(grid, dy0, dx0)
+        step = torch.where(best < float("inf"), dy0 * gw + dx0, 0)
+        for dy, dx in others:
+            dist = distances(grid, dy, dx)
             closer = dist < best  # strict: ties keep the earlier candidate, deterministic
             best = torch.where(closer, dist, best)
             step = torch.where(closer, dy * gw + dx, step)
