@@ -111,6 +111,8 @@ def test_eval_only_warns_about_a_random_model(tmp_path, caplog, weights, resume,
             loaded.append((path, resume))
 
     class NoTest(Trainer):
+        checkpointer_class = RecordingCheckpointer
+
         @classmethod
         def test(cls, cfg, model, evaluators=None):
             return {}
@@ -123,7 +125,7 @@ def test_eval_only_warns_about_a_random_model(tmp_path, caplog, weights, resume,
     hcformer_logger = logging.getLogger("hcformer")  # see test_setup
     hcformer_logger.addHandler(caplog.handler)
     try:
-        main(default_argument_parser().parse_args(argv), NoTest, RecordingCheckpointer)
+        main(default_argument_parser().parse_args(argv), NoTest)
     finally:
         hcformer_logger.removeHandler(caplog.handler)
     # --resume: the checkpoint that last_checkpoint names is read once, in setup, and loaded as is

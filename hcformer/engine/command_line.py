@@ -7,7 +7,7 @@ from detectron2.engine import default_argument_parser, hooks
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
-from hcformer.checkpoint import HCFormerCheckpointer, last_complete_checkpoint
+from hcformer.checkpoint import last_complete_checkpoint
 
 from .interruption import TrainingInterrupted, stop_on_signals
 from .launch import launch
@@ -17,11 +17,7 @@ from .trainer import Trainer
 logger = logging.getLogger(__name__)
 
 
-def main(
-    args: argparse.Namespace,
-    trainer_class: Type[Trainer] = Trainer,
-    checkpointer_class: Type[HCFormerCheckpointer] = HCFormerCheckpointer,
-):
+def main(args: argparse.Namespace, trainer_class: Type[Trainer] = Trainer):
     """Train (``--resume`` continues from OUTPUT_DIR/last_checkpoint) or, with ``--eval-only``,
     evaluate MODEL.WEIGHTS (``--resume``: the last checkpoint of OUTPUT_DIR) in a directory of
     its own, ``OUTPUT_DIR/eval_<checkpoint>``; semantic test-time augmentation when
@@ -36,7 +32,7 @@ def main(
         model = trainer_class.build_model(cfg)
         # refuses a URL for MODEL.WEIGHTS: weights are never downloaded; it neither saves nor
         # removes temporary files (a training may be saving next to the checkpoint)
-        checkpointer = checkpointer_class(
+        checkpointer = trainer_class.checkpointer_class(
             model, save_dir=cfg.OUTPUT_DIR, save_to_disk=False, allow_pickle=cfg.MODEL.ALLOW_PICKLE
         )
         if not cfg.MODEL.WEIGHTS:
@@ -73,11 +69,7 @@ def main(
         raise SystemExit(stop.exit_code) from None
 
 
-def run(
-    argv: Optional[Sequence[str]] = None,
-    trainer_class: Type[Trainer] = Trainer,
-    checkpointer_class: Type[HCFormerCheckpointer] = HCFormerCheckpointer,
-):
+def run(argv: Optional[Sequence[str]] = None, trainer_class: Type[Trainer] = Trainer):
     """Parse detectron2's command line and launch ``main`` on every process."""
     args = default_argument_parser().parse_args(argv)
     print("Command Line Args:", args)
@@ -87,5 +79,5 @@ def run(
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
-        args=(args, trainer_class, checkpointer_class),
+        args=(args, trainer_class),
     )

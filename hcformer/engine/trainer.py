@@ -5,7 +5,7 @@ import os
 import weakref
 from collections import OrderedDict
 from importlib.util import find_spec
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Type
 
 import torch
 from detectron2.config import CfgNode
@@ -87,6 +87,9 @@ class Trainer(DefaultTrainer):
     - MODEL.WEIGHTS_IGNORE names tensors of MODEL.WEIGHTS not to load (fine-tuning with
       another head); any other mismatch of a whole-model checkpoint is refused.
     """
+
+    # loads and saves in training and in --eval-only; a project sets its own (PaCa)
+    checkpointer_class: Type[HCFormerCheckpointer] = HCFormerCheckpointer
 
     def __init__(self, cfg: CfgNode):
         if comm.is_main_process() and cfg.OUTPUT_DIR:
@@ -245,7 +248,7 @@ class Trainer(DefaultTrainer):
         # DefaultTrainer.__init__ creates a plain DetectionCheckpointer just before calling
         # build_hooks(): replace it first, so that loading (resume_or_load) and the periodic
         # checkpoint hook both use ours.
-        self.checkpointer = HCFormerCheckpointer(
+        self.checkpointer = self.checkpointer_class(
             self.model,
             self.cfg.OUTPUT_DIR,
             allow_pickle=self.cfg.MODEL.ALLOW_PICKLE,

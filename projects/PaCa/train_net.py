@@ -12,8 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the paca package
 
 import hcformer  # noqa: E402,F401  registers HCFormer, its datasets and mappers
 from hcformer.engine.command_line import run  # noqa: E402
-from paca.checkpoint import PaCaCheckpointer  # noqa: E402  (importing paca registers its models and keys)
-from paca.engine import PaCaTrainer  # noqa: E402
+from paca.engine import PaCaTrainer  # noqa: E402  (importing paca registers its models and keys)
 
 if __name__ == "__main__":
-    run(trainer_class=PaCaTrainer, checkpointer_class=PaCaCheckpointer)
+    run(trainer_class=PaCaTrainer)

@@ -19,21 +19,18 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from torch import Tensor, nn
 
 import hcformer  # noqa: F401  registers models and datasets
 from hcformer.checkpoint import HCFormerCheckpointer
-from hcformer.config import add_hcformer_config
-from hcformer.data.datasets import register_datasets_from_config
 from hcformer.engine.analysis import flop_count_analysis
 from hcformer.layers.local_clustering import use_backend
 
-from .config import add_expedit_config, apply_expedit
+from .config import apply_expedit
 from .swin import ExpeditSwinStage
 
 __all__ = [
-    "load_cfg",
     "expedit_cfg",
     "valid_alphas",
     "build_trained",
@@ -52,22 +49,6 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------- configs
-def load_cfg(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
-    """HCFormer + MODEL.EXPEDIT config of ``config_file`` with ``opts`` (KEY VALUE ...) merged,
-    on the CPU when CUDA is not available (as the project's command-line setup does); its
-    datasets are registered (the shapes of the project's configs by importing hcformer_shapes)."""
-    from hcformer.engine.setup import adapt_to_machine
-
-    cfg = get_cfg()
-    add_hcformer_config(cfg)
-    add_expedit_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
-    register_datasets_from_config(cfg)
-    adapt_to_machine(cfg)
-    return cfg
-
-
 def expedit_cfg(cfg: CfgNode, enabled: bool = True, **settings) -> CfgNode:
     """A copy of ``cfg`` with MODEL.EXPEDIT.ENABLED = ``enabled`` and the given MODEL.EXPEDIT
     keys, e.g. ``expedit_cfg(cfg, ALPHA=5, CLUSTER_WINDOW=6)``."""

@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from expedit.analysis import load_cfg, valid_alphas
+from expedit.analysis import valid_alphas
+
 from hcformer.data.datasets.catalog_utils import unregister_dataset
+from hcformer.engine.inference_model import inference_cfg
 from hcformer_shapes.generator import ShapesSpec
 from hcformer_shapes.register import register_shapes_datasets
 
@@ -33,7 +35,7 @@ def tiny_shapes(tmp_path):
 @pytest.mark.slow
 def test_sweep_core(tiny_shapes, tmp_path):
     tool = load_tool()
-    cfg = load_cfg(
+    cfg = inference_cfg(
         str(tool.DEFAULT_CONFIG),
         [
             "DATASETS.TEST", f"('{tiny_shapes}',)",

@@ -26,7 +26,8 @@ from detectron2.modeling import build_backbone
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the expedit package
 
-from expedit.analysis import backbone_flops, expedit_cfg, load_cfg, median_latency  # noqa: E402
+from expedit.analysis import backbone_flops, expedit_cfg, median_latency  # noqa: E402
+from hcformer.engine.inference_model import inference_cfg  # noqa: E402
 from expedit.config import apply_expedit  # noqa: E402
 
 
@@ -41,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    cfg = expedit_cfg(load_cfg(args.config_file, args.opts), enabled=False)  # build the original, then expedite a copy
+    cfg = expedit_cfg(inference_cfg(args.config_file, args.opts, freeze=False), enabled=False)  # build the original, then expedite a copy
     cfg.MODEL.DEVICE = "cpu"
     h, _, w = args.input_size.lower().partition("x")
     image = torch.randn(1, 3, int(h), int(w))

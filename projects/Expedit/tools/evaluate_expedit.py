@@ -16,7 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the expedit package
 
-from expedit.analysis import build_trained, evaluate, expedited_copy, load_cfg  # noqa: E402
+from expedit.analysis import build_trained, evaluate, expedited_copy  # noqa: E402
+from hcformer.engine.inference_model import inference_cfg  # noqa: E402
 
 
 def main() -> None:
@@ -24,7 +25,7 @@ def main() -> None:
     parser.add_argument("--config-file", required=True)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
     args = parser.parse_args()
-    cfg = load_cfg(args.config_file, args.opts)
+    cfg = inference_cfg(args.config_file, args.opts, freeze=False)
 
     original = build_trained(cfg)  # MODEL.WEIGHTS loaded once, the expedited model is a copy
     results = {"original": evaluate(cfg, original), "expedit": evaluate(cfg, expedited_copy(original, cfg))}

@@ -49,11 +49,11 @@ from expedit.analysis import (  # noqa: E402
     expedited_copy,
     headline_metrics,
     interleaved_latency,
-    load_cfg,
     mean_cosine_similarity,
     features_of_test_images,
     valid_alphas,
 )
+from hcformer.engine.inference_model import inference_cfg  # noqa: E402
 
 logger = logging.getLogger("expedit.sweep")
 
@@ -86,7 +86,7 @@ def run_sweep(
     quiet: bool = True,
     progress: bool = True,
 ) -> Dict:
-    """The sweep on ``cfg`` (a ``load_cfg`` config; MODEL.WEIGHTS is loaded, empty = random
+    """The sweep on ``cfg`` (an ``inference_cfg`` config, unfrozen; MODEL.WEIGHTS is loaded, empty = random
     init); returns the dict written to ``sweep.json``: ``setting``, ``original`` and one entry
     per (α, k) in ``runs``."""
     cfg = cfg.clone()
@@ -260,7 +260,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
 
-    cfg = load_cfg(args.config_file, args.opts)
+    cfg = inference_cfg(args.config_file, args.opts, freeze=False)
     sweep = run_sweep(cfg, args.alphas, args.windows, args.latency_runs, quiet=not args.verbose)
     sweep["setting"]["config"] = args.config_file
     print(write(sweep, Path(args.out), args.name))

@@ -1,38 +1,22 @@
 """Config setup and trainer of the PaCa project: HCFormer's, plus MODEL.PACA.* and PaCa's loader."""
-import argparse
 import logging
-import weakref
-from typing import List
 
 import torch
 from detectron2.config import CfgNode, get_cfg
-from detectron2.engine import DefaultTrainer, HookBase
-from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 from torch import nn
 
 from hcformer.config import add_hcformer_config
-from hcformer.engine.setup import setup as hcformer_setup
 from hcformer.engine.trainer import Trainer
 
 from .checkpoint import PaCaCheckpointer
-from .config import add_paca_config
 
 logger = logging.getLogger(__name__)
 
 
 def get_paca_cfg() -> CfgNode:
-    """detectron2's defaults + HCFormer's keys + MODEL.PACA.*."""
+    """detectron2's defaults + HCFormer's keys + MODEL.PACA.* (registered by importing paca)."""
     cfg = get_cfg()
     add_hcformer_config(cfg)
-    add_paca_config(cfg)
-    return cfg
-
-
-def setup(args: argparse.Namespace) -> CfgNode:
-    """``hcformer.engine.setup.setup`` with the PaCa keys (MODEL.PACA.*)."""
-    cfg = hcformer_setup(args, extra_config=[add_paca_config])
-    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="paca")
     return cfg
 
 
@@ -67,6 +51,8 @@ class PaCaTrainer(Trainer):
     """HCFormer's trainer with ``PaCaCheckpointer`` (M changes, classifier weights) and the
     clustering LR multiplier."""
 
+    checkpointer_class = PaCaCheckpointer
+
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
         optimizer = super().build_optimizer(cfg, model)
@@ -74,15 +60,3 @@ class PaCaTrainer(Trainer):
         if moved:
             logger.info(f"{moved} cluster projections train at {cfg.MODEL.PACA.CLUSTERING_LR_MULTIPLIER}x the backbone LR")
         return optimizer
-
-    def build_hooks(self) -> List[HookBase]:
-        # As hcformer's Trainer.build_hooks, with our checkpointer: it must be in place before
-        # DefaultTrainer builds the periodic-checkpoint hook around it.
-        self.checkpointer = PaCaCheckpointer(
-            self.model,
-            self.cfg.OUTPUT_DIR,
-            allow_pickle=self.cfg.MODEL.ALLOW_PICKLE,
-            ignore_prefixes=self.cfg.MODEL.WEIGHTS_IGNORE,
-            trainer=weakref.proxy(self),
-        )
-        return DefaultTrainer.build_hooks(self)
