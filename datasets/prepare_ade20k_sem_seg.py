@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from hcformer.utils.atomic_png import remove_stale_temporary_files, save_png_atomically
+from hcformer.checkpoint.atomic_files import remove_abandoned_temporary_files, write_atomically
 
 SPLITS = ("training", "validation")
 
@@ -41,7 +41,8 @@ def _convert_one(name: str, input_dir: str, output_dir: str) -> bool:
     output = os.path.join(output_dir, name)
     if os.path.exists(output):
         return False
-    save_png_atomically(shift_labels(np.asarray(Image.open(os.path.join(input_dir, name)))), output)
+    labels = shift_labels(np.asarray(Image.open(os.path.join(input_dir, name))))
+    write_atomically(output, lambda f: Image.fromarray(labels).save(f, format="PNG"))
     return True
 
 
@@ -51,9 +52,9 @@ def prepare_split(input_dir: str, output_dir: str, workers: int = 1) -> int:
         raise FileNotFoundError(f"ADE20K annotation folder {input_dir!r} does not exist")
     names = sorted(n for n in os.listdir(input_dir) if n.endswith(".png"))
     os.makedirs(output_dir, exist_ok=True)
-    removed = remove_stale_temporary_files(output_dir)
+    removed = remove_abandoned_temporary_files(output_dir)
     if removed:
-        print(f"{output_dir}: removed {removed} temporary files of an interrupted run")
+        print(f"{output_dir}: removed {len(removed)} temporary files of an interrupted run")
     convert = functools.partial(_convert_one, input_dir=input_dir, output_dir=output_dir)
     progress = dict(total=len(names), desc=os.path.basename(output_dir))
     if workers <= 1:

@@ -26,11 +26,12 @@ import multiprocessing
 import os
 from typing import Dict, Sequence
 
+from PIL import Image
 from tqdm import tqdm
 
+from hcformer.checkpoint.atomic_files import remove_abandoned_temporary_files, write_atomically
 from hcformer.data.datasets.coco_panoptic_files import contiguous_ids, panoptic_semantic_labels
 from hcformer.data.image_reading import read_label_file
-from hcformer.utils.atomic_png import remove_stale_temporary_files, save_png_atomically
 
 
 def _convert_one(
@@ -43,7 +44,7 @@ def _convert_one(
     png = os.path.join(panoptic_root, annotation["file_name"])
     panoptic = read_label_file(png, "panoptic")
     labels = panoptic_semantic_labels(panoptic, annotation["segments_info"], id_map, png)
-    save_png_atomically(labels, output)
+    write_atomically(output, lambda f: Image.fromarray(labels).save(f, format="PNG"))
     return True
 
 
@@ -58,9 +59,9 @@ def prepare_split(
         content = json.load(f)
     id_map = contiguous_ids(content["categories"])
     os.makedirs(output_root, exist_ok=True)
-    removed = remove_stale_temporary_files(output_root)
+    removed = remove_abandoned_temporary_files(output_root)
     if removed:
-        print(f"{output_root}: removed {removed} temporary files of an interrupted run")
+        print(f"{output_root}: removed {len(removed)} temporary files of an interrupted run")
     convert = functools.partial(
         _convert_one, panoptic_root=panoptic_root, output_root=output_root, id_map=id_map
     )

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hcformer.checkpoint.atomic_files import HOST
 from hcformer_shapes import ShapesSpec, ensure_shapes_dataset
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "datasets"
@@ -127,20 +128,23 @@ def test_a_crash_while_writing_leaves_no_partial_png_and_a_rerun_finishes(tmp_pa
         real_save(image, fp, *args, **kwargs)
         written.append(fp)
         if len(written) == 2:
-            with open(fp, "r+b") as f:  # half a PNG on disk...
-                f.truncate(20)
+            fp.flush()
+            fp.truncate(20)  # half a PNG on disk...
             raise KeyboardInterrupt  # ...when the process is stopped
+
+    def save(name):  # how both scripts write a PNG
+        script.write_atomically(str(out / name), lambda f: Image.fromarray(labels).save(f, format="PNG"))
 
     out = tmp_path / "out"
     out.mkdir()
     monkeypatch.setattr(Image.Image, "save", crash_on_second_file)
     with pytest.raises(KeyboardInterrupt):
         for name in ("a.png", "b.png", "c.png"):
-            script.save_png_atomically(labels, str(out / name))
+            save(name)
     monkeypatch.setattr(Image.Image, "save", real_save)
     assert sorted(os.listdir(out)) == ["a.png"]  # b.png was never renamed into place
     for name in ("b.png", "c.png"):  # the rerun writes what is missing
-        script.save_png_atomically(labels, str(out / name))
+        save(name)
     assert all(np.array_equal(np.asarray(Image.open(out / n)), labels) for n in ("a.png", "b.png", "c.png"))
 
 
@@ -178,12 +182,12 @@ def test_a_rerun_removes_the_temporary_files_of_a_killed_run(tmp_path, script):
     run = subprocess.Popen([sys.executable, "-c", killed_run], stderr=subprocess.PIPE, text=True)
     _, stderr = run.communicate(timeout=120)
     assert run.returncode == -signal.SIGKILL, stderr
-    assert os.listdir(out) == [f".a.png.tmp-{run.pid}"]  # what the killed run left
+    assert os.listdir(out) == [f".a.png.{run.pid}@{HOST}.tmp"]  # what the killed run left
 
     # around it: a temporary file of a run still writing here, and files that are not ours
     still_writing = subprocess.Popen(["sleep", "60"])
     try:
-        kept = [f".b.png.tmp-{still_writing.pid}", ".notes.tmp-1", "c.png.tmp-1", ".a.png.tmp-x"]
+        kept = [f".b.png.{still_writing.pid}@{HOST}.tmp", f".c.png.{run.pid}@another-host.tmp", ".notes.tmp-1", "c.png.tmp-1"]
         for name in kept:
             (out / name).write_bytes(b"")
         assert script.prepare_split(*args, workers=1) == 2

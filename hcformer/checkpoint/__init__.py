@@ -1,4 +1,4 @@
-from .atomic_files import abandoned_temporary_files, write_atomically
+from .atomic_files import remove_abandoned_temporary_files, write_atomically
 from .checkpointer import (
     CheckpointMismatchError,
     CheckpointWriteError,

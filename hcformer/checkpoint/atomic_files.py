@@ -5,7 +5,7 @@ target, so a crash, a signal or a full disk leaves the previous file intact. The
 file is named after its writer, ``.<target name>.<pid>@<host>.tmp``, so that a later process
 can tell an abandoned one (its writer, on this host, is no longer running) from one that a
 live process is writing right now (a training saving while ``--eval-only`` starts in the same
-directory) and remove only the former: ``abandoned_temporary_files``.
+directory) and remove only the former: ``remove_abandoned_temporary_files``.
 
 Files are created with mode 0o666 minus the process umask, as ``open()`` creates them (and
 detectron2 its checkpoints), so that a checkpoint can be read by whoever may read the other
@@ -19,7 +19,7 @@ from typing import BinaryIO, Callable, List, Optional, Tuple
 
 __all__ = [
     "HOST",
-    "abandoned_temporary_files",
+    "remove_abandoned_temporary_files",
     "process_is_running",
     "temporary_path",
     "temporary_file_writer",
@@ -58,17 +58,20 @@ def process_is_running(pid: int) -> bool:
     return True
 
 
-def abandoned_temporary_files(directory: str) -> List[str]:
-    """Base names of the temporary files in ``directory`` whose writer is provably gone: a
-    process of this host that is no longer running. Files of another host (its processes
-    cannot be checked from here), of a running process, and files of other names are not
-    listed."""
-    abandoned = []
+def remove_abandoned_temporary_files(directory: str) -> List[str]:
+    """Delete the temporary files in ``directory`` whose writer is provably gone (a process of
+    this host that is no longer running); return their base names. Files of another host (its
+    processes cannot be checked from here), of a running process, and files of other names are
+    kept."""
+    removed = []
     for name in sorted(os.listdir(directory)):
         writer = temporary_file_writer(name)
-        if writer is not None and writer[1] == HOST and not process_is_running(writer[0]):
-            abandoned.append(name)
-    return abandoned
+        if writer is None or writer[1] != HOST or process_is_running(writer[0]):
+            continue
+        with contextlib.suppress(FileNotFoundError):  # another process removed it first
+            os.unlink(os.path.join(directory, name))
+            removed.append(name)
+    return removed
 
 
 def _fsync_directory(directory: str) -> None:
@@ -86,7 +89,7 @@ def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> None:
 
     Whatever happens before that (an exception, a signal raising in this thread, a full disk),
     ``path`` keeps its previous content and the temporary file is removed; a process killed
-    outright (SIGKILL) leaves its temporary file, which ``abandoned_temporary_files`` finds.
+    outright (SIGKILL) leaves its temporary file, which ``remove_abandoned_temporary_files`` removes.
     """
     tmp = temporary_path(path)
     try:

@@ -10,7 +10,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from .atomic_files import abandoned_temporary_files, write_atomically
+from .atomic_files import remove_abandoned_temporary_files, write_atomically
 from .resnet_weights import adapt_to_deformable, convert_resnet_state_dict, is_imagenet_resnet
 from .safe_loading import CheckpointFileError, load_checkpoint_file
 from .swin_weights import convert_swin_state_dict, is_imagenet_swin
@@ -247,10 +247,8 @@ class HCFormerCheckpointer(DetectionCheckpointer):
         """Delete the temporary files of saves whose writer was killed (see the class docstring)."""
         if not self.save_dir or not self.save_to_disk or not os.path.isdir(self.save_dir):
             return
-        for name in abandoned_temporary_files(self.save_dir):
-            self.logger.info(f"Removing {name}, left by a save that was interrupted.")
-            with contextlib.suppress(FileNotFoundError):  # another process removed it first
-                os.unlink(os.path.join(self.save_dir, name))
+        for name in remove_abandoned_temporary_files(self.save_dir):
+            self.logger.info(f"Removed {name}, left by a save that was interrupted.")
 
     def _load_file(self, filename: str) -> Dict:
         if filename.endswith(".pkl"):
