@@ -17,7 +17,7 @@ tokens, a multiple of neither 7 nor 12. Module names follow the original checkpo
 relative_position_bias_table,relative_position_index},norm2,mlp.{fc1,fc2}}``,
 ``layers.{i}.downsample.{norm,reduction}``, ``layers.{i}.clustering``, ``norm3``.
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -110,19 +110,39 @@ class SwinBlock(nn.Module):
         Returns:
             (B, H, W, C).
         """
+        return self.forward_windows(x, self.window_size, self.shift, self.attn, attn_mask)
+
+    def forward_windows(
+        self,
+        x: Tensor,
+        window: int,
+        shift: int,
+        attention: Callable[[Tensor, Optional[Tensor]], Tensor],
+        attn_mask: Optional[Tensor] = None,
+    ) -> Tensor:
+        """The block with windows of any size and any attention on them (Expedit runs the
+        block's modules on clustered maps with smaller windows and a resized bias table).
+
+        Args:
+            x: (B, H, W, C).
+            window, shift: side and cyclic shift of the windows (shift 0: not shifted).
+            attention: (windows (num_windows·B, window², C), mask or None) → same shape as windows.
+            attn_mask: ``shifted_window_mask`` of the padded map; used only when shifted.
+        Returns:
+            (B, H, W, C).
+        """
         B, H, W, C = x.shape
-        ws = self.window_size
         y = self.norm1(x)
         # pad the normed map to window multiples (the padding is zeros), then shift
-        y = F.pad(y, (0, 0, 0, -W % ws, 0, -H % ws))
+        y = F.pad(y, (0, 0, 0, -W % window, 0, -H % window))
         Hp, Wp = y.shape[1:3]
-        if self.shift:
-            y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
-        windows = window_partition(y, (ws, ws)).reshape(-1, ws * ws, C)
-        windows = self.attn(windows, mask=attn_mask if self.shift else None)
-        y = window_reverse(windows.reshape(-1, ws, ws, C), (ws, ws), Hp, Wp)
-        if self.shift:
-            y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
+        if shift:
+            y = torch.roll(y, shifts=(-shift, -shift), dims=(1, 2))
+        windows = window_partition(y, (window, window)).reshape(-1, window * window, C)
+        windows = attention(windows, attn_mask if shift else None)
+        y = window_reverse(windows.reshape(-1, window, window, C), (window, window), Hp, Wp)
+        if shift:
+            y = torch.roll(y, shifts=(shift, shift), dims=(1, 2))
         x = x + self.drop_path(y[:, :H, :W, :])
         return x + self.drop_path(self.mlp(self.norm2(x)))
 

@@ -5,7 +5,7 @@ logits (B, Q, K+1) and mask logits at stride 32, (B, Q, h, w) = mask embeddings 
 features (eq. (4) without the sigmoid). The meta-architecture decodes them to stride 4
 through the backbone's hierarchy.
 """
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from detectron2.utils.registry import Registry
@@ -113,20 +113,36 @@ class HCTransformerDecoder(_QueryDecoderBase):
     def output_norm(self) -> nn.LayerNorm:
         return self.decoder_norm
 
-    def attention_mask(self, masks: Tensor) -> Tensor:
-        """(B, Q, h, w) mask logits → bool (B·heads, Q, h·w), True = blocked."""
+    def attention_mask(self, masks: Tensor, valid: Optional[Tensor] = None) -> Tensor:
+        """(B, Q, h, w) mask logits and (B, h·w) bool key validity (None: all valid) →
+        bool (B·heads, Q, h·w), True = blocked. Invalid keys are blocked for every query."""
         blocked = masks.detach().flatten(2).sigmoid() < 0.5
+        if valid is not None:  # before the test below: a query that sees only invalid keys sees nothing
+            blocked = blocked | ~valid[:, None]
         # a query blocked everywhere attends everywhere instead (an empty row would be NaN);
         # an elementwise AND rather than an in-place boolean index, which ONNX Runtime lacks
         blocked = blocked & ~blocked.all(dim=-1, keepdim=True)
+        if valid is not None:  # "everywhere" is every valid key
+            blocked = blocked | ~valid[:, None]
         return blocked.repeat_interleave(self.num_heads, dim=0)
 
     def forward(self, x: Tensor) -> Dict[str, object]:
         """x: (B, C_in, h, w) coarsest features → predictions of every layer."""
-        B = x.shape[0]
-        mask_features = self.mask_proj(x)
         memory = self.input_proj(x)
         pos = self.pe_layer(memory).flatten(2).permute(2, 0, 1)  # (hw, B, C)
+        return self.decode(memory, self.mask_proj(x), pos)
+
+    def decode(self, memory: Tensor, mask_features: Tensor, pos: Tensor,
+               valid: Optional[Tensor] = None) -> Dict[str, object]:
+        """The layers on projected keys of any layout (a grid or a set of tokens).
+
+        Args:
+            memory: (B, hidden, h, w) projected features (``input_proj``), the keys and values.
+            mask_features: (B, mask_dim, h, w) (``mask_proj``); masks come out on this layout.
+            pos: (h·w, B, hidden) position encodings of the keys.
+            valid: (B, h·w) bool, False for keys that no query may attend to; None: all valid.
+        """
+        B = memory.shape[0]
         memory = memory.flatten(2).permute(2, 0, 1) + self.level_embed.weight[0][None, None]
         query_pos = self.query_embed.weight[:, None].expand(-1, B, -1)
         queries = self.query_feat.weight[:, None].expand(-1, B, -1)
@@ -135,7 +151,8 @@ class HCTransformerDecoder(_QueryDecoderBase):
         all_logits, all_masks = [logits], [masks]
         for cross, self_attn, ffn in zip(self.transformer_cross_attention_layers,
                                          self.transformer_self_attention_layers, self.transformer_ffn_layers):
-            queries = cross(queries, memory, attn_mask=self.attention_mask(masks), pos=pos, query_pos=query_pos)
+            attn_mask = self.attention_mask(masks, valid)
+            queries = cross(queries, memory, attn_mask=attn_mask, pos=pos, query_pos=query_pos)
             queries = self_attn(queries, pos=query_pos)
             queries = ffn(queries)
             logits, masks = self.predict(queries, mask_features)
@@ -206,9 +223,10 @@ def build_transformer_decoder(cfg, in_channels: int) -> nn.Module:
     if name not in TRANSFORMER_DECODER_REGISTRY:
         known = ", ".join(sorted(k for k, _ in TRANSFORMER_DECODER_REGISTRY))
         raise KeyError(f"MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME {name!r} is not registered; known: {known}")
-    masked = name == "HCTransformerDecoder"
+    cls = TRANSFORMER_DECODER_REGISTRY.get(name)
+    masked = issubclass(cls, HCTransformerDecoder)  # subclasses too (CAST's decoder)
     extra = {} if masked else {"num_encoder_layers": mf.ENC_LAYERS}
-    return TRANSFORMER_DECODER_REGISTRY.get(name)(
+    return cls(
         in_channels=in_channels,
         num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
         hidden_dim=mf.HIDDEN_DIM,

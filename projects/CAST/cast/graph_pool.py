@@ -50,7 +50,9 @@ def farthest_point_sampling(x: Tensor, n: int, valid: Optional[Tensor] = None) -
 
 
 def key_padding_bias(valid: Tensor, dtype: torch.dtype) -> Tensor:
-    """(B, N) bool → additive attention mask (B, 1, 1, N): 0 for valid keys, -inf otherwise."""
+    """(B, N) segment validity → additive attention mask (B, 1, 1, 1 + N) over the class token
+    (always valid) and the segment tokens: 0 for valid keys, -inf otherwise."""
+    valid = torch.cat([valid.new_ones(valid.shape[0], 1), valid], 1)
     bias = torch.zeros(valid.shape, dtype=dtype, device=valid.device)
     return bias.masked_fill(~valid, float("-inf"))[:, None, None]
 
@@ -78,9 +80,8 @@ class GraphPool(nn.Module):
         self.pre_pool = Mlp(dim, int(dim * mlp_ratio))
         self.norm = nn.LayerNorm(dim)
 
-    def assign(self, tokens: Tensor, valid: Tensor, centroids: Tensor) -> Tensor:
+    def assign(self, tokens: Tensor, valid: Tensor, centroids: Tensor, attn_bias: Tensor) -> Tensor:
         """Soft assignment (B, N, n) of the segment tokens to the sampled ones."""
-        attn_bias = key_padding_bias(torch.cat([valid.new_ones(valid.shape[0], 1), valid], 1), tokens.dtype)
         u = self.refine_attn(self.refine_norm(tokens), attn_mask=attn_bias) + tokens
         u = u[:, 1:]
         w = valid.to(u.dtype)[..., None]
@@ -92,12 +93,16 @@ class GraphPool(nn.Module):
         centroid_valid = torch.gather(valid, 1, centroids)
         return logits.masked_fill(~centroid_valid[:, None], float("-inf")).softmax(dim=-1)
 
-    def forward(self, tokens: Tensor, valid: Tensor, n: int) -> Tuple[Tensor, Tensor, Tensor]:
+    def forward(self, tokens: Tensor, valid: Tensor, n: int,
+                attn_bias: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
         """tokens (B, 1 + N, C), valid (B, N) →
-        pooled tokens (B, 1 + n, C), their validity (B, n), assignment P (B, N, n)."""
+        pooled tokens (B, 1 + n, C), their validity (B, n), assignment P (B, N, n).
+        ``attn_bias``: ``key_padding_bias(valid, tokens.dtype)`` if the caller has it already."""
         segments = tokens[:, 1:]
         centroids = farthest_point_sampling(segments.detach(), n, valid)
-        P = self.assign(tokens, valid, centroids)
+        if attn_bias is None:
+            attn_bias = key_padding_bias(valid, tokens.dtype)
+        P = self.assign(tokens, valid, centroids, attn_bias)
         P = P * valid.to(P.dtype)[..., None]  # empty segments carry nothing
         values = self.pre_pool(tokens)
         pooled = P.transpose(1, 2) @ values[:, 1:] / P.sum(1)[..., None].clamp_min(1e-6)  # (B, n, C)

@@ -21,7 +21,7 @@ from torch import Tensor
 from hcformer.layers.id_maps import resize_ids
 from hcformer.modeling.hierarchy import Hierarchy
 
-from .segment_tokens import labels_at_stride, scatter_mean
+from .segment_tokens import labels_at_stride, scatter_sum
 
 __all__ = ["CASTHierarchy"]
 
@@ -84,9 +84,8 @@ class CASTHierarchy(Hierarchy):
         if tuple(x.shape[-2:]) != tuple(labels.shape[-2:]):
             factor = math.ceil(labels.shape[-2] / x.shape[-2])
             labels = labels_at_stride(labels, x.shape[-2:], factor)
-        sums, counts = scatter_mean(x, labels, self.num_superpixels)
-        sums = sums * counts[..., None]  # (B, K, C) sums over the cells of every superpixel
-        counts = counts[..., None]
+        sums, counts = scatter_sum(x, labels, self.num_superpixels)  # over the cells of every superpixel
+        counts = counts[..., None]  # (B, K, 1)
         for P in reversed(self.assignments):
             P = P.to(x.dtype)
             sums, counts = P.transpose(1, 2) @ sums, P.transpose(1, 2) @ counts

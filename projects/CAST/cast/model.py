@@ -34,12 +34,12 @@ class CASTOutput:
     """What a CAST forward pass gives.
 
     tokens[l] (B, 1 + N_l, C): tokens after level l's blocks, before its pooling (class first);
-    pooled (B, 1 + n_L, C): the tokens after the last pooling; hierarchy: the segment hierarchy.
+    pooled (B, 1 + n_L, C): the tokens after the last pooling; hierarchy: the segment hierarchy
+    (its ``coarsest_valid`` flags the pooled tokens that stand for pixels).
     """
 
     tokens: List[Tensor]
     pooled: Tensor
-    pooled_valid: Tensor
     hierarchy: CASTHierarchy
 
 
@@ -135,11 +135,11 @@ class CAST(nn.Module):
         x, valid, cell_labels = self.embed(images, labels, K)
         assignments, all_tokens = [], []
         for blocks, pool, n in zip(self.levels, self.pools, self.num_tokens):
-            bias = key_padding_bias(torch.cat([valid.new_ones(valid.shape[0], 1), valid], 1), x.dtype)
+            bias = key_padding_bias(valid, x.dtype)
             for block in blocks:
                 x = block(x, attn_mask=bias)
             all_tokens.append(x)
-            x, valid, P = pool(x, valid, min(n, x.shape[1] - 1))
+            x, valid, P = pool(x, valid, min(n, x.shape[1] - 1), bias)
             assignments.append(P)
         if self.decode_stride == 1:  # the pixels are the finest grid
             cell_labels, cell_stride = labels, 1
@@ -147,7 +147,7 @@ class CAST(nn.Module):
             cell_stride = self.embed.stride
         hierarchy = CASTHierarchy(cell_labels, assignments[::-1], pixel_labels=labels,
                                   cell_stride=cell_stride, coarsest_valid=valid)
-        return CASTOutput(all_tokens, x, valid, hierarchy)
+        return CASTOutput(all_tokens, x, hierarchy)
 
 
 class CASTClassifier(nn.Module):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
-__all__ = ["ConvStem", "scatter_mean", "labels_at_stride", "SegmentEmbedding"]
+__all__ = ["ConvStem", "scatter_sum", "scatter_mean", "labels_at_stride", "SegmentEmbedding"]
 
 
 class ConvStem(nn.Module):
@@ -41,10 +41,10 @@ def labels_at_stride(labels: Tensor, size: Tuple[int, int], stride: int) -> Tens
     return labels[:, ys][:, :, xs]
 
 
-def scatter_mean(values: Tensor, labels: Tensor, num_segments: int) -> Tuple[Tensor, Tensor]:
-    """Mean of (B, C, h, w) ``values`` over each id of (B, h, w) ``labels`` in [0, K).
+def scatter_sum(values: Tensor, labels: Tensor, num_segments: int) -> Tuple[Tensor, Tensor]:
+    """Sum of (B, C, h, w) ``values`` over each id of (B, h, w) ``labels`` in [0, K).
 
-    Returns (means (B, K, C), counts (B, K)); a segment without cells has mean 0 and count 0.
+    Returns (sums (B, K, C), counts (B, K)); a segment without cells has sum 0 and count 0.
     Sums are ``scatter_add`` along the pixels of every image (ONNX's ScatterElements with an
     add reduction: ``index_add_`` would export as a plain scatter, where repeated ids overwrite).
     """
@@ -53,8 +53,14 @@ def scatter_mean(values: Tensor, labels: Tensor, num_segments: int) -> Tuple[Ten
     flat = values.flatten(2)  # (B, C, hw)
     sums = flat.new_zeros(B, C, num_segments).scatter_add_(2, ids[:, None].expand(-1, C, -1), flat)
     counts = flat.new_zeros(B, num_segments).scatter_add_(1, ids, flat.new_ones(ids.shape))
-    means = sums.transpose(1, 2) / counts.clamp_min(1)[..., None]
-    return means, counts
+    return sums.transpose(1, 2), counts
+
+
+def scatter_mean(values: Tensor, labels: Tensor, num_segments: int) -> Tuple[Tensor, Tensor]:
+    """``scatter_sum`` divided by the counts: (means (B, K, C), counts (B, K)); a segment
+    without cells has mean 0."""
+    sums, counts = scatter_sum(values, labels, num_segments)
+    return sums / counts.clamp_min(1)[..., None], counts
 
 
 class SegmentEmbedding(nn.Module):

@@ -2,7 +2,7 @@
 without Fine-tuning", NeurIPS 2022) for HCFormer's Swin backbones: training-free token
 clustering inside the windows of one stage, and reconstruction before its patch merging."""
 from .config import ExpeditHCSwinTransformer, add_expedit_config, apply_expedit
-from .swin import ExpeditSwinStage, expedite_swin, interpolate_rel_pos_bias, relative_position_index
+from .swin import ExpeditSwinStage, expedite_swin, interpolate_rel_pos_bias
 from .token_clustering import Clustering, SlotLayout, clustering_macs, token_clustering, token_reconstruction
 
 from hcformer.config import register_config_extension
@@ -17,7 +17,6 @@ __all__ = [
     "ExpeditSwinStage",
     "expedite_swin",
     "interpolate_rel_pos_bias",
-    "relative_position_index",
     "Clustering",
     "SlotLayout",
     "clustering_macs",

@@ -15,7 +15,7 @@ traced function does not return, drop out of the trace altogether. Element-wise 
 import copy
 import statistics
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F

@@ -12,48 +12,40 @@ in ``HCSwin.layers`` and reuses its very modules under the same names (``blocks`
 unchanged. The resized bias tables are computed from the blocks' own tables at every call
 (a few thousand numbers per block), so weights loaded after ``expedite_swin`` are honoured.
 """
-import math
+from functools import partial
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from timm.layers import resize_rel_pos_bias_table_levit
+from timm.models.swin_transformer import get_relative_position_index, window_partition, window_reverse
 from torch import Tensor, nn
-from timm.models.swin_transformer import window_partition, window_reverse
 
 from hcformer.modeling.backbone.swin import HCSwin, SwinBlock, SwinStage, shifted_window_mask
 
 from .token_clustering import clustering_macs, token_clustering, token_reconstruction
 
-__all__ = ["relative_position_index", "interpolate_rel_pos_bias", "ExpeditSwinStage", "expedite_swin"]
-
-
-def relative_position_index(window: int, device=None) -> Tensor:
-    """(window², window²) index into a (2·window - 1)² bias table (Swin's row-major layout)."""
-    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
-    rel = (coords[:, :, None] - coords[:, None, :]) + (window - 1)  # (2, N, N), in [0, 2·window - 2]
-    return (rel[0] * (2 * window - 1) + rel[1]).to(device)
+__all__ = ["interpolate_rel_pos_bias", "ExpeditSwinStage", "expedite_swin"]
 
 
 def interpolate_rel_pos_bias(table: Tensor, window: int) -> Tensor:
-    """Bilinearly resize a ((2K-1)², heads) bias table to ((2k-1)², heads), k = ``window``.
+    """Bilinearly resize a ((2K-1)², heads) bias table to ((2k-1)², heads), k = ``window``
+    (timm's LeViT table resize without antialiasing: float32 inside, the table's dtype out).
 
     With ``align_corners=False`` a relative offset d of the k-grid reads the K-grid at offset
     d·(2K-1)/(2k-1) ≈ d·K/k, the distance in tokens between two clusters d cells apart.
     """
-    side = math.isqrt(table.shape[0])
-    heads = table.shape[1]
-    grid = table.float().t().reshape(1, heads, side, side)
-    resized = F.interpolate(grid, size=(2 * window - 1, 2 * window - 1), mode="bilinear", align_corners=False)
-    return resized.reshape(heads, -1).t()
+    size = ((2 * window - 1) ** 2, table.shape[1])
+    return resize_rel_pos_bias_table_levit(table, size, interpolation="bilinear", antialias=False)
 
 
-def _window_attention(attn: nn.Module, x: Tensor, bias: Tensor, mask: Optional[Tensor]) -> Tensor:
+def _window_attention(attn: nn.Module, bias: Tensor, x: Tensor, mask: Optional[Tensor]) -> Tensor:
     """timm's ``WindowAttention`` forward with a given relative position bias.
 
     Args:
         attn: the block's ``WindowAttention`` (its qkv / proj / scale / heads are used).
-        x: (num_windows·B, N, C) tokens of each window.
         bias: (heads, N, N) relative position bias.
+        x: (num_windows·B, N, C) tokens of each window.
         mask: (num_windows, N, N) shifted-window mask or None.
     """
     Bw, N, C = x.shape
@@ -70,29 +62,17 @@ def _window_attention(attn: nn.Module, x: Tensor, bias: Tensor, mask: Optional[T
 
 
 def _clustered_block(block: SwinBlock, x: Tensor, window: int, mask: Optional[Tensor]) -> Tensor:
-    """``SwinBlock.forward`` on the clustered map, with windows of ``window`` (shifted by
-    ``window // 2`` when the block is a shifted one) and the resized bias table.
+    """``block`` on the clustered map, with windows of ``window`` (shifted by ``window // 2``
+    when the block is a shifted one) and the resized bias table.
 
     Args:
         x: (B, h, w, C) clustered map; mask: ``shifted_window_mask`` of its padded size.
     """
-    B, H, W, C = x.shape
-    shift = window // 2 if block.shift else 0
-    y = block.norm1(x)
-    y = F.pad(y, (0, 0, 0, -W % window, 0, -H % window))  # pad the normed map, as SwinBlock
-    Hp, Wp = y.shape[1:3]
-    if shift:
-        y = torch.roll(y, shifts=(-shift, -shift), dims=(1, 2))
     table = interpolate_rel_pos_bias(block.attn.relative_position_bias_table, window)
-    index = relative_position_index(window, x.device).view(-1)
+    index = get_relative_position_index(window, window).to(x.device).view(-1)
     bias = table[index].view(window * window, window * window, -1).permute(2, 0, 1)
-    windows = window_partition(y, (window, window)).reshape(-1, window * window, C)
-    windows = _window_attention(block.attn, windows, bias, mask if shift else None)
-    y = window_reverse(windows.reshape(-1, window, window, C), (window, window), Hp, Wp)
-    if shift:
-        y = torch.roll(y, shifts=(shift, shift), dims=(1, 2))
-    x = x + block.drop_path(y[:, :H, :W, :])
-    return x + block.drop_path(block.mlp(block.norm2(x)))
+    shift = window // 2 if block.shift else 0
+    return block.forward_windows(x, window, shift, partial(_window_attention, block.attn, bias), mask)
 
 
 def _clustered_extent(tokens: int, K: int, k: int) -> int:

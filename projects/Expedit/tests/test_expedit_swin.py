@@ -6,6 +6,7 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_backbone, build_model
+from timm.models.swin_transformer import get_relative_position_index
 
 from expedit import (
     ExpeditSwinStage,
@@ -13,7 +14,6 @@ from expedit import (
     apply_expedit,
     expedite_swin,
     interpolate_rel_pos_bias,
-    relative_position_index,
 )
 from hcformer.config import add_hcformer_config
 from hcformer.modeling.backbone.swin import HCSwin
@@ -33,7 +33,7 @@ def test_rel_pos_bias_interpolation():
     torch.testing.assert_close(interpolate_rel_pos_bias(table, 12), table)  # same size: unchanged
     centre = lambda t, k: t.view(2 * k - 1, 2 * k - 1, -1)[k - 1, k - 1]  # offset (0, 0)
     torch.testing.assert_close(centre(resized, 8), centre(table, 12))
-    index = relative_position_index(8)
+    index = get_relative_position_index(8, 8)  # the layout of the resized table
     assert index.shape == (64, 64) and int(index.max()) == 15 * 15 - 1 and int(index.diagonal().unique()) == 7 * 15 + 7
 
 
