@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 from fvcore.nn import ActivationCountAnalysis, FlopCountAnalysis
-from fvcore.nn.jit_handles import Handle, elementwise_flop_counter, generic_activation_jit, get_shape
+from fvcore.nn.jit_handles import Handle, bmm_flop_jit, elementwise_flop_counter, generic_activation_jit, get_shape
 from torch import nn
 
 
@@ -23,14 +23,6 @@ def deform_conv2d_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
     sampling of the deformed taps is not counted, as fvcore does not count memory gathers."""
     weight_shape = get_shape(inputs[1])  # (C_out, C_in / groups, kh, kw)
     return prod(get_shape(outputs[0])) * prod(weight_shape[1:])
-
-
-def baddbmm_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
-    """``aten::baddbmm(input, batch1, batch2)`` counted as its ``bmm``; the added ``input`` is
-    an element-wise op, which fvcore leaves out everywhere (e.g. the bias of ``addmm``)."""
-    batch, n, m = get_shape(inputs[1])
-    p = get_shape(inputs[2])[-1]
-    return batch * n * m * p
 
 
 def scaled_dot_product_attention_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
@@ -60,7 +52,9 @@ def scatter_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
 
 EXTRA_FLOP_HANDLES: Dict[str, Handle] = {
     "torchvision::deform_conv2d": deform_conv2d_flop_jit,
-    "aten::baddbmm": baddbmm_flop_jit,
+    # baddbmm(input, batch1, batch2) as its bmm: the added input is element-wise, which fvcore
+    # leaves out everywhere (e.g. the bias of addmm)
+    "aten::baddbmm": lambda inputs, outputs: bmm_flop_jit(inputs[1:3], outputs),
     "aten::scaled_dot_product_attention": scaled_dot_product_attention_flop_jit,
     "prim::PythonOp._Affinity": affinity_flop_jit,
     "prim::PythonOp._Gather": gather_flop_jit,

@@ -12,12 +12,12 @@ expected. As everywhere in evaluation, nothing is skipped.
 from typing import Dict, List, Optional
 
 import numpy as np
-from detectron2.data import DatasetCatalog
 from detectron2.evaluation import COCOPanopticEvaluator, SemSegEvaluator
 
 from ..data.checks import check_category_ids, check_panoptic_segments, check_same_size
 from ..data.dataset_mappers.mapper_utils import rgb_to_panoptic_id
 from ..data.image_reading import read_label_file
+from .segment_ground_truth import DatasetRecords
 
 __all__ = ["CheckedSemSegEvaluator", "CheckedCOCOPanopticEvaluator"]
 
@@ -89,8 +89,7 @@ class CheckedCOCOPanopticEvaluator(COCOPanopticEvaluator):
 
     def __init__(self, dataset_name: str, output_dir: Optional[str] = None):
         super().__init__(dataset_name, output_dir)
-        self._dataset_name = dataset_name
-        self._records_by_file: Optional[Dict[str, Dict]] = None  # read on first need
+        self._records = DatasetRecords(dataset_name)
 
     def process(self, inputs: List[Dict], outputs: List[Dict]) -> None:
         for input, output in zip(inputs, outputs):
@@ -98,22 +97,9 @@ class CheckedCOCOPanopticEvaluator(COCOPanopticEvaluator):
         super().process(inputs, outputs)
 
     def _check_ground_truth(self, input: Dict, prediction_size) -> None:
-        record = self._record_of(input)
+        record = self._records.with_keys(input, ("pan_seg_file_name", "segments_info"))
         label_file = record["pan_seg_file_name"]
         panoptic_rgb = read_label_file(label_file, "panoptic")
         check_same_size(np.empty(prediction_size), panoptic_rgb, input["file_name"], label_file)
         check_panoptic_segments(rgb_to_panoptic_id(panoptic_rgb), record["segments_info"], label_file)
 
-    def _record_of(self, input: Dict) -> Dict:
-        keys = ("pan_seg_file_name", "segments_info")
-        if all(key in input for key in keys):
-            return input
-        if self._records_by_file is None:
-            self._records_by_file = {r["file_name"]: r for r in DatasetCatalog.get(self._dataset_name)}
-        record = self._records_by_file.get(input["file_name"])
-        if record is None or not all(key in record for key in keys):
-            raise KeyError(
-                f"No panoptic ground truth ({', '.join(keys)}) for image {input['file_name']!r} in "
-                f"the model input or in dataset {self._dataset_name!r}"
-            )
-        return record

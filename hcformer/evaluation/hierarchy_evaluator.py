@@ -38,7 +38,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.evaluation.evaluator import inference_context
 from detectron2.utils import comm
@@ -48,7 +48,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from hcformer.modeling.meta_arch import ALL_CLUSTERINGS
 
-from .segment_ground_truth import GROUND_TRUTH_KINDS, load_segment_ground_truth
+from .segment_ground_truth import DatasetRecords, load_segment_ground_truth
 from .undersegmentation import undersegmentation_counts
 
 __all__ = ["HierarchyEvaluator"]
@@ -73,36 +73,25 @@ class HierarchyEvaluator(DatasetEvaluator):
         model: the HCFormer being evaluated (possibly wrapped in DistributedDataParallel),
             run again on the inputs whose outputs hold no "clusterings".
         output_dir: where to write per-image scores; nothing is written if None.
-        ground_truth: "panoptic", "semantic" or "instance"; by default "panoptic" if the
-            dataset's ``evaluator_type`` contains "panoptic", "instance" if it is "coco" or
-            "cityscapes_instance", else "semantic".
+
+    The ground truth is panoptic if the dataset's ``evaluator_type`` contains "panoptic",
+    instance if it is "coco" or "cityscapes_instance", else semantic.
     """
 
-    def __init__(
-        self,
-        dataset_name: str,
-        model: nn.Module,
-        output_dir: Optional[str] = None,
-        *,
-        ground_truth: Optional[str] = None,
-    ):
+    def __init__(self, dataset_name: str, model: nn.Module, output_dir: Optional[str] = None):
         self._dataset_name = dataset_name
         self._model = model.module if isinstance(model, DistributedDataParallel) else model
         self._output_dir = output_dir
         metadata = MetadataCatalog.get(dataset_name)
-        if ground_truth is None:
-            evaluator_type = metadata.get("evaluator_type", "")
-            if "panoptic" in evaluator_type:
-                ground_truth = "panoptic"
-            elif evaluator_type in ("coco", "cityscapes_instance"):
-                ground_truth = "instance"
-            else:
-                ground_truth = "semantic"
-        if ground_truth not in GROUND_TRUTH_KINDS:
-            raise ValueError(f"ground_truth must be one of {GROUND_TRUTH_KINDS}, got {ground_truth!r}")
-        self._ground_truth = ground_truth
+        evaluator_type = metadata.get("evaluator_type", "")
+        if "panoptic" in evaluator_type:
+            self._ground_truth = "panoptic"
+        elif evaluator_type in ("coco", "cityscapes_instance"):
+            self._ground_truth = "instance"
+        else:
+            self._ground_truth = "semantic"
         self._semantic_ignore_label = metadata.get("ignore_label", 255)
-        self._records_by_file: Optional[Dict[str, Dict]] = None  # the dataset's, read when needed
+        self._records = DatasetRecords(dataset_name)
         self._results: List[Dict] = []
 
     def reset(self) -> None:
@@ -165,25 +154,8 @@ class HierarchyEvaluator(DatasetEvaluator):
     # ------------------------------------------------------------------ ground truth
     def _load_ground_truth(self, x: Dict) -> Tuple[np.ndarray, int]:
         """(H, W) int segment ids of the original image and the id to ignore."""
-        record = self._record_with(x, _GROUND_TRUTH_KEYS[self._ground_truth])
+        record = self._records.with_keys(x, (_GROUND_TRUTH_KEYS[self._ground_truth],))
         return load_segment_ground_truth(record, self._ground_truth, self._semantic_ignore_label)
-
-    def _record_with(self, x: Dict, key: str) -> Dict:
-        """The input itself if it names its ground truth, else its record in the dataset.
-
-        Test-time mappers may drop the ground-truth fields (detectron2's DatasetMapper drops
-        ``sem_seg_file_name``), so the dataset's records are looked up by ``file_name``.
-        """
-        if key in x:
-            return x
-        if self._records_by_file is None:
-            self._records_by_file = {r["file_name"]: r for r in DatasetCatalog.get(self._dataset_name)}
-        record = self._records_by_file.get(x.get("file_name"))
-        if record is None or key not in record:
-            raise KeyError(
-                f"No {key} for image {x.get('file_name')!r} in the input or in dataset {self._dataset_name!r}"
-            )
-        return record
 
 
 def _ratio(numerator: int, denominator: int) -> float:

@@ -15,22 +15,51 @@ PNGs are read with the checks of the training mappers: a semantic PNG must be si
 panoptic PNG RGB with every non-void id listed in ``segments_info`` (when the record has one);
 otherwise a ``BadSampleError`` names the file.
 """
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
-import pycocotools.mask as mask_util
-from detectron2.data.detection_utils import polygons_to_bitmask
+from detectron2.data import DatasetCatalog
+from detectron2.data import transforms as T
 
 from ..data.checks import check_panoptic_segments
 from ..data.dataset_mappers.mapper_utils import rgb_to_panoptic_id
+from ..data.dataset_mappers.mask_former_instance_dataset_mapper import annotation_mask
 from ..data.image_reading import read_label_file
 
-__all__ = ["GROUND_TRUTH_KINDS", "INSTANCE_IGNORE", "ground_truth_kind", "load_segment_ground_truth"]
+__all__ = ["GROUND_TRUTH_KINDS", "INSTANCE_IGNORE", "DatasetRecords", "ground_truth_kind", "load_segment_ground_truth"]
 
 GROUND_TRUTH_KINDS = ("panoptic", "semantic", "instance")
 
 # Instance ground truth uses 0 for the background segment, so ignored pixels need another id.
 INSTANCE_IGNORE = -1
+
+
+class DatasetRecords:
+    """Where an evaluator finds the ground truth of a model input: in the input itself, or in the
+    dataset's record of the same ``file_name`` (read on first need), since test-time mappers may
+    drop the ground-truth fields (detectron2's DatasetMapper drops ``sem_seg_file_name``)."""
+
+    def __init__(self, dataset_name: str):
+        self._dataset_name = dataset_name
+        self._by_file: Optional[Dict[str, Dict]] = None
+
+    def with_keys(self, x: Dict, keys: Sequence[str]) -> Dict:
+        """``x`` if it has ``keys``, else its record in the dataset.
+
+        Raises:
+            KeyError: neither has them.
+        """
+        if all(key in x for key in keys):
+            return x
+        if self._by_file is None:
+            self._by_file = {r["file_name"]: r for r in DatasetCatalog.get(self._dataset_name)}
+        record = self._by_file.get(x.get("file_name"))
+        if record is None or not all(key in record for key in keys):
+            raise KeyError(
+                f"No {', '.join(keys)} for image {x.get('file_name')!r} in the model input or in "
+                f"dataset {self._dataset_name!r}"
+            )
+        return record
 
 
 def ground_truth_kind(record: Dict, evaluator_type: str = "") -> str:
@@ -100,7 +129,11 @@ def _panoptic(record: Dict) -> np.ndarray:
 def _instances(record: Dict) -> np.ndarray:
     height, width = _require(record, "height"), _require(record, "width")
     ids = np.zeros((height, width), dtype=np.int64)
-    masks = [(_decode(a["segmentation"], height, width), a.get("iscrowd", 0)) for a in record["annotations"]]
+    no_transform = T.TransformList([])
+    masks = [
+        (annotation_mask(a["segmentation"], no_transform, (height, width)), a.get("iscrowd", 0))
+        for a in record["annotations"]
+    ]
     # Paint the largest first so that a small object lying on a larger one keeps its pixels.
     order = sorted(range(len(masks)), key=lambda i: -int(masks[i][0].sum()))
     for i in order:
@@ -108,13 +141,3 @@ def _instances(record: Dict) -> np.ndarray:
         ids[mask] = INSTANCE_IGNORE if iscrowd else i + 1
     return ids
 
-
-def _decode(segmentation, height: int, width: int) -> np.ndarray:
-    """(H, W) bool mask of a COCO polygon list or (compressed or uncompressed) RLE."""
-    if isinstance(segmentation, list):
-        return polygons_to_bitmask(segmentation, height, width).astype(bool)
-    if isinstance(segmentation, dict):
-        if isinstance(segmentation["counts"], list):  # uncompressed RLE
-            segmentation = mask_util.frPyObjects(segmentation, height, width)
-        return mask_util.decode(segmentation).astype(bool)
-    raise TypeError(f"Unsupported segmentation of type {type(segmentation).__name__}: expected polygons or RLE")
