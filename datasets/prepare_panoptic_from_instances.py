@@ -50,7 +50,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from hcformer.data.checks import check_record_size, check_rle_sizes
-from hcformer.data.dataset_loading import json_problem, require_entries
+from hcformer.data.dataset_loading import DatasetLoadError, read_annotation_json, require_entries
 from hcformer.data.dataset_mappers.mask_former_instance_dataset_mapper import annotation_mask
 from hcformer.data.datasets.atomic_dir import build_directory_once, read_marker
 from hcformer.data.datasets.coco_panoptic_files import (
@@ -69,11 +69,10 @@ class ConversionError(ValueError):
 
 def read_instances_json(path: str) -> Dict:
     """The content of a COCO instance JSON, with the structure the conversion needs."""
-    problem = json_problem(path, "instances")  # images, categories: the loaders' own checks
-    if problem:
-        raise ConversionError(problem)
-    with open(path) as f:
-        content = json.load(f)
+    try:
+        content = read_annotation_json(path, "instances")  # images, categories: the loaders' own checks
+    except DatasetLoadError as e:
+        raise ConversionError(str(e)) from None
     if not isinstance(content.get("annotations"), list):
         raise ConversionError(f"{path} has no 'annotations' list; expected COCO instance format")
     require_entries(path, "images", content["images"], ("id",), unique_ids=True)

@@ -112,8 +112,8 @@ def register_shapes_datasets(
             paths.panoptic_json,
             paths.panoptic_semseg_root,
             paths.instances_json,
-            before_loading=generate,
         )
+        run_before_loading(panoptic_name, generate)
 
         DatasetCatalog.register(
             semantic_name,

@@ -9,7 +9,7 @@ gives a bare ``TypeError`` or a misleading message. ``load_dataset_dicts`` re-ra
 ``DatasetLoadError`` naming the dataset, the JSON file and what it lacks, and refuses a training
 set that is empty after filtering instead of letting detectron2's sampler fail on size 0.
 
-The structure checks of annotation JSONs (:func:`json_problem`, :func:`require_entries`) are
+The structure checks of annotation JSONs (:func:`read_annotation_json`, :func:`require_entries`) are
 the ones every reader of such files shares: the config registration, the COCO-panoptic reader
 and ``datasets/prepare_panoptic_from_instances.py``.
 """
@@ -24,7 +24,7 @@ from detectron2.data.build import (
     print_instances_class_histogram,
 )
 
-__all__ = ["DatasetLoadError", "entries_problem", "json_problem", "load_dataset_dicts", "require_entries"]
+__all__ = ["DatasetLoadError", "entries_problem", "load_dataset_dicts", "read_annotation_json", "require_entries"]
 
 
 class DatasetLoadError(ValueError):
@@ -56,8 +56,13 @@ def _annotation_file(name: str):
     return None, None
 
 
-def json_problem(path: str, kind: str) -> Optional[str]:
-    """What is wrong with the structure of the annotation JSON ``path`` (None: nothing seen)."""
+def read_annotation_json(path: str, kind: str) -> Dict:
+    """The content of the annotation JSON ``path`` of ``kind`` ("panoptic" or "instances"), its
+    structure checked as detectron2's loaders need it.
+
+    Raises:
+        DatasetLoadError: naming the file and what is wrong with it.
+    """
     _, format_name, required, per_image, entry_keys = _JSON_FORMATS[kind]
     lists = ", ".join(map(repr, required))
     expected = f"expected {format_name} format: an object with lists {lists}"
@@ -65,22 +70,33 @@ def json_problem(path: str, kind: str) -> Optional[str]:
         with open(path) as f:
             content = json.load(f)
     except FileNotFoundError:
-        return f"{path} does not exist"
+        raise DatasetLoadError(f"{path} does not exist") from None
     except json.JSONDecodeError as e:
-        return f"{path} is not valid JSON ({e})"
+        raise DatasetLoadError(f"{path} is not valid JSON ({e})") from None
     except (OSError, UnicodeDecodeError) as e:
-        return f"{path} cannot be read ({e})"
+        raise DatasetLoadError(f"{path} cannot be read ({e})") from None
     if not isinstance(content, dict):
-        return f"{path} holds a JSON {type(content).__name__} at the top level; {expected}"
+        raise DatasetLoadError(f"{path} holds a JSON {type(content).__name__} at the top level; {expected}")
     for key in required:
         if key not in content:
-            return f"{path} has no {key!r} key (its keys: {sorted(content)}); {expected}"
+            raise DatasetLoadError(f"{path} has no {key!r} key (its keys: {sorted(content)}); {expected}")
     for key in ("images", "annotations", "categories"):
         if key in content and not isinstance(content[key], list):
-            return f"{path}: {key!r} is a JSON {type(content[key]).__name__}; {expected}"
+            raise DatasetLoadError(f"{path}: {key!r} is a JSON {type(content[key]).__name__}; {expected}")
     if not content[per_image]:
-        return f"{path} has an empty {per_image!r} list: the dataset has no images"
-    return entries_problem(path, per_image, content[per_image], entry_keys)
+        raise DatasetLoadError(f"{path} has an empty {per_image!r} list: the dataset has no images")
+    require_entries(path, per_image, content[per_image], entry_keys)
+    return content
+
+
+def _json_problem(path: Optional[str], kind: str) -> Optional[str]:
+    """What :func:`read_annotation_json` finds wrong with ``path`` (None: nothing, or no file)."""
+    try:
+        if path:
+            read_annotation_json(path, kind)
+    except DatasetLoadError as e:
+        return str(e)
+    return None
 
 
 def entries_problem(path: str, list_name: str, entries: List, keys, unique_ids: bool = False) -> Optional[str]:
@@ -123,7 +139,7 @@ def _load_one(name: str) -> List[Dict]:
             raise
         # a JSON of the wrong structure makes detectron2's loaders fail with a TypeError, a
         # KeyError of a list name or "No images found": say what the file lacks instead
-        problem = json_problem(path, kind) if path else None
+        problem = _json_problem(path, kind)
         if problem:
             raise DatasetLoadError(f"dataset {name!r}: {problem}") from None
         if isinstance(e, AssertionError):
@@ -151,7 +167,7 @@ def _load_one(name: str) -> List[Dict]:
             ) from None
         raise  # a TypeError / AttributeError we cannot explain: keep the traceback
     if not records:
-        problem = json_problem(path, kind) if path else None
+        problem = _json_problem(path, kind)
         raise DatasetLoadError(f"dataset {name!r}: " + (problem or f"{files} lists no images"))
     return records
 

@@ -35,7 +35,7 @@ from detectron2.utils.colormap import colormap
 from PIL import Image
 from tqdm import tqdm
 
-from ..dataset_loading import DatasetLoadError, json_problem, require_entries
+from ..dataset_loading import DatasetLoadError, read_annotation_json, require_entries
 from ..checks import check_panoptic_segments
 from ..dataset_mappers.mapper_utils import rgb_to_panoptic_id, semantic_from_panoptic
 from ..image_reading import read_label_file
@@ -79,11 +79,7 @@ def read_panoptic_json(path: str) -> Dict[str, Any]:
             annotation of an image not in "images" or a segment of a category not in
             "categories".
     """
-    problem = json_problem(path, "panoptic")  # the checks shared with every loader
-    if problem:
-        raise DatasetLoadError(problem)
-    with open(path) as f:
-        content = json.load(f)
+    content = read_annotation_json(path, "panoptic")  # the checks shared with every loader
     if not isinstance(content.get("images"), list):
         raise DatasetLoadError(
             f"{path} has no 'images' list; a COCO-panoptic JSON names each image's file there"

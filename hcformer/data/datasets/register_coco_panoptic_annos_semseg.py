@@ -17,13 +17,13 @@ Expected layout under ``$DETECTRON2_DATASETS``::
 
 import logging
 import os
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_panoptic
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 
-from .catalog_utils import require_paths, wrap_dataset_loader
+from .catalog_utils import require_paths, run_before_loading, wrap_dataset_loader
 
 __all__ = [
     "panoptic_metadata_from_categories",
@@ -75,14 +75,12 @@ def register_coco_panoptic_with_sem_seg(
     panoptic_json: str,
     sem_seg_root: str,
     instances_json: Optional[str],
-    before_loading: Optional[Callable[[], None]] = None,
 ) -> None:
     """Register ``name`` with detectron2's ``register_coco_panoptic`` and add a
     ``sem_seg_file_name`` (``sem_seg_root``/<panoptic PNG name>) to each record.
 
     Args:
         metadata: as returned by :func:`panoptic_metadata_from_categories`.
-        before_loading: called by the loader before reading anything (check or generate files).
     """
     # Sets panoptic_root, image_root, panoptic_json, json_file, evaluator_type
     # "coco_panoptic_seg", ignore_label 255 and label_divisor 1000, like any COCO panoptic set.
@@ -91,8 +89,6 @@ def register_coco_panoptic_with_sem_seg(
 
     def add_sem_seg(load_panoptic):
         def load() -> List[Dict]:
-            if before_loading is not None:
-                before_loading()
             records = load_panoptic()
             for record in records:
                 png_name = os.path.basename(record["pan_seg_file_name"])
@@ -125,15 +121,9 @@ def register_all_coco_panoptic_annos_sem_seg(root: str) -> None:
 
         image_root, instances_json, panoptic_root, panoptic_json_path, sem_seg_root = paths
         register_coco_panoptic_with_sem_seg(
-            name,
-            metadata,
-            image_root,
-            panoptic_root,
-            panoptic_json_path,
-            sem_seg_root,
-            instances_json,
-            before_loading=check,
+            name, metadata, image_root, panoptic_root, panoptic_json_path, sem_seg_root, instances_json
         )
+        run_before_loading(name, check)
 
 
 register_all_coco_panoptic_annos_sem_seg(

@@ -30,7 +30,6 @@ files does nothing; with other files, or a name detectron2 or hcformer registere
 error: a dataset name always means one set of files.
 """
 
-import json
 import os
 from collections import Counter
 from typing import Any, Dict, List, Optional, Sequence
@@ -38,7 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_sem_seg, register_coco_instances
 
-from ..dataset_loading import json_problem, require_entries
+from ..dataset_loading import DatasetLoadError, read_annotation_json, require_entries
 from .catalog_utils import MissingDatasetError, require_matching_sem_seg_files
 from .coco_panoptic_files import (
     derived_instances_json,
@@ -100,16 +99,12 @@ def _claim_name(name: str, entry: List[str]) -> bool:
 
 def _classes_from_instances_json(json_file: str, where: str) -> List[Dict]:
     """The "categories" of a COCO instance JSON, checked: entries with an id and a name."""
-    problem = json_problem(json_file, "instances")  # the checks shared with every loader
-    if problem:
-        raise DatasetConfigError(f"{where}: {problem}")
-    with open(json_file) as f:
-        categories = json.load(f)["categories"]
-    if not categories:
-        raise DatasetConfigError(f"{where}: {json_file} has an empty 'categories' list")
     try:
+        categories = read_annotation_json(json_file, "instances")["categories"]  # every loader's checks
+        if not categories:
+            raise DatasetLoadError(f"{json_file} has an empty 'categories' list")
         require_entries(json_file, "categories", categories, ("id", "name"), unique_ids=True)
-    except ValueError as e:
+    except DatasetLoadError as e:
         raise DatasetConfigError(f"{where}: {e}") from None
     return sorted(categories, key=lambda c: c["id"])
 
