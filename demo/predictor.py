@@ -86,8 +86,7 @@ class VisualizationDemo:
 
     def __init__(self, cfg: CfgNode, confidence_threshold: float = 0.5, show_level: Optional[int] = None):
         self.predictor = BatchPredictor(cfg, hierarchy_level=show_level)
-        names = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
-        self.metadata = visualization_metadata(names[0] if names else None, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+        self.metadata = visualization_metadata(cfg)
         self.confidence_threshold = confidence_threshold
         self.show_level = show_level
 

@@ -249,9 +249,12 @@ def test_visualize_hierarchy_on_a_paca_config(tmp_path, monkeypatch):
         script.main(["--config-file", str(configs / "paca_head_paca_tiny_shapes.yaml"), *common])
 
 
-def test_visualization_metadata_falls_back_to_numbered_classes():
-    metadata = visualization_metadata(None, 3)
+def test_visualization_metadata_falls_back_to_numbered_classes(make_cfg):
+    cfg = make_cfg(**{"DATASETS.TRAIN": (), "DATASETS.TEST": (), "MODEL.SEM_SEG_HEAD.NUM_CLASSES": 3})
+    metadata = visualization_metadata(cfg)
     assert metadata.stuff_classes == metadata.thing_classes == ["class 0", "class 1", "class 2"]
+    cfg = make_cfg(**{"DATASETS.TRAIN": (), "DATASETS.TEST": ("coco_2017_val_panoptic_with_sem_seg",)})
+    assert len(visualization_metadata(cfg).stuff_classes) == 133  # the dataset's own names
 
 
 def test_make_readme_figures(tmp_path):

@@ -334,8 +334,7 @@ def visualize(args: argparse.Namespace) -> Dict:
             f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE!r} has no cluster hierarchy to draw; this tool "
             "needs an HCFormer (a project may have its own, e.g. projects/PaCa/tools/visualize_paca_clusters.py)"
         )
-    names = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
-    metadata = visualization_metadata(names[0] if names else None, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+    metadata = visualization_metadata(cfg)
     records, dataset = iterate_records(args)
     if not records:
         raise ValueError("No images to visualise: the dataset is empty or --input matched nothing")

@@ -138,8 +138,7 @@ def _classes(cfg: CfgNode) -> Dict:
     from hcformer.utils.hierarchy_visualization import visualization_metadata
     from hcformer.utils.prediction_files import metadata_classes
 
-    names = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
-    return metadata_classes(visualization_metadata(names[0] if names else None, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES))
+    return metadata_classes(visualization_metadata(cfg))
 
 
 def export_model(

@@ -35,10 +35,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+import torch
+from detectron2.config import CfgNode
 from detectron2.data import Metadata, MetadataCatalog
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from hcformer.evaluation.undersegmentation import UndersegmentationCounts, leakage_mask, undersegmentation_counts
+from hcformer.layers.id_maps import resize_ids
 
 __all__ = [
     "LevelMap",
@@ -147,14 +150,16 @@ def draw_segments(
     return out
 
 
-def visualization_metadata(dataset_name: Optional[str] = None, num_classes: int = 0) -> Metadata:
-    """Metadata for detectron2's ``Visualizer``: the dataset's if it names its classes, else
-    "class 0", "class 1", ... for ``num_classes`` classes (a model without a registered dataset)."""
-    if dataset_name:
-        metadata = MetadataCatalog.get(dataset_name)
+def visualization_metadata(cfg: CfgNode) -> Metadata:
+    """Metadata for detectron2's ``Visualizer``: the config's first test (else training)
+    dataset's if it names its classes, else "class 0", "class 1", ... for
+    MODEL.SEM_SEG_HEAD.NUM_CLASSES classes (a model without a registered dataset)."""
+    datasets = [*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN]
+    if datasets:
+        metadata = MetadataCatalog.get(datasets[0])
         if metadata.get("stuff_classes") or metadata.get("thing_classes"):
             return metadata
-    names = [f"class {i}" for i in range(num_classes)]
+    names = [f"class {i}" for i in range(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)]
     # Mask2Former convention: one contiguous class space, listed in full as stuff and as things
     return Metadata(name="hcformer_classes", thing_classes=names, stuff_classes=names)
 
@@ -230,11 +235,8 @@ def _resize(image: np.ndarray, size: Tuple[int, int], *, labels: bool = False, m
     if image.shape[:2] == size:
         return image
     dsize = (size[1], size[0])
-    if labels:
-        # cv2 cannot resize int64: sample the nearest pixel by index instead
-        rows = (np.arange(size[0]) * image.shape[0] / size[0]).astype(np.int64)
-        cols = (np.arange(size[1]) * image.shape[1] / size[1]).astype(np.int64)
-        return image[rows[:, None], cols[None, :]]
+    if labels:  # cv2 cannot resize int64; the exact rule of every id map
+        return resize_ids(torch.from_numpy(image), size).numpy()
     enlarging = size[0] > image.shape[0]
     if mask:
         if enlarging:
