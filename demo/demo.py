@@ -42,7 +42,7 @@ import hcformer  # noqa: E402,F401  registers the models
 import hcformer.data  # noqa: E402,F401  registers the datasets (their metadata names the classes)
 from hcformer.data.image_reading import BadSampleError, read_image_file  # noqa: E402
 from hcformer.engine.inference_model import inference_cfg  # noqa: E402
-from hcformer.utils.image_files import IMAGE_EXTENSIONS, expand_image_paths  # noqa: E402
+from hcformer_deploy.image_files import IMAGE_EXTENSIONS, expand_image_paths  # noqa: E402
 from hcformer.utils.prediction_files import save_prediction  # noqa: E402
 from predictor import VisualizationDemo, read_frames  # noqa: E402
 

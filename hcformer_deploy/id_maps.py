@@ -1,14 +1,15 @@
-"""Integer id maps (a cluster or segment id per pixel): nearest resizing, exactly.
+"""Integer id maps (a cluster or segment id per pixel): nearest resizing, exactly; boundaries.
 
-Shared by the eager model (``hcformer.layers.id_maps`` re-exports it) and the runner of
-exported models, which resizes the exported cluster maps to the image.
+Shared by the eager model (``hcformer.layers.id_maps`` re-exports them) and the runner of
+exported models, which resizes the exported cluster maps to the image and draws them.
 """
 from typing import Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["resize_ids"]
+__all__ = ["cluster_boundaries", "resize_ids"]
 
 
 def resize_ids(ids: Tensor, size: Tuple[int, int]) -> Tensor:
@@ -30,3 +31,11 @@ def resize_ids(ids: Tensor, size: Tuple[int, int]) -> Tensor:
     rows = torch.arange(h, device=ids.device) * H // h
     cols = torch.arange(w, device=ids.device) * W // w
     return ids[..., rows[:, None], cols[None, :]]
+
+
+def cluster_boundaries(ids: np.ndarray) -> np.ndarray:
+    """(H, W) bool: pixels whose right or lower neighbour is in another cluster (1-pixel lines)."""
+    edges = np.zeros(ids.shape, dtype=bool)
+    edges[:, :-1] |= ids[:, :-1] != ids[:, 1:]
+    edges[:-1, :] |= ids[:-1, :] != ids[1:, :]
+    return edges

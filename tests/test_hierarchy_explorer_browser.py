@@ -19,7 +19,7 @@ from PIL import Image
 from explorer_pages import write_voc_explorer
 from hcformer.utils.embedded_id_maps import decode_id_map
 from hcformer.utils.hierarchy_page import IGNORED_SEGMENT, read_page_data
-from hcformer.utils.hierarchy_visualization import cluster_boundaries
+from hcformer_deploy.id_maps import cluster_boundaries
 from tiny_configs import load_script
 
 headless_browser = load_script("tools/headless_browser.py")  # a module of the tools, not of hcformer

@@ -15,7 +15,6 @@ A missing export directory, an unreadable image or an unusable export.json stop 
 ``error:`` line (exit code 2).
 """
 import argparse
-import glob
 import logging
 import os
 import sys
@@ -26,12 +25,11 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from hcformer_deploy.exported_model import ExportedModel
+from hcformer_deploy.id_maps import cluster_boundaries
+from hcformer_deploy.image_files import expand_image_paths
 from hcformer_deploy.prediction_files import save_prediction
 
 logger = logging.getLogger("hcformer_deploy.run_exported")
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,20 +43,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--show-level", type=int, metavar="K",
                         help="draw the cluster boundaries of hierarchy level K (an export made with --clusterings)")
     return parser.parse_args(argv)
-
-
-def image_paths(patterns: List[str]) -> List[str]:
-    """Files, globs' matches (sorted) and directories' images (sorted), in order."""
-    paths: List[str] = []
-    for pattern in patterns:
-        if os.path.isdir(pattern):
-            paths += sorted(os.path.join(pattern, n) for n in os.listdir(pattern) if n.lower().endswith(IMAGE_EXTENSIONS))
-            continue
-        matches = sorted(glob.glob(os.path.expanduser(pattern)))
-        if not matches:
-            raise FileNotFoundError(f"--input {pattern!r}: no such file, and no file matches it as a glob")
-        paths += matches
-    return paths
 
 
 def read_rgb(path: str) -> np.ndarray:
@@ -101,16 +85,6 @@ def draw(image_rgb: np.ndarray, prediction: Dict, alpha: float = 0.5) -> np.ndar
     return picture.round().astype(np.uint8)
 
 
-def draw_boundaries(picture: np.ndarray, ids: np.ndarray, colour=(255, 255, 0)) -> np.ndarray:
-    """The picture with the pixels whose right or lower neighbour lies in another cluster in ``colour``."""
-    edge = np.zeros(ids.shape, dtype=bool)
-    edge[:, :-1] |= ids[:, :-1] != ids[:, 1:]
-    edge[:-1, :] |= ids[:-1, :] != ids[1:, :]
-    picture = picture.copy()
-    picture[edge] = colour
-    return picture
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s]: %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
@@ -122,7 +96,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 f"--show-level {args.show_level}: the export has "
                 + (f"levels 0..{len(levels) - 1}" if levels else "no cluster maps (export it with --clusterings)")
             )
-        paths = image_paths(args.input)
+        paths = expand_image_paths(args.input)
         os.makedirs(args.output, exist_ok=True)
         logger.info("%s export of %s: %d image(s)", model.format, model.info.get("config_file") or args.exported, len(paths))
         for index, path in enumerate(paths, 1):
@@ -132,7 +106,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             name = os.path.splitext(os.path.basename(path))[0]
             picture = draw(image, prediction)
             if args.show_level is not None:
-                picture = draw_boundaries(picture, prediction["clusterings"][f"level{args.show_level}"].numpy())
+                picture[cluster_boundaries(prediction["clusterings"][f"level{args.show_level}"].numpy())] = (255, 255, 0)
             Image.fromarray(picture).save(os.path.join(args.output, f"{name}.png"))
             if args.save_predictions:
                 save_prediction(prediction, os.path.join(args.output, name), model.info["classes"], image_id=name)

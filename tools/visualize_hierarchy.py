@@ -70,7 +70,7 @@ from hcformer.evaluation import ground_truth_kind, load_segment_ground_truth, un
 from hcformer.modeling import HCFormer
 from hcformer.utils import hierarchy_page
 from hcformer.utils.hierarchy_visualization import LevelMap, draw_hierarchy, draw_prediction, visualization_metadata
-from hcformer.utils.image_files import expand_image_paths
+from hcformer_deploy.image_files import expand_image_paths
 
 logger = logging.getLogger("hcformer.visualize_hierarchy")
 

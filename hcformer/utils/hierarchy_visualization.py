@@ -41,7 +41,7 @@ from detectron2.data import Metadata, MetadataCatalog
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from hcformer.evaluation.undersegmentation import UndersegmentationCounts, leakage_mask, undersegmentation_counts
-from hcformer.layers.id_maps import resize_ids
+from hcformer_deploy.id_maps import cluster_boundaries, resize_ids
 
 __all__ = [
     "LevelMap",
@@ -94,14 +94,6 @@ def check_sizes(image: np.ndarray, label_maps: Dict[str, np.ndarray], gt: Option
             raise ValueError(f"{name} of {what} has shape {labels.shape}, expected {size}")
     if gt is not None and gt.shape != size:
         raise ValueError(f"ground truth of {what} has shape {gt.shape}, expected {size}")
-
-
-def cluster_boundaries(labels: np.ndarray) -> np.ndarray:
-    """(H, W) bool: pixels whose right or lower neighbour is in another cluster (1-pixel lines)."""
-    edges = np.zeros(labels.shape, dtype=bool)
-    edges[:, :-1] |= labels[:, :-1] != labels[:, 1:]
-    edges[:-1, :] |= labels[:-1, :] != labels[1:, :]
-    return edges
 
 
 def draw_boundaries(image: np.ndarray, labels: np.ndarray, color: Tuple[int, int, int] = BOUNDARY_COLOR) -> np.ndarray:

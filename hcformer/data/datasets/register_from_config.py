@@ -37,6 +37,8 @@ from typing import Any, Dict, List, Optional, Sequence
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_sem_seg, register_coco_instances
 
+from hcformer_deploy.image_files import IMAGE_EXTENSIONS
+
 from ..dataset_loading import DatasetLoadError, read_annotation_json, require_entries
 from .catalog_utils import MissingDatasetError, require_matching_sem_seg_files
 from .coco_panoptic_files import (
@@ -58,9 +60,6 @@ __all__ = [
     "register_sem_seg_from_files",
     "register_datasets_from_config",
 ]
-
-# image extensions a semantic dataset's image folder may use (one per folder)
-_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class DatasetConfigError(ValueError):
@@ -210,12 +209,12 @@ def _read_classes(classes_txt: str, where: str) -> List[str]:
 def _image_extension(dataset_name: str, image_dir: str) -> str:
     """The one image extension used in ``image_dir`` (e.g. "jpg")."""
     extensions = (os.path.splitext(f)[1] for f in os.listdir(image_dir))
-    found = sorted({ext for ext in extensions if ext.lower() in _IMAGE_EXTENSIONS})
+    found = sorted({ext for ext in extensions if ext.lower() in IMAGE_EXTENSIONS})
     if len(found) != 1:
         raise DatasetConfigError(
             f"dataset {dataset_name!r}: image_dir {image_dir} holds "
             + (f"images with several extensions {found}" if found else "no image")
-            + f"; expected images of one extension among {list(_IMAGE_EXTENSIONS)}"
+            + f"; expected images of one extension among {list(IMAGE_EXTENSIONS)}"
         )
     return found[0][1:]
 

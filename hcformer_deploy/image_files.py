@@ -1,4 +1,5 @@
-"""Image files named on a command line: paths, globs and directories."""
+"""Image files named on a command line: paths, globs and directories (the demo, the tools and the
+runner of exported models)."""
 import glob
 import os
 from typing import List, Sequence
@@ -13,7 +14,7 @@ def expand_image_paths(patterns: Sequence[str]) -> List[str]:
     directory's images (by extension) sorted.
 
     Raises:
-        FileNotFoundError: naming the first pattern that matches nothing.
+        FileNotFoundError: naming the first pattern (of the tools' --input) that matches nothing.
     """
     files: List[str] = []
     for pattern in patterns:
@@ -27,6 +28,6 @@ def expand_image_paths(patterns: Sequence[str]) -> List[str]:
             continue
         matches = sorted(glob.glob(pattern))
         if not matches:
-            raise FileNotFoundError(f"{pattern!r}: no such file, and no file matches it as a glob")
+            raise FileNotFoundError(f"--input {pattern!r}: no such file, and no file matches it as a glob")
         files += matches
     return files
