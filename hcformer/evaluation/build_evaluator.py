@@ -7,9 +7,8 @@ sem_seg                    CheckedSemSegEvaluator (mIoU)
 coco                       COCOEvaluator, mask AP only
 coco_panoptic_seg          CheckedCOCOPanopticEvaluator if TEST.PANOPTIC_ON,
                            CheckedSemSegEvaluator if TEST.SEMANTIC_ON,
-                           COCOEvaluator (mask AP) if TEST.INSTANCE_ON; ThingsCOCOEvaluator
-                           when a stuff category's id is below a thing's
-ade20k_panoptic_seg        as coco_panoptic_seg; mask AP through :class:`ThingsCOCOEvaluator`
+                           :class:`ThingsCOCOEvaluator` (mask AP) if TEST.INSTANCE_ON
+ade20k_panoptic_seg        as coco_panoptic_seg
 cityscapes_sem_seg         CityscapesSemSegEvaluator
 cityscapes_instance        CityscapesInstanceEvaluator
 cityscapes_panoptic_seg    CheckedCOCOPanopticEvaluator / CityscapesSemSegEvaluator /
@@ -101,20 +100,15 @@ def _mask_ap_evaluator(
         ) from None
 
 
-def _things_first(dataset_name: str) -> bool:
-    """Whether the contiguous ids of the dataset's things are 0..T-1 (the stuff ids after them)."""
-    thing_ids = MetadataCatalog.get(dataset_name).get("thing_dataset_id_to_contiguous_id", {})
-    return sorted(thing_ids.values()) == list(range(len(thing_ids)))
-
-
 class ThingsCOCOEvaluator(COCOEvaluator):
-    """Mask AP when contiguous thing ids are *not* 0..T-1.
+    """Mask AP of a panoptic dataset, whose contiguous ids index things and stuff together.
 
     With the Mask2Former metadata convention, contiguous ids index all categories; detectron2's
     COCOEvaluator requires thing ids 0..T-1 (true for COCO, where things come first, but not for
-    ADE20K panoptic). This evaluator renumbers predicted classes to the things' rank and gives
-    COCOEvaluator a private metadata copy with the matching map. Predictions of stuff classes
-    are dropped (they cannot match any instance annotation).
+    ADE20K panoptic). This evaluator renumbers predicted classes to the things' rank (the
+    identity where things come first) and gives COCOEvaluator a private metadata copy with the
+    matching map. Predictions of stuff classes are dropped (they cannot match any instance
+    annotation; COCOEvaluator would fail on their ids).
     """
 
     def __init__(self, dataset_name: str, output_dir: Optional[str] = None):
@@ -192,9 +186,7 @@ def build_evaluator(
                     CheckedSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
                 )
             if test.INSTANCE_ON:
-                # COCOEvaluator needs thing ids 0..T-1, as COCO's (things come first)
-                things_only = evaluator_type != "coco_panoptic_seg" or not _things_first(dataset_name)
-                evaluators.append(_mask_ap_evaluator(dataset_name, output_folder, things_only))
+                evaluators.append(_mask_ap_evaluator(dataset_name, output_folder, things_only=True))
 
     if not evaluators:
         raise ValueError(
