@@ -51,7 +51,7 @@ def test_config_runs_one_inference(path: Path):
         if on
     }
     if cfg.TEST.HIERARCHY_EVAL:
-        levels = model.backbone.level if hasattr(model.backbone, "level") else None
+        levels = len(model.backbone.clustering_layers) if hasattr(model.backbone, "clustering_layers") else None
         assert "queries" in outputs["clusterings"]
         assert all(ids.shape == (height, width) for ids in outputs["clusterings"].values())
         if levels is not None:

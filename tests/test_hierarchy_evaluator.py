@@ -105,7 +105,7 @@ def test_scores_of_known_clusterings_from_the_models_outputs(make_cfg, dataset, 
     results = inference_on_dataset(model, [_model_inputs(records)], evaluator)["hierarchy"]
     assert len(runs) == 1  # the evaluator scored the inference forward pass's own clusterings
 
-    levels = model.backbone.level
+    levels = len(model.backbone.clustering_layers)
     assert list(results) == [f"{m}_level{k}" for k in range(levels + 1) for m in ("UE", "ASA")] + [
         "UE_queries",
         "ASA_queries",

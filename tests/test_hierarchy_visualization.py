@@ -98,7 +98,7 @@ def test_hierarchy_evaluator_on_the_photo(voc_dataset):
     inputs = [DatasetMapper(cfg, is_train=False)(dict(records[0]))]
     results = inference_on_dataset(model, [inputs], HierarchyEvaluator(name, model))["hierarchy"]
 
-    levels = model.backbone.level
+    levels = len(model.backbone.clustering_layers)
     assert set(results) == {f"{m}_{c}" for m in ("UE", "ASA") for c in [f"level{k}" for k in range(levels + 1)] + ["queries"]}
     for k in range(levels + 1):
         assert 0 < 1 - results[f"ASA_level{k}"] <= results[f"UE_level{k}"] <= 1

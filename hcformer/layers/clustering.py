@@ -3,17 +3,11 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from timm.layers import LayerNorm2d
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .local_clustering import affinity
-
-
-class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channels of a (B, C, H, W) map."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class ClusteringLayer(nn.Module):
@@ -24,27 +18,20 @@ class ClusteringLayer(nn.Module):
     L2-normalised, so the similarity is a cosine. ``temp`` is the learnable scale s of the
     paper, initialised to ``init_scale``; |s| → 0 makes the assignment hard (eq. (2)).
 
-    With ``recompute`` (the default), training keeps only the assignment for backward and
-    recomputes the embeddings and similarities from the backbone features, which backward
-    keeps anyway: the normalised and projected copies of the stride-4 features would
-    otherwise be the largest activations of the backbone (≈ 200 MiB of a 512² batch of 2
-    for R50), for a recomputation of a few 1×1 convolutions.
+    Training keeps only the assignment for backward and recomputes the embeddings and
+    similarities from the backbone features, which backward keeps anyway: the normalised and
+    projected copies of the stride-4 features would otherwise be the largest activations of
+    the backbone (≈ 200 MiB of a 512² batch of 2 for R50), for a recomputation of a few 1×1
+    convolutions.
 
     Parameter names match the original implementation's checkpoints.
     """
 
-    def __init__(
-        self,
-        fine_channels: int,
-        coarse_channels: int,
-        emb_dim: int = 128,
-        init_scale: float = 0.1,
-        recompute: bool = True,
-    ):
+    def __init__(self, fine_channels: int, coarse_channels: int, emb_dim: int = 128, init_scale: float = 0.1):
         super().__init__()
-        self.recompute = recompute
-        self.fine_norm = LayerNorm2d(fine_channels)
-        self.coarse_norm = LayerNorm2d(coarse_channels)
+        # over the channels of the NCHW maps, with nn.LayerNorm's eps (the original's)
+        self.fine_norm = LayerNorm2d(fine_channels, eps=1e-5)
+        self.coarse_norm = LayerNorm2d(coarse_channels, eps=1e-5)
         self.fine_emb = nn.Conv2d(fine_channels, emb_dim, 1, bias=False)
         self.coarse_emb = nn.Conv2d(coarse_channels, emb_dim, 1, bias=False)
         self.temp = nn.Parameter(torch.tensor([float(init_scale)]))
@@ -61,7 +48,7 @@ class ClusteringLayer(nn.Module):
         Returns:
             (B, 9, H, W) soft assignment of each fine pixel to its 9 candidate cells.
         """
-        if self.recompute and torch.is_grad_enabled():
+        if torch.is_grad_enabled():
             logits = checkpoint(self.logits, fine, coarse, coarse_valid, use_reentrant=False)
         else:
             logits = self.logits(fine, coarse, coarse_valid)

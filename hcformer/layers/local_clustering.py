@@ -40,7 +40,7 @@ from .backend_switch import BackendSwitch
 Grid = Union[int, Sequence[int]]
 
 __all__ = [
-    "affinity", "gather", "scatter", "hard_assignment", "candidate_offsets", "set_backend", "use_backend",
+    "affinity", "gather", "scatter", "hard_assignment", "candidate_offsets", "pair", "set_backend", "use_backend",
 ]
 
 
@@ -137,7 +137,8 @@ def _compute(product: str, *args) -> Tensor:
 
 
 # ---------------------------------------------------------------------------- public API
-def _pair(grid: Grid) -> Tuple[int, int]:
+def pair(grid: Grid) -> Tuple[int, int]:
+    """A grid (or stride) given as one int or as (y, x) → (int, int)."""
     if isinstance(grid, int):
         return grid, grid
     gy, gx = grid
@@ -189,7 +190,7 @@ def affinity(
         (B, K, H, W) logits in the promoted dtype of the inputs; candidates outside the
         image (or in padding) are -inf.
     """
-    g = _pair(grid)
+    g = pair(grid)
     (H, W), (h, w) = fine.shape[-2:], coarse.shape[-2:]
     _check_sizes((H, W), (h, w), g)
     if fine.shape[:2] != coarse.shape[:2]:
@@ -216,7 +217,7 @@ def gather(values: Tensor, weights: Tensor, grid: Grid = 2, kernel: int = 3) -> 
         (B, C, H, W), in the dtype of ``values`` (with the blocked backend, channels last if
         ``values`` is).
     """
-    g = _pair(grid)
+    g = pair(grid)
     _check_sizes(weights.shape[-2:], values.shape[-2:], g)
     _check_kernel(weights, kernel)
     return _compute("gather", values, weights.to(values.dtype), g, kernel)
@@ -240,7 +241,7 @@ def scatter(
             weights[p → c] · values[p];
         normaliser (B, 1, h, w): Σ of the same weights (divide for a weighted mean).
     """
-    g = _pair(grid)
+    g = pair(grid)
     coarse_hw = (coarse_size[0], coarse_size[1])  # no int(): a traced size stays a size, not a constant
     _check_sizes(values.shape[-2:], coarse_hw, g)
     _check_kernel(weights, kernel)
@@ -261,7 +262,7 @@ def hard_assignment(weights: Tensor, coarse_size: Tuple[int, int], grid: Grid = 
     Returns:
         (B, H, W) int64 indices into the flattened coarse grid.
     """
-    gy, gx = _pair(grid)
+    gy, gx = pair(grid)
     h, w = coarse_size
     H, W = weights.shape[-2:]
     _check_sizes((H, W), (h, w), (gy, gx))

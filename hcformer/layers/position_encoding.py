@@ -18,21 +18,19 @@ from torch import Tensor, nn
 class PositionEmbeddingSine(nn.Module):
     """(B, C, H, W) → (B, 2·num_pos_feats, H, W) sine/cosine codes of y and x."""
 
-    def __init__(self, num_pos_feats: int = 128, temperature: float = 10000.0, normalize: bool = True):
+    def __init__(self, num_pos_feats: int = 128, temperature: float = 10000.0):
         super().__init__()
         self.num_pos_feats = num_pos_feats
         self.temperature = temperature
-        self.normalize = normalize
         self.scale = 2 * math.pi
 
     def forward(self, x: Tensor) -> Tensor:
         B, _, H, W = x.shape
         y = torch.arange(1, H + 1, dtype=torch.float32, device=x.device)[:, None].expand(H, W)
         xs = torch.arange(1, W + 1, dtype=torch.float32, device=x.device)[None, :].expand(H, W)
-        if self.normalize:
-            eps = 1e-6
-            y = y / (H + eps) * self.scale
-            xs = xs / (W + eps) * self.scale
+        eps = 1e-6
+        y = y / (H + eps) * self.scale
+        xs = xs / (W + eps) * self.scale
         dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=x.device)
         dim_t = self.temperature ** (2 * (dim_t // 2) / self.num_pos_feats)
         pos_x = xs[..., None] / dim_t

@@ -12,6 +12,14 @@ def _with_pos(x: Tensor, pos: Optional[Tensor]) -> Tensor:
     return x if pos is None else x + pos
 
 
+def xavier_init_(module: nn.Module) -> None:
+    """DETR's initialisation: xavier-uniform for every weight matrix of ``module``, in
+    ``parameters()`` order; vectors (biases, norms) keep theirs."""
+    for p in module.parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
+
+
 class SelfAttentionLayer(nn.Module):
     """x ← norm(x + SelfAttn(x + pos, x + pos, x)); sequence-first (L, B, C)."""
 
@@ -21,9 +29,7 @@ class SelfAttentionLayer(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
         self.pre_norm = pre_norm
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
+        xavier_init_(self)
 
     def forward(self, x: Tensor, pos: Optional[Tensor] = None, attn_mask: Optional[Tensor] = None) -> Tensor:
         y = self.norm(x) if self.pre_norm else x
@@ -42,9 +48,7 @@ class CrossAttentionLayer(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
         self.pre_norm = pre_norm
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
+        xavier_init_(self)
 
     def forward(
         self,
@@ -70,9 +74,7 @@ class FFNLayer(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
         self.pre_norm = pre_norm
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
+        xavier_init_(self)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.norm(x) if self.pre_norm else x

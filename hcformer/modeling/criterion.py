@@ -1,6 +1,6 @@
 """Set-prediction loss of Mask2Former: class + point-sampled mask losses on matched pairs."""
 
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -94,7 +94,6 @@ class SetCriterion(nn.Module):
         matcher: HungarianMatcher,
         weight_dict: Dict[str, float],
         eos_coef: float,
-        losses: Iterable[str] = ("labels", "masks"),
         num_points: int = 12544,
         oversample_ratio: float = 3.0,
         importance_sample_ratio: float = 0.75,
@@ -105,10 +104,6 @@ class SetCriterion(nn.Module):
         self.matcher = matcher
         self.weight_dict = weight_dict
         self.eos_coef = eos_coef
-        self.losses = tuple(losses)
-        unknown = set(self.losses) - {"labels", "masks"}
-        if unknown:
-            raise ValueError(f"unknown losses {sorted(unknown)}; expected 'labels' and/or 'masks'")
         self.num_points = num_points
         self.oversample_ratio = oversample_ratio
         self.importance_sample_ratio = importance_sample_ratio
@@ -182,11 +177,8 @@ class SetCriterion(nn.Module):
         generators: Optional[List[torch.Generator]] = None,
     ) -> Dict[str, Tensor]:
         indices = self.matcher(outputs, targets, hierarchy, generators)
-        losses = {}
-        if "labels" in self.losses:
-            losses.update(self.loss_labels(outputs, targets, indices))
-        if "masks" in self.losses:
-            losses.update(self.loss_masks(outputs, targets, indices, num_masks, hierarchy, generators))
+        losses = self.loss_labels(outputs, targets, indices)
+        losses.update(self.loss_masks(outputs, targets, indices, num_masks, hierarchy, generators))
         return losses
 
     @staticmethod
@@ -273,7 +265,7 @@ class SetCriterion(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"num_classes={self.num_classes}, eos_coef={self.eos_coef}, losses={self.losses}, "
+            f"num_classes={self.num_classes}, eos_coef={self.eos_coef}, "
             f"num_points={self.num_points}, oversample_ratio={self.oversample_ratio}, "
             f"importance_sample_ratio={self.importance_sample_ratio}"
         )

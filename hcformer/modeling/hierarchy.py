@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from hcformer.layers.id_maps import resize_ids
-from hcformer.layers.local_clustering import gather, hard_assignment
+from hcformer.layers.local_clustering import gather, hard_assignment, pair
 
 
 class Hierarchy(ABC):
@@ -85,7 +85,7 @@ class LocalGridHierarchy(Hierarchy):
         self.assignments = list(assignments)
         self.coarsest_size = tuple(coarsest_size)
         self.coarsest_stride = coarsest_stride
-        self.grid = (grid, grid) if isinstance(grid, int) else tuple(int(g) for g in grid)
+        self.grid = pair(grid)
 
     @property
     def num_levels(self) -> int:
@@ -95,17 +95,8 @@ class LocalGridHierarchy(Hierarchy):
     def level_strides(self) -> Tuple[Tuple[int, int], ...]:
         """(stride_y, stride_x) of the cells of every level w.r.t. the input, level 0 (the
         finest grid) first: the coarsest stride divided by g once per level below it."""
-        stride, (gy, gx), L = self.coarsest_stride, self.grid, self.num_levels
-        sy, sx = (stride, stride) if isinstance(stride, int) else stride
+        (sy, sx), (gy, gx), L = pair(self.coarsest_stride), self.grid, self.num_levels
         return tuple((sy // gy ** (L - k), sx // gx ** (L - k)) for k in range(L + 1))
-
-    @property
-    def finest_stride(self) -> int:
-        """Stride of the finest grid, whose cells are square in every hierarchy built here."""
-        sy, sx = self.level_strides[0]
-        if sy != sx:
-            raise ValueError(f"the finest cells are {sy}x{sx}, not square: see level_strides")
-        return sy
 
     def grid_sizes(self) -> List[Tuple[int, int]]:
         """(h, w) of every grid, coarsest first (num_levels + 1 entries)."""

@@ -6,7 +6,6 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_seg_head
-from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import Tensor, nn
 
@@ -99,7 +98,6 @@ class HCFormer(nn.Module):
             matcher=matcher,
             weight_dict=weight_dict,
             eos_coef=mf.NO_OBJECT_WEIGHT,
-            losses=("labels", "masks"),
             num_points=mf.TRAIN_NUM_POINTS,
             oversample_ratio=mf.OVERSAMPLE_RATIO,
             importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
@@ -233,7 +231,7 @@ class HCFormer(nn.Module):
             if self.semantic_on:
                 sem = semantic_inference(mask_cls, mask_pred, mask_probs)
                 if not self.sem_seg_postprocess_before_inference:
-                    sem = sem_seg_postprocess(sem, image_size, height, width)
+                    sem = resize_to_output(sem, image_size, height, width)
                 r["sem_seg"] = sem
             if self.panoptic_on:
                 r["panoptic_seg"] = panoptic_inference(

@@ -3,15 +3,13 @@
 The per-image rules live in ``hcformer_deploy.postprocess``, which the runner of exported models
 shares (it imports no detectron2); this module re-exports them for the eager model, wraps
 instances in detectron2's ``Instances``, and adds the clusterings of a forward pass, which need
-the hierarchy. ``sem_seg_postprocess`` (crop the padding, resize to the original image) is
-detectron2's and is re-exported here so that callers find all post-processing in one place;
-``resize_to_output`` computes the same, skipping the identity resize.
+the hierarchy. ``resize_to_output`` crops the padding and resizes to the original image:
+detectron2's ``sem_seg_postprocess``, skipping the identity resize.
 """
 
 from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
-from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import Boxes, Instances
 from torch import Tensor
 
@@ -27,7 +25,6 @@ from hcformer_deploy.postprocess import (
 from .hierarchy import Hierarchy
 
 __all__ = [
-    "sem_seg_postprocess",
     "resize_to_output",
     "semantic_inference",
     "panoptic_inference",

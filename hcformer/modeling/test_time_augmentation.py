@@ -16,7 +16,7 @@ not normalised over classes), as Mask2Former does: with a single un-flipped augm
 input's own size the result is exactly the model's output.
 """
 import copy
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -55,22 +55,14 @@ class SemanticSegmentorWithTTA(nn.Module):
     """A semantic segmentation model with test-time augmentation.
 
     Args:
-        cfg: the config; reads TEST.AUG.{MIN_SIZES, MAX_SIZE, FLIP} (through the default
-            mapper) and INPUT.FORMAT (to read images of inputs that have none).
+        cfg: the config; reads TEST.AUG.{MIN_SIZES, MAX_SIZE, FLIP} (through detectron2's
+            ``DatasetMapperTTA``) and INPUT.FORMAT (to read images of inputs that have none).
         model: a model returning "sem_seg" (HCFormer with SEMANTIC_ON), possibly wrapped in
             DistributedDataParallel.
-        tta_mapper: dataset dict → list of augmented dicts, each with its "transforms";
-            default ``DatasetMapperTTA(cfg)``.
         batch_size: augmented copies of one image per model call.
     """
 
-    def __init__(
-        self,
-        cfg: CfgNode,
-        model: nn.Module,
-        tta_mapper: Optional[Callable[[Dict], List[Dict]]] = None,
-        batch_size: int = 1,
-    ):
+    def __init__(self, cfg: CfgNode, model: nn.Module, batch_size: int = 1):
         super().__init__()
         if isinstance(model, DistributedDataParallel):
             model = model.module
@@ -80,7 +72,7 @@ class SemanticSegmentorWithTTA(nn.Module):
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.cfg = cfg.clone()
         self.model = model
-        self.tta_mapper = tta_mapper if tta_mapper is not None else DatasetMapperTTA(cfg)
+        self.tta_mapper = DatasetMapperTTA(cfg)
         self.batch_size = batch_size
 
     def forward(self, batched_inputs: List[Dict]) -> List[Dict[str, Tensor]]:

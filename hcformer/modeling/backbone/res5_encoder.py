@@ -4,7 +4,7 @@ from typing import Optional
 from torch import Tensor, nn
 
 from hcformer.layers.position_encoding import PositionEmbeddingSine
-from hcformer.layers.transformer_layers import EncoderLayer
+from hcformer.layers.transformer_layers import EncoderLayer, xavier_init_
 
 
 class Res5TransformerEncoder(nn.Module):
@@ -15,14 +15,12 @@ class Res5TransformerEncoder(nn.Module):
         super().__init__()
         self.out_channels = d_model
         self.input_proj = nn.Sequential(nn.Conv2d(in_channels, d_model, 1), nn.GroupNorm(32, d_model))
-        self.pe_layer = PositionEmbeddingSine(d_model // 2, normalize=True)
+        self.pe_layer = PositionEmbeddingSine(d_model // 2)
         self.encoder = nn.Module()
         self.encoder.layers = nn.ModuleList(
             EncoderLayer(d_model, nhead, dim_feedforward, dropout) for _ in range(num_layers)
         )
-        for p in self.encoder.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
+        xavier_init_(self.encoder)
         nn.init.xavier_uniform_(self.input_proj[0].weight, gain=1)
         nn.init.zeros_(self.input_proj[0].bias)
 

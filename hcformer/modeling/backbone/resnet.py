@@ -20,7 +20,7 @@ from hcformer.layers.clustering import ClusteringLayer
 from hcformer.layers.deform_conv import ModulatedDeformConv
 
 from .clustered_downsampling import ClusteredDownsampling, clustered_transitions
-from .pyramid import check_rgb_input, describe_outputs
+from .pyramid import check_rgb_input, describe_outputs, select_outputs
 from .res5_encoder import build_res5_aux
 
 STAGES = ("stem", "res2", "res3", "res4", "res5")  # the names MODEL.RESNETS.CHECKPOINT_STAGES takes
@@ -182,7 +182,6 @@ class HCResNet(Backbone):
         self.depth = depth
         block_type, blocks = RESNET_SPECS[depth]
         block_cls = Bottleneck if block_type == "bottleneck" else BasicBlock
-        self.level = level
 
         self.stem = ConvNormSequential(
             nn.Conv2d(3, 64, 7, 2, 3, bias=False), get_norm(norm, 64), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
@@ -257,11 +256,7 @@ class HCResNet(Backbone):
             clusterings(k, fine, x)
             x = self._run(stage, layer[1:], x)
             feats[stage] = x
-        if self.aux is not None:
-            feats["res5"] = self.aux(feats["res5"])
-        out = {k: v for k, v in feats.items() if k in self._out_features}
-        out["assign"] = clusterings.hierarchy(feats["res5"].shape[-2:])
-        return out
+        return select_outputs(self, feats, clusterings.hierarchy(x.shape[-2:]))
 
     def _run(self, stage: str, modules: Sequence[nn.Module], x: Tensor) -> Tensor:
         """Apply ``modules`` (the stem, or consecutive blocks of ``stage``) to ``x`` in order.

@@ -21,7 +21,6 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
@@ -31,7 +30,7 @@ from torch import Tensor, nn
 from hcformer.layers.clustering import ClusteringLayer
 
 from .clustered_downsampling import ClusteredDownsampling, clustered_transitions
-from .pyramid import FEATURE_NAMES, check_rgb_input, describe_outputs
+from .pyramid import FEATURE_NAMES, check_rgb_input, checkpointed, describe_outputs, select_outputs
 from .res5_encoder import build_res5_aux
 
 
@@ -201,10 +200,7 @@ class SwinStage(nn.Module):
         if self.shift and len(self.blocks) > 1:  # blocks 1, 3, ... are shifted
             mask = shifted_window_mask(Hp, Wp, ws, self.shift, x.device).to(x.dtype)
         for block in self.blocks:
-            if self.use_checkpoint and self.training and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, mask, use_reentrant=False)
-            else:
-                x = block(x, mask)
+            x = checkpointed(self.use_checkpoint and self.training, block, x, mask)
         return x, None if self.downsample is None else self.downsample(x)
 
 
@@ -266,10 +262,6 @@ class HCSwin(Backbone):
         if len(depths) != 4 or len(num_heads) != 4:
             raise ValueError(f"HC-Swin has 4 stages: got DEPTHS {list(depths)}, NUM_HEADS {list(num_heads)}")
         transitions = clustered_transitions(level)
-        unknown = set(out_features) - set(FEATURE_NAMES)
-        if unknown:
-            raise ValueError(f"MODEL.SWIN.OUT_FEATURES: unknown {sorted(unknown)}; choose from {FEATURE_NAMES}")
-        self.level = level
         self.patch_size = patch_size
         channels = [embed_dim * 2**i for i in range(4)]
 
@@ -353,11 +345,7 @@ class HCSwin(Backbone):
                 out = self.norm3(out)
             feats[FEATURE_NAMES[k]] = out.permute(0, 3, 1, 2).contiguous()
             x = down
-        if self.aux is not None:
-            feats["res5"] = self.aux(feats["res5"])
-        result: Dict[str, object] = {k: v for k, v in feats.items() if k in self._out_features}
-        result["assign"] = clusterings.hierarchy(feats["res5"].shape[-2:])
-        return result
+        return select_outputs(self, feats, clusterings.hierarchy(feats["res5"].shape[-2:]))
 
     @property
     def size_divisibility(self) -> int:

@@ -18,6 +18,7 @@ from hcformer.layers.transformer_layers import (
     EncoderLayer,
     FFNLayer,
     SelfAttentionLayer,
+    xavier_init_,
 )
 
 TRANSFORMER_DECODER_REGISTRY = Registry("TRANSFORMER_MODULE")
@@ -43,11 +44,9 @@ class MLP(nn.Module):
 class _QueryDecoderBase(nn.Module):
     """What both decoders share: projections of the feature map and the prediction heads."""
 
-    def __init__(self, in_channels: int, num_classes: int, hidden_dim: int, num_queries: int,
-                 mask_dim: int, enforce_input_project: bool):
+    def __init__(self, in_channels: int, num_classes: int, hidden_dim: int, mask_dim: int, enforce_input_project: bool):
         super().__init__()
-        self.num_queries = num_queries
-        self.pe_layer = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
+        self.pe_layer = PositionEmbeddingSine(hidden_dim // 2)
         if in_channels != hidden_dim or enforce_input_project:
             self.input_proj = nn.Conv2d(in_channels, hidden_dim, 1)
             nn.init.kaiming_uniform_(self.input_proj.weight, a=1)
@@ -96,7 +95,7 @@ class HCTransformerDecoder(_QueryDecoderBase):
     def __init__(self, in_channels: int, num_classes: int, hidden_dim: int = 256, num_queries: int = 100,
                  nheads: int = 8, dim_feedforward: int = 2048, num_layers: int = 8, pre_norm: bool = False,
                  mask_dim: int = 256, enforce_input_project: bool = False, dropout: float = 0.0):
-        super().__init__(in_channels, num_classes, hidden_dim, num_queries, mask_dim, enforce_input_project)
+        super().__init__(in_channels, num_classes, hidden_dim, mask_dim, enforce_input_project)
         self.num_heads = nheads
         self.transformer_self_attention_layers = nn.ModuleList(
             SelfAttentionLayer(hidden_dim, nheads, dropout, pre_norm) for _ in range(num_layers))
@@ -177,7 +176,7 @@ class HCStandardTransformerDecoder(_QueryDecoderBase):
                  nheads: int = 8, dim_feedforward: int = 2048, num_layers: int = 6, pre_norm: bool = False,
                  mask_dim: int = 256, enforce_input_project: bool = False, dropout: float = 0.1,
                  num_encoder_layers: int = 0):
-        super().__init__(in_channels, num_classes, hidden_dim, num_queries, mask_dim, enforce_input_project)
+        super().__init__(in_channels, num_classes, hidden_dim, mask_dim, enforce_input_project)
         if pre_norm:
             raise ValueError("HCStandardTransformerDecoder is post-norm only: set MODEL.MASK_FORMER.PRE_NORM False")
         self.transformer = nn.Module()
@@ -188,9 +187,7 @@ class HCStandardTransformerDecoder(_QueryDecoderBase):
         self.transformer.decoder.layers = nn.ModuleList(
             DecoderLayer(hidden_dim, nheads, dim_feedforward, dropout) for _ in range(num_layers))
         self.transformer.decoder.norm = nn.LayerNorm(hidden_dim)
-        for p in self.transformer.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
+        xavier_init_(self.transformer)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
 
     @property
@@ -219,11 +216,7 @@ class HCStandardTransformerDecoder(_QueryDecoderBase):
 def build_transformer_decoder(cfg, in_channels: int) -> nn.Module:
     """The decoder named by MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME."""
     mf = cfg.MODEL.MASK_FORMER
-    name = mf.TRANSFORMER_DECODER_NAME
-    if name not in TRANSFORMER_DECODER_REGISTRY:
-        known = ", ".join(sorted(k for k, _ in TRANSFORMER_DECODER_REGISTRY))
-        raise KeyError(f"MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME {name!r} is not registered; known: {known}")
-    cls = TRANSFORMER_DECODER_REGISTRY.get(name)
+    cls = TRANSFORMER_DECODER_REGISTRY.get(mf.TRANSFORMER_DECODER_NAME)  # validate_config lists the known ones
     masked = issubclass(cls, HCTransformerDecoder)  # subclasses too (CAST's decoder)
     extra = {} if masked else {"num_encoder_layers": mf.ENC_LAYERS}
     return cls(

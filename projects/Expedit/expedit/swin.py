@@ -15,12 +15,12 @@ unchanged. The resized bias tables are computed from the blocks' own tables at e
 from functools import partial
 from typing import Optional, Tuple
 
-import torch
 import torch.nn.functional as F
 from timm.layers import resize_rel_pos_bias_table_levit
 from timm.models.swin_transformer import get_relative_position_index, window_partition, window_reverse
 from torch import Tensor, nn
 
+from hcformer.modeling.backbone.pyramid import checkpointed
 from hcformer.modeling.backbone.swin import HCSwin, SwinBlock, SwinStage, shifted_window_mask
 
 from .token_clustering import clustering_macs, token_clustering, token_reconstruction
@@ -136,11 +136,6 @@ class ExpeditSwinStage(nn.Module):
             f"t={self.temperature}, top-k={self.topk}"
         )
 
-    def _run(self, fn, *args) -> Tensor:
-        if self.use_checkpoint and self.training and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
-        return fn(*args)
-
     def forward(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """Same contract as ``SwinStage.forward``: (out (B, H, W, C), down)."""
         B, H, W, C = (int(n) for n in x.shape)  # plain ints also under tracing (fvcore)
@@ -148,7 +143,7 @@ class ExpeditSwinStage(nn.Module):
         Hp, Wp = H + -H % K, W + -W % K
         mask = shifted_window_mask(Hp, Wp, K, self.shift, x.device).to(x.dtype) if self.shift else None
         for block in self.blocks[: self.first_clustered]:
-            x = self._run(block, x, mask)
+            x = checkpointed(self.use_checkpoint and self.training, block, x, mask)
 
         # cluster each K × K window (zero padding to window multiples, excluded from clusters)
         padded = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))
@@ -169,7 +164,7 @@ class ExpeditSwinStage(nn.Module):
         if shift_k:
             mask_k = shifted_window_mask(h + -h % k, w + -w % k, k, shift_k, x.device).to(x.dtype)
         for block in self.blocks[self.first_clustered :]:
-            z = self._run(_clustered_block, block, z, k, mask_k)
+            z = checkpointed(self.use_checkpoint and self.training, _clustered_block, block, z, k, mask_k)
 
         # reconstruct every window's K × K tokens from its refined k × k clusters
         z = F.pad(z, (0, 0, 0, n_cols * k - w, 0, n_rows * k - h))

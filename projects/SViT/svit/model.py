@@ -15,15 +15,13 @@ released ImageNet checkpoints map onto them with ``svit.checkpoint.convert_relea
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-import torch
-import torch.utils.checkpoint
 from detectron2.layers import get_norm
 from detectron2.modeling import Backbone
 from torch import Tensor, nn
 
 from hcformer.layers.clustering import ClusteringLayer
 from hcformer.modeling.backbone.clustered_downsampling import ClusteredDownsampling, clustered_transitions
-from hcformer.modeling.backbone.pyramid import FEATURE_NAMES, describe_outputs
+from hcformer.modeling.backbone.pyramid import FEATURE_NAMES, checkpointed, describe_outputs, select_outputs
 
 from .block import SuperTokenBlock
 
@@ -105,10 +103,7 @@ class SViTStage(nn.Module):
             down: (B, C', ceil(H/2), ceil(W/2)) downsampled ``out`` (None for the last stage).
         """
         for block in self.blocks:
-            if self.use_checkpoint and self.training and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+            x = checkpointed(self.use_checkpoint and self.training, block, x)
         return x, None if self.downsample is None else self.downsample(x)
 
 
@@ -166,10 +161,6 @@ class SViT(Backbone):
             if len(values) != 4:
                 raise ValueError(f"SViT has 4 stages: MODEL.SVIT.{name} has {len(values)} values")
         transitions = clustered_transitions(level)
-        unknown = set(out_features) - set(FEATURE_NAMES)
-        if unknown:
-            raise ValueError(f"MODEL.SVIT.OUT_FEATURES: unknown {sorted(unknown)}; choose from {FEATURE_NAMES}")
-        self.level = level
         self.return_hierarchy = return_hierarchy
 
         self.stem = conv_stem(embed_dims[0], norm)
@@ -227,12 +218,8 @@ class SViT(Backbone):
                 clusterings(k, out, down)
             feats[FEATURE_NAMES[k]] = out
             x = down
-        if self.aux is not None:
-            feats["res5"] = self.aux(feats["res5"])
-        result: Dict[str, object] = {k: v for k, v in feats.items() if k in self._out_features}
-        if self.return_hierarchy:
-            result["assign"] = clusterings.hierarchy(feats["res5"].shape[-2:])
-        return result
+        hierarchy = clusterings.hierarchy(feats["res5"].shape[-2:]) if self.return_hierarchy else None
+        return select_outputs(self, feats, hierarchy)
 
     @property
     def size_divisibility(self) -> int:

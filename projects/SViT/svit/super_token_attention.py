@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hcformer.layers.local_clustering import affinity, gather, scatter
+from hcformer.layers.local_clustering import affinity, gather, pair, scatter
 
 from .attention import ConvSelfAttention
 
@@ -96,7 +96,7 @@ class SuperTokenAttention(nn.Module):
         proj_drop: float = 0.0,
     ):
         super().__init__()
-        self.grid = (grid, grid) if isinstance(grid, int) else tuple(int(g) for g in grid)
+        self.grid = pair(grid)
         if min(self.grid) < 1:
             raise ValueError(f"grid must be positive, got {self.grid}")
         self.n_iter = n_iter

@@ -23,7 +23,7 @@ def test_stage_super_tokens_is_a_local_grid_hierarchy():
     hierarchy = stage_super_tokens(model, images, stage=0)
     assert isinstance(hierarchy, LocalGridHierarchy) and hierarchy.num_levels == 1
     assert hierarchy.grid_sizes() == [(4, 3), (15, 9)]
-    assert hierarchy.finest_stride == 4 and hierarchy.level_strides == ((4, 4), (16, 16))
+    assert hierarchy.level_strides == ((4, 4), (16, 16))  # the finest cells are 4 x 4
     # the flag and the kept association are reset
     attention = model.layers[0].blocks[-1].attn
     assert not attention.keep_association and attention.association is None

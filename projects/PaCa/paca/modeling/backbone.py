@@ -34,15 +34,11 @@ class PaCaBackbone(Backbone):
 
     def __init__(self, out_features: Sequence[str] = FEATURE_NAMES, **vit_kwargs):
         super().__init__()
-        unknown = set(out_features) - set(FEATURE_NAMES)
-        if unknown:
-            raise ValueError(f"MODEL.PACA.OUT_FEATURES: unknown {sorted(unknown)}; choose from {FEATURE_NAMES}")
         self.vit = PaCaViT(**vit_kwargs)
-        self._out_features = [k for k in FEATURE_NAMES if k in out_features]
-        dims = dict(zip(FEATURE_NAMES, self.vit.dims))
+        describe_outputs(self, out_features, self.vit.dims)
+        self._out_features = [k for k in FEATURE_NAMES if k in out_features]  # in stage order
         # each stage output has its own LayerNorm (the classifier's last norm is "res5")
-        self.norms = nn.ModuleDict({k: LayerNorm2d(dims[k], eps=1e-6) for k in self._out_features})
-        describe_outputs(self, self._out_features, self.vit.dims)
+        self.norms = nn.ModuleDict({k: LayerNorm2d(self._out_feature_channels[k], eps=1e-6) for k in self._out_features})
 
     def forward(self, x: Tensor, image_sizes: Optional[Sequence[Tuple[int, int]]] = None) -> Dict[str, object]:
         """(B, 3, H, W) normalised images → {name: (B, C, ceil(H / stride), ceil(W / stride))}."""
@@ -72,7 +68,6 @@ class HCPaCaBackbone(PaCaBackbone):
 
     def __init__(self, level: int = 3, emb_dim: int = 128, init_scale: float = 0.1, **kwargs):
         super().__init__(**kwargs)
-        self.level = level
         dims = self.vit.dims
         # transition k: the output of stage k (fine) → the input of stage k + 1 (coarse)
         self.clustering_layers = nn.ModuleList(  # coarsest first
