@@ -31,7 +31,6 @@ from tqdm import tqdm
 
 from hcformer.checkpoint.atomic_files import remove_abandoned_temporary_files, write_atomically
 from hcformer.data.datasets.coco_panoptic_files import contiguous_ids, panoptic_semantic_labels
-from hcformer.data.image_reading import read_label_file
 
 
 def _convert_one(
@@ -42,8 +41,7 @@ def _convert_one(
     if os.path.exists(output):
         return False
     png = os.path.join(panoptic_root, annotation["file_name"])
-    panoptic = read_label_file(png, "panoptic")
-    labels = panoptic_semantic_labels(panoptic, annotation["segments_info"], id_map, png)
+    labels = panoptic_semantic_labels(png, annotation["segments_info"], id_map)
     write_atomically(output, lambda f: Image.fromarray(labels).save(f, format="PNG"))
     return True
 

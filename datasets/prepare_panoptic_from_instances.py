@@ -53,11 +53,7 @@ from hcformer.data.checks import check_record_size, check_rle_sizes
 from hcformer.data.dataset_loading import DatasetLoadError, read_annotation_json, require_entries
 from hcformer.data.dataset_mappers.mask_former_instance_dataset_mapper import annotation_mask
 from hcformer.data.datasets.atomic_dir import build_directory_once, read_marker
-from hcformer.data.datasets.coco_panoptic_files import (
-    ensure_instances_json,
-    ensure_semantic_pngs,
-    file_sha256,
-)
+from hcformer.data.datasets.coco_panoptic_files import ensure_derived_files, file_sha256
 from hcformer.data.image_reading import read_image_file
 
 _VERSION = 1
@@ -239,7 +235,7 @@ def convert(
         "stuff": stuff_name,
         "version": _VERSION,
     }
-    found = read_marker(out_dir) if os.path.isdir(out_dir) else {}
+    found = read_marker(out_dir)
     if found == manifest:
         return {"out_dir": out_dir, "up_to_date": True}
     if found:
@@ -281,8 +277,7 @@ def convert(
         with open(panoptic_json, "w") as f:
             json.dump(panoptic, f)
         # what DATASETS.COCO_PANOPTIC would derive on first use, made now (same code, same marker)
-        ensure_semantic_pngs(panoptic_json, os.path.join(tmp_dir, "panoptic"))
-        ensure_instances_json(panoptic_json, os.path.join(tmp_dir, "panoptic"))
+        ensure_derived_files(panoptic_json, os.path.join(tmp_dir, "panoptic"))
         for lock in (".panoptic_semseg.lock", ".panoptic_instances.lock"):
             os.remove(os.path.join(tmp_dir, lock))
 

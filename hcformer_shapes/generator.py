@@ -33,9 +33,11 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 import cv2
 import numpy as np
 import pycocotools.mask as mask_util
+from panopticapi.utils import id2rgb
 from PIL import Image
 from tqdm import tqdm
 
+from hcformer.data.dataset_mappers.mapper_utils import semantic_from_panoptic
 from hcformer.data.datasets.atomic_dir import build_directory_once
 
 __all__ = [
@@ -324,18 +326,6 @@ def render_sample(rng: np.random.Generator, size: int) -> ShapesSample:
 
 
 # ------------------------------------------------------------------------------------- writing
-def _id_to_rgb(segment_ids: np.ndarray) -> np.ndarray:
-    """COCO panoptic PNG encoding (panopticapi's id2rgb): id = R + 256 * G + 256^2 * B."""
-    return np.stack([(segment_ids >> shift) & 255 for shift in (0, 8, 16)], -1).astype(np.uint8)
-
-
-def _semantic_labels(panoptic: np.ndarray, segments_info: List[Dict[str, Any]]) -> np.ndarray:
-    labels = np.full(panoptic.shape, 255, np.uint8)
-    for segment in segments_info:
-        labels[panoptic == segment["id"]] = _CONTIGUOUS_ID[segment["category_id"]]
-    return labels
-
-
 def _write_json(path: str, content: Dict[str, Any]) -> None:
     with open(path, "w") as f:
         json.dump(content, f)
@@ -365,10 +355,13 @@ def _write_split(dataset_dir: str, spec: ShapesSpec, split: str) -> None:
         Image.fromarray(sample.image).save(
             os.path.join(paths.image_root, stem + ".jpg"), quality=JPEG_QUALITY
         )
-        Image.fromarray(_id_to_rgb(sample.panoptic)).save(
+        Image.fromarray(id2rgb(sample.panoptic)).save(
             os.path.join(paths.panoptic_root, stem + ".png")
         )
-        labels = Image.fromarray(_semantic_labels(sample.panoptic, sample.segments_info))
+        contiguous = [
+            {**s, "category_id": _CONTIGUOUS_ID[s["category_id"]]} for s in sample.segments_info
+        ]
+        labels = Image.fromarray(semantic_from_panoptic(sample.panoptic, contiguous, 255))
         labels.save(os.path.join(paths.sem_seg_root, stem + ".png"))
         labels.save(os.path.join(paths.panoptic_semseg_root, stem + ".png"))
 

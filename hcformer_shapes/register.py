@@ -115,20 +115,12 @@ def register_shapes_datasets(
         )
         run_before_loading(panoptic_name, generate)
 
-        DatasetCatalog.register(
-            semantic_name,
-            lambda paths=paths: load_sem_seg(
-                paths.sem_seg_root, paths.image_root, gt_ext="png", image_ext="jpg"
-            ),
-        )
-        # run_before_loading wraps the loader: the last step added runs first
-        run_before_loading(
-            semantic_name,
-            functools.partial(
-                require_matching_sem_seg_files, semantic_name, paths.image_root, paths.sem_seg_root
-            ),
-        )
-        run_before_loading(semantic_name, generate)
+        def load_semantic(name=semantic_name, paths=paths) -> List[Dict]:
+            generate()
+            require_matching_sem_seg_files(name, paths.image_root, paths.sem_seg_root)
+            return load_sem_seg(paths.sem_seg_root, paths.image_root, gt_ext="png", image_ext="jpg")
+
+        DatasetCatalog.register(semantic_name, load_semantic)
         MetadataCatalog.get(semantic_name).set(
             stuff_classes=metadata["stuff_classes"],
             stuff_colors=metadata["stuff_colors"],

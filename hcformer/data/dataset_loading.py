@@ -24,7 +24,7 @@ from detectron2.data.build import (
     print_instances_class_histogram,
 )
 
-__all__ = ["DatasetLoadError", "entries_problem", "load_dataset_dicts", "read_annotation_json", "require_entries"]
+__all__ = ["DatasetLoadError", "load_dataset_dicts", "read_annotation_json", "require_entries"]
 
 
 class DatasetLoadError(ValueError):
@@ -99,13 +99,17 @@ def _json_problem(path: Optional[str], kind: str) -> Optional[str]:
     return None
 
 
-def entries_problem(path: str, list_name: str, entries: List, keys, unique_ids: bool = False) -> Optional[str]:
-    """What is wrong with the list ``list_name`` of the JSON ``path`` (None: nothing): every
-    entry must be an object with ``keys`` (and, with ``unique_ids``, an "id" no other has)."""
+def require_entries(path: str, list_name: str, entries: List, keys, unique_ids: bool = False) -> None:
+    """Every entry of the list ``list_name`` of the JSON ``path`` must be an object with ``keys``
+    (and, with ``unique_ids``, an "id" no other has).
+
+    Raises:
+        DatasetLoadError: naming the file, the list and the first bad entry.
+    """
     for i, entry in enumerate(entries):
         missing = [k for k in keys if not isinstance(entry, dict) or k not in entry]
         if missing:
-            return (
+            raise DatasetLoadError(
                 f"{path}: entry {i} of {list_name!r} lacks {missing} ({str(entry)[:100]}); every "
                 f"entry needs {list(keys)}"
             )
@@ -113,20 +117,8 @@ def entries_problem(path: str, list_name: str, entries: List, keys, unique_ids: 
         seen = set()
         for entry in entries:
             if entry["id"] in seen:
-                return f"{path}: two entries of {list_name!r} have the id {entry['id']!r}"
+                raise DatasetLoadError(f"{path}: two entries of {list_name!r} have the id {entry['id']!r}")
             seen.add(entry["id"])
-    return None
-
-
-def require_entries(path: str, list_name: str, entries: List, keys, unique_ids: bool = False) -> None:
-    """:func:`entries_problem` as an error.
-
-    Raises:
-        DatasetLoadError: naming the file, the list and the first bad entry.
-    """
-    problem = entries_problem(path, list_name, entries, keys, unique_ids)
-    if problem:
-        raise DatasetLoadError(problem)
 
 
 def _load_one(name: str) -> List[Dict]:
@@ -179,7 +171,7 @@ def load_dataset_dicts(names: Sequence[str], filter_empty: bool = False) -> List
     Args:
         filter_empty: drop images without non-crowd annotations (training of instance models).
     """
-    if isinstance(names, str):
+    if isinstance(names, str):  # one name, as detectron2's get_detection_dataset_dicts takes
         names = [names]
     if not names:
         raise DatasetLoadError("no dataset given (DATASETS.TRAIN / DATASETS.TEST is empty)")

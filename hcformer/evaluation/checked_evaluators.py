@@ -13,9 +13,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 from detectron2.evaluation import COCOPanopticEvaluator, SemSegEvaluator
+from panopticapi.utils import rgb2id
 
 from ..data.checks import check_category_ids, check_panoptic_segments, check_same_size
-from ..data.dataset_mappers.mapper_utils import rgb_to_panoptic_id
 from ..data.image_reading import read_label_file
 from .segment_ground_truth import DatasetRecords
 
@@ -101,5 +101,5 @@ class CheckedCOCOPanopticEvaluator(COCOPanopticEvaluator):
         label_file = record["pan_seg_file_name"]
         panoptic_rgb = read_label_file(label_file, "panoptic")
         check_same_size(np.empty(prediction_size), panoptic_rgb, input["file_name"], label_file)
-        check_panoptic_segments(rgb_to_panoptic_id(panoptic_rgb), record["segments_info"], label_file)
+        check_panoptic_segments(rgb2id(panoptic_rgb), record["segments_info"], label_file)
 

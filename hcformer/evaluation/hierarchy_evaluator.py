@@ -48,15 +48,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from hcformer.modeling.meta_arch import ALL_CLUSTERINGS
 
-from .segment_ground_truth import DatasetRecords, load_segment_ground_truth
+from .segment_ground_truth import GROUND_TRUTH_KEYS, DatasetRecords, load_segment_ground_truth
 from .undersegmentation import undersegmentation_counts
 
 __all__ = ["HierarchyEvaluator"]
 
 logger = logging.getLogger(__name__)
-
-# the annotation each kind of ground truth is read from
-_GROUND_TRUTH_KEYS = {"panoptic": "pan_seg_file_name", "semantic": "sem_seg_file_name", "instance": "annotations"}
 
 
 class HierarchyEvaluator(DatasetEvaluator):
@@ -154,7 +151,7 @@ class HierarchyEvaluator(DatasetEvaluator):
     # ------------------------------------------------------------------ ground truth
     def _load_ground_truth(self, x: Dict) -> Tuple[np.ndarray, int]:
         """(H, W) int segment ids of the original image and the id to ignore."""
-        record = self._records.with_keys(x, (_GROUND_TRUTH_KEYS[self._ground_truth],))
+        record = self._records.with_keys(x, (GROUND_TRUTH_KEYS[self._ground_truth],))
         return load_segment_ground_truth(record, self._ground_truth, self._semantic_ignore_label)
 
 

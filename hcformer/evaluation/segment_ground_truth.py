@@ -20,15 +20,16 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 from detectron2.data import DatasetCatalog
 from detectron2.data import transforms as T
+from panopticapi.utils import rgb2id
 
 from ..data.checks import check_panoptic_segments
-from ..data.dataset_mappers.mapper_utils import rgb_to_panoptic_id
 from ..data.dataset_mappers.mask_former_instance_dataset_mapper import annotation_mask
 from ..data.image_reading import read_label_file
 
-__all__ = ["GROUND_TRUTH_KINDS", "INSTANCE_IGNORE", "DatasetRecords", "ground_truth_kind", "load_segment_ground_truth"]
+__all__ = ["GROUND_TRUTH_KEYS", "INSTANCE_IGNORE", "DatasetRecords", "ground_truth_kind", "load_segment_ground_truth"]
 
-GROUND_TRUTH_KINDS = ("panoptic", "semantic", "instance")
+# each kind of ground truth and the record key it is read from, the richest first
+GROUND_TRUTH_KEYS = {"panoptic": "pan_seg_file_name", "semantic": "sem_seg_file_name", "instance": "annotations"}
 
 # Instance ground truth uses 0 for the background segment, so ignored pixels need another id.
 INSTANCE_IGNORE = -1
@@ -71,15 +72,10 @@ def ground_truth_kind(record: Dict, evaluator_type: str = "") -> str:
     Raises:
         KeyError: if the record has none of the three annotations.
     """
-    has = {
-        "panoptic": "pan_seg_file_name" in record,
-        "semantic": "sem_seg_file_name" in record,
-        "instance": "annotations" in record,
-    }
-    if evaluator_type == "sem_seg" and has["semantic"]:
+    if evaluator_type == "sem_seg" and "sem_seg_file_name" in record:
         return "semantic"
-    for kind in GROUND_TRUTH_KINDS:
-        if has[kind]:
+    for kind, key in GROUND_TRUTH_KEYS.items():
+        if key in record:
             return kind
     raise KeyError(
         f"Record of {record.get('file_name')!r} has no ground truth: expected pan_seg_file_name, "
@@ -106,7 +102,7 @@ def load_segment_ground_truth(
         return labels.astype(np.int64), semantic_ignore_label
     if kind == "instance":
         return _instances(record), INSTANCE_IGNORE
-    raise ValueError(f"ground truth kind must be one of {GROUND_TRUTH_KINDS}, got {kind!r}")
+    raise ValueError(f"ground truth kind must be one of {tuple(GROUND_TRUTH_KEYS)}, got {kind!r}")
 
 
 def _require(record: Dict, key: str):
@@ -117,7 +113,7 @@ def _require(record: Dict, key: str):
 
 def _panoptic(record: Dict) -> np.ndarray:
     label_file = _require(record, "pan_seg_file_name")
-    ids = rgb_to_panoptic_id(read_label_file(label_file, "panoptic"))
+    ids = rgb2id(read_label_file(label_file, "panoptic")).astype(np.int64)
     if "segments_info" in record:  # without it, every id of the PNG counts as a segment
         check_panoptic_segments(ids, record["segments_info"], label_file)
     crowd = [s["id"] for s in record.get("segments_info", []) if s.get("iscrowd", 0)]

@@ -10,9 +10,10 @@ from typing import Any, Dict
 import numpy as np
 import torch
 from detectron2.data import transforms as T
+from panopticapi.utils import rgb2id
 
 from .coco_instance_lsj_dataset_mapper import LargeScaleJitter
-from .mapper_utils import rgb_to_panoptic_id, semantic_from_panoptic
+from .mapper_utils import semantic_from_panoptic
 from .mask_former_panoptic_dataset_mapper import (
     PANOPTIC_KEYS,
     panoptic_instances,
@@ -38,7 +39,7 @@ class COCOPanopticLSJDatasetMapper(LargeScaleJitter, SegmentationDatasetMapper):
     def targets(self, labels: Dict[str, Any], aug_input: T.AugInput, transforms) -> Dict[str, Any]:
         # The panoptic PNG is transformed as an RGB uint8 label image (nearest resizing keeps
         # the 8-bit channels exact); FixedSizeCrop pads labels with 0, the void segment id.
-        panoptic_ids = rgb_to_panoptic_id(transforms.apply_segmentation(labels["panoptic"]))
+        panoptic_ids = rgb2id(transforms.apply_segmentation(labels["panoptic"]))
         sem_seg = semantic_from_panoptic(panoptic_ids, labels["segments_info"], self.ignore_label)
         return {
             "sem_seg": torch.as_tensor(sem_seg.astype(np.int64)),

@@ -10,19 +10,18 @@ Output conventions of every mapper (what the model reads):
 * ``sem_seg``: int64 tensor H x W, ``ignore_label`` where unlabeled or padded.
 """
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
-from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.structures import BitMasks, Instances
 
 __all__ = [
     "IMAGE_PAD_VALUE",
     "build_flip",
     "image_to_tensor",
-    "rgb_to_panoptic_id",
     "semantic_from_panoptic",
     "semantic_to_instances",
     "masks_to_instances",
@@ -50,12 +49,6 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(image.transpose(2, 0, 1).copy())
 
 
-def rgb_to_panoptic_id(rgb: np.ndarray) -> np.ndarray:
-    """COCO panoptic PNG (H x W x 3 uint8) -> segment ids (H x W int64): R + 256 G + 256^2 B."""
-    rgb = rgb.astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
-
-
 def semantic_from_panoptic(
     panoptic_ids: np.ndarray, segments_info: List[Dict], ignore_label: int
 ) -> np.ndarray:
@@ -74,34 +67,28 @@ def semantic_from_panoptic(
 
 
 def masks_to_instances(
-    image_size, classes: Sequence[int], masks: Optional[torch.Tensor], with_boxes: bool
+    image_size: Tuple[int, int], classes: Sequence[int], masks: List[torch.Tensor], with_boxes: bool
 ) -> Instances:
     """Build training targets, dropping masks that are empty (e.g. cropped away).
 
     Args:
         image_size: (H, W).
         classes: N contiguous class ids.
-        masks: N x H x W bool tensor (None or N = 0 for no instance).
+        masks: N bool tensors H x W.
         with_boxes: also set ``gt_boxes`` from the masks.
     """
-    height, width = image_size
-    if masks is None or len(classes) == 0:
-        masks = torch.zeros((0, height, width), dtype=torch.bool)
-        classes = []
-    masks = masks.to(torch.bool)
+    masks = torch.stack(masks) if masks else torch.zeros((0, *image_size), dtype=torch.bool)
     keep = masks.flatten(1).any(dim=1)
-    instances = Instances((height, width))
-    instances.gt_classes = torch.as_tensor(list(classes), dtype=torch.int64)[keep]
+    instances = Instances(image_size)
+    instances.gt_classes = torch.as_tensor(classes, dtype=torch.int64)[keep]
     instances.gt_masks = masks[keep]
     if with_boxes:
         instances.gt_boxes = BitMasks(instances.gt_masks).get_bounding_boxes()
-        if len(instances) == 0:  # get_bounding_boxes of nothing: keep the (0, 4) shape explicit
-            instances.gt_boxes = Boxes(torch.zeros((0, 4)))
     return instances
 
 
 def semantic_to_instances(sem_seg: torch.Tensor, ignore_label: int) -> Instances:
     """One target per class present in ``sem_seg`` (H x W int64), as in MaskFormer."""
     classes = [int(c) for c in torch.unique(sem_seg) if int(c) != ignore_label]
-    masks = torch.stack([sem_seg == c for c in classes]) if classes else None
+    masks = [sem_seg == c for c in classes]
     return masks_to_instances(tuple(sem_seg.shape), classes, masks, with_boxes=False)

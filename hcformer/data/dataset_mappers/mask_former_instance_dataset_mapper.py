@@ -6,7 +6,7 @@ are padded to INPUT.SIZE_DIVISIBILITY (when > 0). Crowd annotations are dropped;
 RLE masks are both accepted (polygons are rasterized after the transforms, see ``annotation_mask``).
 """
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -19,11 +19,7 @@ from ..checks import check_category_ids, check_rle_sizes
 from .mapper_utils import build_flip, masks_to_instances
 from .segmentation_dataset_mapper import SegmentationDatasetMapper
 
-__all__ = [
-    "MaskFormerInstanceDatasetMapper",
-    "annotation_mask",
-    "annotations_to_mask_targets",
-]
+__all__ = ["MaskFormerInstanceDatasetMapper", "annotation_mask"]
 
 
 def annotation_mask(segmentation, transforms: T.TransformList, image_size) -> np.ndarray:
@@ -47,23 +43,6 @@ def annotation_mask(segmentation, transforms: T.TransformList, image_size) -> np
     raise TypeError(
         f"segmentation of type {type(segmentation).__name__}: expected polygons (list) or RLE (dict)"
     )
-
-
-def annotations_to_mask_targets(
-    annotations: List[Dict], transforms: T.TransformList, image_size
-) -> Tuple[List[int], Optional[torch.Tensor]]:
-    """Transform non-crowd annotations; return (classes, N x H x W bool masks or None)."""
-    annotations = [obj for obj in annotations if obj.get("iscrowd", 0) == 0]
-    for obj in annotations:
-        if "segmentation" not in obj:
-            raise KeyError(
-                f"Instance annotation {obj} has no 'segmentation'; mask targets need masks"
-            )
-    if not annotations:
-        return [], None
-    masks = [annotation_mask(obj["segmentation"], transforms, image_size) for obj in annotations]
-    classes = [int(obj["category_id"]) for obj in annotations]
-    return classes, torch.from_numpy(np.stack(masks))
 
 
 class MaskFormerInstanceDatasetMapper(SegmentationDatasetMapper):
@@ -91,12 +70,19 @@ class MaskFormerInstanceDatasetMapper(SegmentationDatasetMapper):
         categories = [obj["category_id"] for obj in annotations]
         check_category_ids(categories, self.num_classes, f"annotations of {file_name}")
         check_rle_sizes(annotations, image.shape[:2], file_name)
+        annotations = [obj for obj in annotations if obj.get("iscrowd", 0) == 0]  # crowd: no target
+        for obj in annotations:
+            if "segmentation" not in obj:
+                raise KeyError(
+                    f"Instance annotation {obj} has no 'segmentation'; mask targets need masks"
+                )
         return {"annotations": annotations}
 
     def targets(self, labels: Dict[str, Any], aug_input: T.AugInput, transforms) -> Dict[str, Any]:
         image_size = aug_input.image.shape[:2]
-        classes, masks = annotations_to_mask_targets(labels["annotations"], transforms, image_size)
-        if masks is not None:
-            masks = self.pad(masks, 0)
+        annotations = labels["annotations"]
+        masks = [annotation_mask(obj["segmentation"], transforms, image_size) for obj in annotations]
+        masks = [self.pad(torch.from_numpy(mask), 0) for mask in masks]
+        classes = [int(obj["category_id"]) for obj in annotations]
         padded_size = self.padded_size(*image_size)
         return {"instances": masks_to_instances(padded_size, classes, masks, with_boxes=True)}

@@ -14,10 +14,11 @@ import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
+from panopticapi.utils import rgb2id
 
 from ..checks import check_category_ids, check_panoptic_segments, check_same_size
 from ..image_reading import read_label_file
-from .mapper_utils import masks_to_instances, rgb_to_panoptic_id, semantic_from_panoptic
+from .mapper_utils import masks_to_instances, semantic_from_panoptic
 from .mask_former_semantic_dataset_mapper import build_semantic_augmentations
 from .segmentation_dataset_mapper import SegmentationDatasetMapper
 
@@ -30,7 +31,7 @@ def read_panoptic_labels(
     dataset_dict: Dict, image: np.ndarray, max_image_pixels: int, num_classes
 ) -> Dict[str, Any]:
     """Pop and check the panoptic labels of a record: ``panoptic`` (the PNG as H x W x 3 uint8),
-    its ``panoptic_ids`` (H x W int64) and ``segments_info``. Shared by both panoptic mappers."""
+    its ``panoptic_ids`` (H x W ints) and ``segments_info``. Shared by both panoptic mappers."""
     label_file = dataset_dict.pop("pan_seg_file_name")
     panoptic_rgb = read_label_file(label_file, "panoptic", max_image_pixels)
     check_same_size(image, panoptic_rgb, dataset_dict["file_name"], label_file)
@@ -39,16 +40,16 @@ def read_panoptic_labels(
         [s["category_id"] for s in segments_info], num_classes, f"segments_info of {label_file}"
     )
     dataset_dict.pop("sem_seg_file_name", None)
-    panoptic_ids = rgb_to_panoptic_id(panoptic_rgb)
+    panoptic_ids = rgb2id(panoptic_rgb)
     check_panoptic_segments(panoptic_ids, segments_info, label_file)
     return {"panoptic": panoptic_rgb, "panoptic_ids": panoptic_ids, "segments_info": segments_info}
 
 
 def panoptic_instances(panoptic_ids: torch.Tensor, segments_info: List[Dict], with_boxes: bool):
-    """Targets of the non-crowd segments of a panoptic id map (H x W int64 tensor)."""
+    """Targets of the non-crowd segments of a panoptic id map (H x W int tensor)."""
     segments = [s for s in segments_info if not s.get("iscrowd", 0)]
     classes = [int(s["category_id"]) for s in segments]
-    masks = torch.stack([panoptic_ids == s["id"] for s in segments]) if segments else None
+    masks = [panoptic_ids == s["id"] for s in segments]
     return masks_to_instances(tuple(panoptic_ids.shape), classes, masks, with_boxes)
 
 
@@ -76,9 +77,7 @@ class MaskFormerPanopticDatasetMapper(SegmentationDatasetMapper):
     def targets(self, labels: Dict[str, Any], aug_input: T.AugInput, transforms) -> Dict[str, Any]:
         # The panoptic PNG is augmented as an RGB uint8 image: detectron2 resizes uint8 images
         # with PIL (nearest for labels), and 8-bit channels survive that exactly.
-        panoptic_ids = torch.as_tensor(
-            rgb_to_panoptic_id(transforms.apply_segmentation(labels["panoptic"]))
-        )
+        panoptic_ids = torch.as_tensor(rgb2id(transforms.apply_segmentation(labels["panoptic"])))
         panoptic_ids = self.pad(panoptic_ids, 0)  # 0 = void segment id
         sem_seg = self.pad(torch.as_tensor(aug_input.sem_seg.astype(np.int64)), self.ignore_label)
         instances = panoptic_instances(panoptic_ids, labels["segments_info"], with_boxes=False)

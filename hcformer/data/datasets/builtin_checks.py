@@ -63,13 +63,12 @@ _CHECKED_DATASETS = [
 ]
 
 
-# datasets read by detectron2's load_sem_seg: (names, image extension, label extension)
-_SEM_SEG_DATASETS = [(("ade20k_sem_seg_train", "ade20k_sem_seg_val"), "jpg", "png")]
+# datasets read by detectron2's load_sem_seg (jpg images, png labels)
+_SEM_SEG_DATASETS = ("ade20k_sem_seg_train", "ade20k_sem_seg_val")
 
 
 def add_builtin_dataset_checks() -> None:
     """Make the loaders of detectron2's builtin datasets above check their paths first."""
-    sem_seg_exts = {name: exts for names, *exts in _SEM_SEG_DATASETS for name in names}
     for names, keys, hint in _CHECKED_DATASETS:
         for name in names:
             if name not in DatasetCatalog:  # an older/newer detectron2 without this dataset
@@ -79,11 +78,8 @@ def add_builtin_dataset_checks() -> None:
 
             def check(name=name, paths=paths, hint=hint, metadata=metadata):
                 require_paths(name, paths, hint)
-                if name in sem_seg_exts:
-                    image_ext, gt_ext = sem_seg_exts[name]
-                    require_matching_sem_seg_files(
-                        name, metadata.image_root, metadata.sem_seg_root, image_ext, gt_ext
-                    )
+                if name in _SEM_SEG_DATASETS:
+                    require_matching_sem_seg_files(name, metadata.image_root, metadata.sem_seg_root)
 
             run_before_loading(name, check)
 

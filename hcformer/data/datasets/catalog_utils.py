@@ -30,7 +30,7 @@ class MissingDatasetError(FileNotFoundError):
     """A registered dataset's files are not on disk."""
 
 
-def require_paths(dataset_name: str, paths: Sequence[str], how_to_prepare: str = "") -> None:
+def require_paths(dataset_name: str, paths: Sequence[str], how_to_prepare: str) -> None:
     """Raise :class:`MissingDatasetError` naming the first missing path of ``dataset_name``.
 
     Args:
@@ -46,8 +46,7 @@ def require_paths(dataset_name: str, paths: Sequence[str], how_to_prepare: str =
         f"{os.path.abspath(missing[0])!r} to exist"
         + (f" (and {len(missing) - 1} more missing path(s))" if len(missing) > 1 else "")
         + f". Datasets are looked up under $DETECTRON2_DATASETS (now {root!r}). "
-        + (how_to_prepare + " " if how_to_prepare else "")
-        + _README_HINT
+        + f"{how_to_prepare} {_README_HINT}"
     )
 
 

@@ -32,12 +32,13 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import pycocotools.mask as mask_util
 from detectron2.utils.colormap import colormap
+from panopticapi.utils import rgb2id
 from PIL import Image
 from tqdm import tqdm
 
 from ..dataset_loading import DatasetLoadError, read_annotation_json, require_entries
 from ..checks import check_panoptic_segments
-from ..dataset_mappers.mapper_utils import rgb_to_panoptic_id, semantic_from_panoptic
+from ..dataset_mappers.mapper_utils import semantic_from_panoptic
 from ..image_reading import read_label_file
 from .atomic_dir import build_directory_once, read_marker
 from .register_coco_panoptic_annos_semseg import panoptic_metadata_from_categories
@@ -52,8 +53,7 @@ __all__ = [
     "derived_semantic_root",
     "derived_instances_json",
     "file_sha256",
-    "ensure_semantic_pngs",
-    "ensure_instances_json",
+    "ensure_derived_files",
 ]
 
 logger = logging.getLogger(__name__)
@@ -120,13 +120,11 @@ def panoptic_metadata(categories: List[Dict]) -> Dict[str, Any]:
     return panoptic_metadata_from_categories(ordered)
 
 
-def panoptic_semantic_labels(
-    panoptic_rgb: np.ndarray, segments_info: List[Dict], id_map: Dict[int, int], where: str
-) -> np.ndarray:
-    """H x W uint8 contiguous class ids (255 = void) of a COCO-panoptic PNG (H x W x 3) whose
-    ``segments_info`` have dataset category ids; ``where`` names the PNG in errors."""
-    segment_ids = rgb_to_panoptic_id(panoptic_rgb)
-    check_panoptic_segments(segment_ids, segments_info, where)
+def panoptic_semantic_labels(png: str, segments_info: List[Dict], id_map: Dict[int, int]) -> np.ndarray:
+    """H x W uint8 contiguous class ids (255 = void) of the COCO-panoptic PNG ``png`` whose
+    ``segments_info`` have dataset category ids."""
+    segment_ids = rgb2id(read_label_file(png, "panoptic"))
+    check_panoptic_segments(segment_ids, segments_info, png)
     contiguous = [{**s, "category_id": id_map[s["category_id"]]} for s in segments_info]
     return semantic_from_panoptic(segment_ids, contiguous, IGNORE_LABEL)
 
@@ -202,11 +200,12 @@ def file_sha256(path: str) -> str:
 
 
 def _derive_once(
-    directory: str, panoptic_json: str, what: str, build: Callable[[str], None]
+    directory: str, panoptic_json: str, json_sha256: str, what: str, build: Callable[[str], None]
 ) -> None:
-    """Build ``directory`` with ``build`` unless it was derived from this ``panoptic_json``."""
-    manifest = {"derived": what, "from_sha256": file_sha256(panoptic_json), "version": _VERSION}
-    found = read_marker(directory) if os.path.isdir(directory) else {}
+    """Build ``directory`` with ``build`` unless it was derived from this ``panoptic_json`` (whose
+    SHA-256 is ``json_sha256``)."""
+    manifest = {"derived": what, "from_sha256": json_sha256, "version": _VERSION}
+    found = read_marker(directory)
     if os.path.exists(directory) and not found:
         raise DatasetLoadError(
             f"{directory} exists but was not derived by hcformer (it has no COMPLETE.json); it "
@@ -223,40 +222,31 @@ def _derive_once(
     build_directory_once(directory, build, manifest)
 
 
-def ensure_semantic_pngs(panoptic_json: str, panoptic_root: str) -> str:
-    """Derive the semantic PNGs of a COCO-panoptic dataset unless done already; return their
-    folder (:func:`derived_semantic_root`)."""
-    directory = derived_semantic_root(panoptic_root)
+def ensure_derived_files(panoptic_json: str, panoptic_root: str, semantic_pngs: bool = True) -> None:
+    """Derive, unless done already, the COCO instance JSON (thing segments as RLE masks,
+    :func:`derived_instances_json`) of a COCO-panoptic dataset and, with ``semantic_pngs``, its
+    semantic PNGs (:func:`derived_semantic_root`)."""
+    json_sha256 = file_sha256(panoptic_json)  # once for both folders: the JSON may be large
+    instances_json = derived_instances_json(panoptic_root)
 
-    def build(tmp_dir: str) -> None:
+    def build_semantic_pngs(tmp_dir: str) -> None:
         content = read_panoptic_json(panoptic_json)
         id_map = contiguous_ids(content["categories"])
         for annotation in tqdm(content["annotations"], desc="semantic PNGs", unit="image"):
             png = os.path.join(panoptic_root, annotation["file_name"])
-            labels = panoptic_semantic_labels(
-                read_label_file(png, "panoptic"), annotation["segments_info"], id_map, png
-            )
+            labels = panoptic_semantic_labels(png, annotation["segments_info"], id_map)
             output = os.path.join(tmp_dir, annotation["file_name"])
             os.makedirs(os.path.dirname(output), exist_ok=True)
             Image.fromarray(labels).save(output)
 
-    _derive_once(directory, panoptic_json, "semantic PNGs", build)
-    return directory
-
-
-def ensure_instances_json(panoptic_json: str, panoptic_root: str) -> str:
-    """Derive the COCO instance JSON (thing segments as RLE masks) of a COCO-panoptic dataset
-    unless done already; return its path (:func:`derived_instances_json`)."""
-    path = derived_instances_json(panoptic_root)
-
-    def build(tmp_dir: str) -> None:
+    def build_instances_json(tmp_dir: str) -> None:
         content = read_panoptic_json(panoptic_json)
         things = {c["id"] for c in content["categories"] if c["isthing"]}
         images = {image["id"]: image for image in content["images"]}
         image_entries, annotations = [], []
         for annotation in tqdm(content["annotations"], desc="instance masks", unit="image"):
             png = os.path.join(panoptic_root, annotation["file_name"])
-            segment_ids = rgb_to_panoptic_id(read_label_file(png, "panoptic"))
+            segment_ids = rgb2id(read_label_file(png, "panoptic"))
             check_panoptic_segments(segment_ids, annotation["segments_info"], png)
             image = images[annotation["image_id"]]
             height, width = segment_ids.shape
@@ -286,8 +276,11 @@ def ensure_instances_json(panoptic_json: str, panoptic_root: str) -> str:
             "annotations": annotations,
             "categories": [c for c in content["categories"] if c["isthing"]],
         }
-        with open(os.path.join(tmp_dir, os.path.basename(path)), "w") as f:
+        with open(os.path.join(tmp_dir, os.path.basename(instances_json)), "w") as f:
             json.dump(derived, f)
 
-    _derive_once(os.path.dirname(path), panoptic_json, "instance JSON", build)
-    return path
+    if semantic_pngs:
+        semantic_root = derived_semantic_root(panoptic_root)
+        _derive_once(semantic_root, panoptic_json, json_sha256, "semantic PNGs", build_semantic_pngs)
+    instances_dir = os.path.dirname(instances_json)
+    _derive_once(instances_dir, panoptic_json, json_sha256, "instance JSON", build_instances_json)

@@ -103,13 +103,11 @@ def register_coco_panoptic_with_sem_seg(
 def register_all_coco_panoptic_annos_sem_seg(root: str) -> None:
     """Register the COCO 2017 ``*_panoptic_with_sem_seg`` datasets under ``root``."""
     metadata = panoptic_metadata_from_categories(COCO_CATEGORIES)
-    for name, (images, instances, panoptic, panoptic_json, semantic) in _PREDEFINED_SPLITS.items():
+    for name, relative_paths in _PREDEFINED_SPLITS.items():
         if name in DatasetCatalog:  # e.g. registered by Mask2Former in the same process
             logger.info(f"Dataset {name} is already registered; keeping that registration")
             continue
-        paths = [
-            os.path.join(root, p) for p in (images, instances, panoptic, panoptic_json, semantic)
-        ]
+        paths = [os.path.join(root, p) for p in relative_paths]
 
         def check(name=name, paths=paths):
             require_paths(
@@ -119,9 +117,9 @@ def register_all_coco_panoptic_annos_sem_seg(root: str) -> None:
                 "datasets/prepare_coco_semantic_annos_from_panoptic_annos.py.",
             )
 
-        image_root, instances_json, panoptic_root, panoptic_json_path, sem_seg_root = paths
+        image_root, instances_json, panoptic_root, panoptic_json, sem_seg_root = paths
         register_coco_panoptic_with_sem_seg(
-            name, metadata, image_root, panoptic_root, panoptic_json_path, sem_seg_root, instances_json
+            name, metadata, image_root, panoptic_root, panoptic_json, sem_seg_root, instances_json
         )
         run_before_loading(name, check)
 

@@ -44,8 +44,7 @@ from .catalog_utils import MissingDatasetError, require_matching_sem_seg_files
 from .coco_panoptic_files import (
     derived_instances_json,
     derived_semantic_root,
-    ensure_instances_json,
-    ensure_semantic_pngs,
+    ensure_derived_files,
     load_panoptic_records,
     panoptic_metadata,
     read_panoptic_json,
@@ -141,7 +140,7 @@ def register_coco_panoptic_from_files(
     where: str = "",
 ) -> None:
     """Register a COCO-panoptic dataset; without ``semantic_root`` the semantic PNGs are derived
-    on first use (:func:`~.coco_panoptic_files.ensure_semantic_pngs`), and the instance JSON for
+    on first use (:func:`~.coco_panoptic_files.ensure_derived_files`), and the instance JSON for
     mask AP always is."""
     where = where or f"dataset {name!r}"
     entry = [
@@ -162,9 +161,7 @@ def register_coco_panoptic_from_files(
     semantic_root = entry[4] if semantic_root is not None else derived_semantic_root(panoptic_root)
 
     def load() -> List[Dict]:
-        if len(entry) == 4:
-            ensure_semantic_pngs(panoptic_json, panoptic_root)
-        ensure_instances_json(panoptic_json, panoptic_root)
+        ensure_derived_files(panoptic_json, panoptic_root, semantic_pngs=len(entry) == 4)
         return load_panoptic_records(panoptic_json, panoptic_root, image_root, semantic_root)
 
     DatasetCatalog.register(name, load)
