@@ -44,7 +44,7 @@ from hcformer.data.image_reading import BadSampleError, read_image_file  # noqa:
 from hcformer.engine.inference_model import inference_cfg  # noqa: E402
 from hcformer_deploy.image_files import IMAGE_EXTENSIONS, expand_image_paths  # noqa: E402
 from hcformer.utils.prediction_files import save_prediction  # noqa: E402
-from predictor import VisualizationDemo, read_frames  # noqa: E402
+from predictor import VisualizationDemo, batches, read_frames  # noqa: E402
 
 logger = logging.getLogger("hcformer.demo")
 
@@ -113,11 +113,6 @@ def show(picture_bgr: np.ndarray, wait_ms: int) -> bool:
     return cv2.waitKey(wait_ms) != 27
 
 
-def _chunks(items: List[str], size: int):
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def _image_targets(args: argparse.Namespace, paths: List[str]) -> List[Tuple[str, str]]:
     """(picture file, prediction file stem) per input image.
 
@@ -160,7 +155,7 @@ def run_on_images(demo: VisualizationDemo, args: argparse.Namespace, max_image_p
     targets = dict(zip(paths, _image_targets(args, paths))) if args.output else {}
     written, done = [], 0
     with tqdm.tqdm(total=len(paths), desc="images", unit="image", disable=not args.output) as progress:
-        for batch in _chunks(paths, args.batch_size):
+        for batch in batches(paths, args.batch_size):
             start = time.perf_counter()
             batch_read, images = _read_images(batch, args, max_image_pixels)
             results = demo.run_on_images(images) if images else []
@@ -168,16 +163,15 @@ def run_on_images(demo: VisualizationDemo, args: argparse.Namespace, max_image_p
             for path, (prediction, picture) in zip(batch_read, results):
                 _log_prediction(path, prediction)
                 if not args.output:
-                    if not show(picture[:, :, ::-1], wait_ms=0):
+                    if not show(picture, wait_ms=0):
                         return written
                     continue
                 picture_file, stem = targets[path]
-                if not cv2.imwrite(picture_file, picture[:, :, ::-1]):
+                if not cv2.imwrite(picture_file, picture):
                     raise OSError(f"OpenCV could not write {picture_file}")
                 written.append(picture_file)
                 if args.save_predictions:
-                    name = os.path.basename(stem)
-                    written += save_prediction(prediction, stem, demo.metadata, image_id=name)
+                    written += save_prediction(prediction, stem, demo.metadata)
             done += len(batch_read)
             progress.update(len(batch))
     if done < len(paths):
@@ -257,7 +251,7 @@ def run_on_video(demo: VisualizationDemo, args: argparse.Namespace) -> List[str]
             writer.write(np.ascontiguousarray(picture))
             if args.save_predictions:
                 stem = os.path.join(os.path.dirname(target), f"{name}_{index:06d}")
-                written += save_prediction(prediction, stem, demo.metadata, f"{name}_{index:06d}")
+                written += save_prediction(prediction, stem, demo.metadata)
     except KeyboardInterrupt:
         logger.info("Stopped")
     finally:

@@ -4,6 +4,7 @@ Kept next to demo.py, as in detectron2, because it is glue: the pieces it glues 
 library (model building in ``hcformer.engine.inference_model``, the clusterings the model
 returns on request, drawing in ``hcformer.utils.hierarchy_visualization``).
 """
+import itertools
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import cv2
@@ -14,6 +15,13 @@ from detectron2.data import transforms as T
 
 from hcformer.engine.inference_model import build_inference_model
 from hcformer.utils.hierarchy_visualization import add_title, draw_boundaries, draw_prediction, visualization_metadata
+
+
+def batches(items: Iterable, size: int) -> Iterator[List]:
+    """``items`` in lists of ``size`` (the last one may be shorter), each read when it is needed."""
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
 
 
 def filter_by_confidence(prediction: Dict, threshold: float) -> Dict:
@@ -36,8 +44,8 @@ class BatchPredictor:
 
     Args:
         cfg: the (frozen) config; MODEL.WEIGHTS is loaded.
-        hierarchy_level: if set, every output also holds "hierarchy_level": the (H, W) int64 hard
-            clustering of that level of the hierarchy at the image size.
+        hierarchy_level: if set, every output also holds "clusterings" {"level<k>": the (H, W)
+            int64 hard clustering of that level at the image size} and "level_strides".
     """
 
     def __init__(self, cfg: CfgNode, hierarchy_level: Optional[int] = None):
@@ -48,7 +56,6 @@ class BatchPredictor:
         # INPUT.FORMAT is RGB or BGR: validate_config (inference_cfg) checked it
         self.input_format = cfg.INPUT.FORMAT
         self.hierarchy_level = hierarchy_level
-        self.hierarchy_stride: Optional[int] = None  # known after the first batch
 
     def _model_input(self, image_bgr: np.ndarray) -> Dict:
         image = image_bgr[:, :, ::-1] if self.input_format == "RGB" else image_bgr
@@ -63,16 +70,11 @@ class BatchPredictor:
         if self.hierarchy_level is None:
             with torch.no_grad():  # no clusterings, even with TEST.HIERARCHY_EVAL in the config
                 return self.model(inputs, clusterings=[])
-        level = self.hierarchy_level
         try:
             with torch.no_grad():
-                outputs = self.model(inputs, clusterings=[f"level{level}"])
+                return self.model(inputs, clusterings=[f"level{self.hierarchy_level}"])
         except ValueError as e:
-            raise ValueError(f"--show-level {level}: {e}") from None
-        self.hierarchy_stride = outputs[0]["level_strides"][level]
-        for output in outputs:
-            output["hierarchy_level"] = output["clusterings"][f"level{level}"]
-        return outputs
+            raise ValueError(f"--show-level {self.hierarchy_level}: {e}") from None
 
 
 class VisualizationDemo:
@@ -94,27 +96,21 @@ class VisualizationDemo:
         """(H, W, 3) uint8 RGB picture of one prediction."""
         picture = draw_prediction(image_rgb, prediction, self.metadata, self.confidence_threshold)
         if self.show_level is not None:
-            picture = draw_boundaries(picture, prediction["hierarchy_level"].cpu().numpy())
-            stride = self.predictor.hierarchy_stride
+            picture = draw_boundaries(picture, prediction["clusterings"][f"level{self.show_level}"].cpu().numpy())
+            stride = prediction["level_strides"][self.show_level]
             title = f"clusters of level {self.show_level}" + (f" (stride {stride})" if stride else "")
             picture = add_title(picture, [title])
         return picture
 
     def run_on_images(self, images_bgr: List[np.ndarray]) -> List[Tuple[Dict, np.ndarray]]:
-        """One batch: per image, (filtered prediction, RGB picture)."""
+        """One batch: per image, (filtered prediction, BGR picture, as OpenCV writes and shows it)."""
         predictions = [filter_by_confidence(p, self.confidence_threshold) for p in self.predictor(images_bgr)]
-        return [(p, self.draw(image[:, :, ::-1], p)) for image, p in zip(images_bgr, predictions)]
+        return [(p, self.draw(image[:, :, ::-1], p)[:, :, ::-1]) for image, p in zip(images_bgr, predictions)]
 
     def run_on_video(self, frames_bgr: Iterable[np.ndarray], batch_size: int = 1) -> Iterator[Tuple[Dict, np.ndarray]]:
         """(prediction, BGR picture) per frame, frames predicted ``batch_size`` at a time."""
-        batch: List[np.ndarray] = []
-        for frame in frames_bgr:
-            batch.append(frame)
-            if len(batch) == batch_size:
-                yield from ((p, picture[:, :, ::-1]) for p, picture in self.run_on_images(batch))
-                batch = []
-        if batch:
-            yield from ((p, picture[:, :, ::-1]) for p, picture in self.run_on_images(batch))
+        for batch in batches(frames_bgr, batch_size):
+            yield from self.run_on_images(batch)
 
 
 def read_frames(capture: cv2.VideoCapture) -> Iterator[np.ndarray]:

@@ -9,7 +9,7 @@ predictions (to the exported graph's rounding); a fixed-size export is fed the i
 its size, aspect ratio not kept, and its predictions are resized back to the image.
 """
 import logging
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from .contract import INPUT_NAME, read_export_info
 from .id_maps import resize_ids
 from .postprocess import instance_predictions, panoptic_inference, resize_to_output, semantic_inference
 
-__all__ = ["ExportedModel", "shortest_edge_size"]
+__all__ = ["ExportedModel", "open_model_file", "shortest_edge_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,32 @@ def shortest_edge_size(height: int, width: int, short_edge: int, max_size: int) 
     return int(new_h + 0.5), int(new_w + 0.5)
 
 
+def open_model_file(path: str, fmt: str, num_threads: Optional[int] = None) -> Callable[[np.ndarray], List[torch.Tensor]]:
+    """The exported model file ``path`` of format ``fmt``, loaded once, as a function of a
+    (1, 3, H, W) float32 image returning the graph's outputs in order; ``num_threads``: intra-op
+    threads of onnxruntime / torch (None: their default)."""
+    if fmt == "onnx":
+        import onnxruntime  # only an ONNX export needs it
+
+        options = onnxruntime.SessionOptions()
+        if num_threads:
+            options.intra_op_num_threads = num_threads
+        # no busy-waiting for work after a run (onnxruntime's default): every prediction runs the
+        # post-processing in PyTorch right after the graph, on the cores spinning threads would hold
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        return lambda image: [torch.from_numpy(v) for v in session.run(None, {INPUT_NAME: image})]
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    module = torch.jit.load(path, map_location="cpu").eval()
+
+    def run(image: np.ndarray) -> List[torch.Tensor]:
+        with torch.no_grad():
+            return list(module(torch.from_numpy(image)))
+
+    return run
+
+
 class ExportedModel:
     """An export directory, ready to run.
 
@@ -44,35 +70,18 @@ class ExportedModel:
         confidence_threshold: if set, replaces the export's object mask threshold (panoptic
             queries must score above it), as the demo's ``--confidence-threshold`` does.
         num_threads: intra-op threads of onnxruntime / torch (None: their default).
-        allow_spinning: let onnxruntime's threads busy-wait for work after a run (onnxruntime's
-            own default). Off here: every prediction runs the post-processing in PyTorch right
-            after the graph, on the same cores the spinning threads would keep busy.
     """
 
-    def __init__(self, directory: str, confidence_threshold: Optional[float] = None,
-                 num_threads: Optional[int] = None, allow_spinning: bool = False):
+    def __init__(self, directory: str, confidence_threshold: Optional[float] = None, num_threads: Optional[int] = None):
         self.info = read_export_info(directory)
         self.format = self.info["format"]
         self.outputs = list(self.info["outputs"])
+        self.levels = [name for name in self.outputs if name.startswith("level")]  # with --clusterings
         post = self.info["postprocess"]
         self.num_classes = post["num_classes"]
         self.thing_ids = set(post["thing_ids"])
         self.object_mask_threshold = post["object_mask_threshold"] if confidence_threshold is None else confidence_threshold
-        if self.format == "onnx":
-            import onnxruntime  # only an ONNX export needs it
-
-            options = onnxruntime.SessionOptions()
-            if num_threads:
-                options.intra_op_num_threads = num_threads
-            if not allow_spinning:
-                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self.session = onnxruntime.InferenceSession(
-                self.info["model_path"], options, providers=["CPUExecutionProvider"]
-            )
-        else:
-            if num_threads:
-                torch.set_num_threads(num_threads)
-            self.module = torch.jit.load(self.info["model_path"], map_location="cpu").eval()
+        self._run = open_model_file(self.info["model_path"], self.format, num_threads)
 
     # ---------------------------------------------------------------- the graph
     def run_graph(self, image: np.ndarray) -> Dict[str, torch.Tensor]:
@@ -83,12 +92,7 @@ class ExportedModel:
                 f"this export takes {size['height']}x{size['width']} images only, got "
                 f"{image.shape[-2]}x{image.shape[-1]} (export with --dynamic for any size)"
             )
-        if self.format == "onnx":
-            values = [torch.from_numpy(v) for v in self.session.run(None, {INPUT_NAME: image})]
-        else:
-            with torch.no_grad():
-                values = list(self.module(torch.from_numpy(image)))
-        return dict(zip(self.outputs, values))
+        return dict(zip(self.outputs, self._run(image)))
 
     def model_input(self, image_rgb: np.ndarray) -> np.ndarray:
         """(h, w, 3) uint8 RGB → (1, 3, H, W) float32: the test-time resize of the config for
@@ -143,8 +147,7 @@ class ExportedModel:
                 mask_cls, mask_pred, self.num_classes, post["num_queries"], post["top_k"], self.thing_ids,
                 tasks["panoptic"], mask_probs,
             )
-        levels = [name for name in self.outputs if name.startswith("level")]
-        if levels:
-            result["clusterings"] = {name: resize_ids(outputs[name][0], (height, width)) for name in levels}
+        if self.levels:
+            result["clusterings"] = {name: resize_ids(outputs[name][0], (height, width)) for name in self.levels}
         return result
 

@@ -29,21 +29,21 @@ def _class_name(classes: Dict, contiguous_id: int, isthing: bool) -> Optional[st
     return names[contiguous_id] if contiguous_id < len(names) else None
 
 
-def save_prediction(prediction: Dict, stem: str, classes: Dict, image_id=None) -> List[str]:
+def save_prediction(prediction: Dict, stem: str, classes: Dict) -> List[str]:
     """Write the prediction's panoptic, instance and semantic outputs next to ``stem``.
 
     Args:
         prediction: one image's output of ``ExportedModel`` (instances as a dict of tensors:
             pred_boxes XYXY (N, 4), pred_masks (N, H, W), pred_classes, scores).
-        stem: path prefix of the files, e.g. ``out/000123``; its directory is created.
+        stem: path prefix of the files, e.g. ``out/000123``; its directory is created, and its
+            base name is the image id of the JSON files.
         classes: class names and dataset category ids (export.json's ``classes``).
-        image_id: written into the JSON files (default: the stem's base name).
 
     Returns:
         the paths written.
     """
     os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
-    image_id = os.path.basename(stem) if image_id is None else image_id
+    image_id = os.path.basename(stem)
     written = []
 
     if "panoptic_seg" in prediction:

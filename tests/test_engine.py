@@ -107,8 +107,8 @@ def test_eval_only_warns_about_a_random_model(tmp_path, caplog, weights, resume,
     loaded = []
 
     class RecordingCheckpointer(HCFormerCheckpointer):
-        def resume_or_load(self, path, *, resume=True):
-            loaded.append((path, resume))
+        def load(self, path, *args, **kwargs):
+            loaded.append((path, self.save_dir))
 
     class NoTest(Trainer):
         checkpointer_class = RecordingCheckpointer
@@ -130,7 +130,7 @@ def test_eval_only_warns_about_a_random_model(tmp_path, caplog, weights, resume,
         hcformer_logger.removeHandler(caplog.handler)
     # --resume: the checkpoint that last_checkpoint names is read once, in setup, and loaded as is
     evaluated = str(tmp_path / "model_final.pth") if resume else weights
-    assert loaded == [(evaluated, False)]
+    assert loaded == [(evaluated, "")]  # loaded as is: no directory to resume from, save to or clean
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(m.startswith("MODEL.WEIGHTS is empty: the model is randomly initialised") for m in warnings) == warned
     # nothing of OUTPUT_DIR written (config.yaml, log.txt): the evaluation has a directory of its own

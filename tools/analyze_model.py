@@ -87,14 +87,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    """The config as every tool opens it (its project imported, on the CPU without CUDA)."""
-    cfg = inference_cfg(args.config_file, args.opts, freeze=False, project=args.project)
-    cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.freeze()
-    return cfg
-
-
 def iterate_images(
     cfg: CfgNode, args: argparse.Namespace
 ) -> Iterator[Tuple[torch.Tensor, int, int]]:
@@ -169,7 +161,7 @@ def main() -> None:
     else:
         setup_logger(name="fvcore")
         setup_logger(name="hcformer")
-    cfg = setup_cfg(args)
+    cfg = inference_cfg(args.config_file, [*args.opts, "DATALOADER.NUM_WORKERS", "0"], project=args.project)
     model = build_model(cfg).eval()
     results: Dict[str, Any] = {"config_file": args.config_file}
 

@@ -19,11 +19,10 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +32,7 @@ import visualize_hierarchy  # noqa: E402
 from headless_browser import Browser, find_chromium  # noqa: E402
 from voc_sample import register_voc_sample  # noqa: E402
 
+from hcformer.data.datasets.catalog_utils import unregister_dataset  # noqa: E402
 from hcformer.evaluation import leakage_mask  # noqa: E402
 from hcformer.utils.embedded_id_maps import decode_id_map  # noqa: E402
 from hcformer.utils.hierarchy_page import IGNORED_SEGMENT, read_page_data  # noqa: E402
@@ -50,11 +50,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def leakiest_pixel(page: Path, level: int) -> Tuple[int, int]:
-    """(x, y) of a pixel in the cluster of clustering ``level`` with the most leaked pixels,
-    among those that lose less than half of their labelled pixels (so that red and the
-    cluster's own tint both show)."""
-    data = read_page_data(page)
+def leakiest_pixel(data: Dict, level: int) -> Tuple[int, int]:
+    """(x, y) of a pixel in the cluster of clustering ``level`` of a page (its ``data``) with the
+    most leaked pixels, among those that lose less than half of their labelled pixels (so that
+    red and the cluster's own tint both show)."""
     clusters = decode_id_map(data["clusterings"][level]["map"])
     segments = decode_id_map(data["ground_truth"]["map"])
     leak = leakage_mask(segments, clusters, IGNORED_SEGMENT)
@@ -79,17 +78,16 @@ def main(argv: Optional[List[str]] = None) -> str:
                  "--html", os.path.join(tmp, "explorer")] + args.opts
             )
         finally:
-            DatasetCatalog.remove(VOC_DATASET)
-            MetadataCatalog.remove(VOC_DATASET)
+            unregister_dataset(VOC_DATASET)
         page = Path(tmp) / "explorer" / "images" / "voc_sample.html"
-        x, y = leakiest_pixel(page, args.level)
+        data = read_page_data(page)
+        x, y = leakiest_pixel(data, args.level)
         width, height = args.window
         with Browser(find_chromium(), width=width, height=height) as browser:
             browser.open(page)
             browser.evaluate("document.getElementById('level').focus()")
             for _ in range(args.level):
                 browser.press("ArrowRight", "ArrowRight", 39)
-            data = read_page_data(page)
             box = browser.evaluate("(() => { const b = document.getElementById('stage').getBoundingClientRect();"
                                    " return [b.left, b.top, b.width, b.height]; })()")
             browser.move_mouse(box[0] + (x + 0.5) * box[2] / data["width"], box[1] + (y + 0.5) * box[3] / data["height"])

@@ -90,11 +90,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
         model = ExportedModel(args.exported, confidence_threshold=args.confidence_threshold, num_threads=args.threads)
-        levels = [name for name in model.outputs if name.startswith("level")]
-        if args.show_level is not None and f"level{args.show_level}" not in levels:
+        if args.show_level is not None and f"level{args.show_level}" not in model.levels:
             raise ValueError(
                 f"--show-level {args.show_level}: the export has "
-                + (f"levels 0..{len(levels) - 1}" if levels else "no cluster maps (export it with --clusterings)")
+                + (f"levels 0..{len(model.levels) - 1}" if model.levels else "no cluster maps (export it with --clusterings)")
             )
         paths = expand_image_paths(args.input)
         os.makedirs(args.output, exist_ok=True)
@@ -109,7 +108,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 picture[cluster_boundaries(prediction["clusterings"][f"level{args.show_level}"].numpy())] = (255, 255, 0)
             Image.fromarray(picture).save(os.path.join(args.output, f"{name}.png"))
             if args.save_predictions:
-                save_prediction(prediction, os.path.join(args.output, name), model.info["classes"], image_id=name)
+                save_prediction(prediction, os.path.join(args.output, name), model.info["classes"])
             found = [f"{len(prediction['panoptic_seg'][1])} segments"] if "panoptic_seg" in prediction else []
             found += [f"{len(prediction['instances']['scores'])} instances"] if "instances" in prediction else []
             logger.info("[%d/%d] %s: %s in %.2f s", index, len(paths), path, ", ".join(found) or "semantic segmentation",

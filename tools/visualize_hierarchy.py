@@ -176,28 +176,24 @@ def ground_truth_class_names(dataset: str, record: Dict, kind: str, gt: np.ndarr
 def write_explorer_page(
     args: argparse.Namespace,
     image: np.ndarray,
-    clusterings: Dict[str, torch.Tensor],
-    strides: Dict[int, object],
+    level_maps: List[LevelMap],
+    queries: torch.Tensor,
     entry: Dict,
     prediction: Dict,
     metadata: Metadata,
-    ground_truth: Optional[Tuple[np.ndarray, Optional[int], str, Dict[int, str]]],
+    ground_truth: Dict,
     name: str,
     links: Dict[str, Optional[str]],
 ) -> Dict:
     """Write the explorer page of one image to ``--html``/images/``name``; return its entry of
-    the index."""
+    the index. ``ground_truth``: the ground-truth arguments of ``image_page_data`` (none without)."""
     page_clusterings = [
-        hierarchy_page.PageClustering(
-            name=key,
-            labels=clusterings[key].cpu().numpy(),
-            stride=strides[int(key[5:])] if key.startswith("level") else None,
-            scores=entry["scores"].get(key),
-        )
-        for key in sorted((k for k in clusterings if k.startswith("level")), key=lambda k: int(k[5:]))
-        + (["queries"] if "queries" in clusterings else [])
+        hierarchy_page.PageClustering(f"level{m.level}", m.labels, m.stride, entry["scores"].get(f"level{m.level}"))
+        for m in level_maps
     ]
-    gt, ignore_label, kind, class_names = ground_truth if ground_truth is not None else (None, None, None, None)
+    page_clusterings.append(
+        hierarchy_page.PageClustering("queries", queries.cpu().numpy(), scores=entry["scores"].get("queries"))
+    )
     # one picture per output the model gave (the panels draw only the first of them)
     pictures = {}
     for output, key in (("panoptic", "panoptic_seg"), ("instances", "instances"), ("semantic", "sem_seg")):
@@ -210,12 +206,9 @@ def write_explorer_page(
         str(entry["image_id"]),
         image,
         page_clusterings,
-        gt=gt,
-        ignore_label=ignore_label,
-        ground_truth_kind=kind,
-        class_names=class_names,
         predictions=pictures,
         links=links,
+        **ground_truth,
     )
     path = os.path.join(args.html, "images", name)
     size = hierarchy_page.write_page(path, "image", data, title=f"{entry['image_id']} · hierarchy explorer")
@@ -299,12 +292,13 @@ def visualize_image(
         }
     index_entry = None
     if page is not None:
-        ground_truth = None
+        ground_truth = {}
         if gt is not None:
-            ground_truth = (gt, ignore_label, kind, ground_truth_class_names(dataset, record, kind, gt))
+            class_names = ground_truth_class_names(dataset, record, kind, gt)
+            ground_truth = {"gt": gt, "ignore_label": ignore_label, "ground_truth_kind": kind, "class_names": class_names}
         name, links = page
         index_entry = write_explorer_page(
-            args, image, clusterings, strides, entry, outputs[0], metadata, ground_truth, name, links
+            args, image, level_maps, clusterings["queries"], entry, outputs[0], metadata, ground_truth, name, links
         )
     return entry, index_entry
 

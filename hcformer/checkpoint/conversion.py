@@ -24,9 +24,6 @@ def read_state_dict(path: Path, allow_pickle: bool = True) -> Mapping[str, objec
         ValueError: the file is not a checkpoint, holds no state dict, or needs unpickling
             while ``allow_pickle`` is False.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
     data = load_checkpoint_file(str(path), allow_pickle=allow_pickle)
     if isinstance(data, Mapping):
         for key in ("model", "state_dict"):

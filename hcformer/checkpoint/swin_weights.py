@@ -43,8 +43,6 @@ def convert_swin_state_dict(state: Mapping[str, object], prefix: str = "backbone
 
     numpy arrays (``.pkl``) become tensors.
     """
-    if not is_imagenet_swin(state.keys()):
-        raise ValueError("not an ImageNet Swin Transformer state dict (no patch_embed.proj.weight / layers.*.blocks.*)")
     v2_key = next((k for k in state if _SWIN_V2_KEY.search(k)), None)
     if v2_key is not None:
         raise ValueError(

@@ -30,11 +30,6 @@ def main(args: argparse.Namespace, trainer_class: Type[Trainer] = Trainer):
 
     if args.eval_only:
         model = trainer_class.build_model(cfg)
-        # refuses a URL for MODEL.WEIGHTS: weights are never downloaded; it neither saves nor
-        # removes temporary files (a training may be saving next to the checkpoint)
-        checkpointer = trainer_class.checkpointer_class(
-            model, save_dir=cfg.OUTPUT_DIR, save_to_disk=False, allow_pickle=cfg.MODEL.ALLOW_PICKLE
-        )
         if not cfg.MODEL.WEIGHTS:
             # the scores of a random model look like those of a badly trained one
             logger.warning(
@@ -42,7 +37,9 @@ def main(args: argparse.Namespace, trainer_class: Type[Trainer] = Trainer):
                 "evaluates it as it is. Set MODEL.WEIGHTS to a trained checkpoint, or add --resume "
                 "to evaluate the last checkpoint of OUTPUT_DIR."
             )
-        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+        # a checkpointer without a directory: it only loads (refusing a URL: weights are never
+        # downloaded), and neither saves nor removes the temporary files of a training
+        trainer_class.checkpointer_class(model, allow_pickle=cfg.MODEL.ALLOW_PICKLE).load(cfg.MODEL.WEIGHTS)
         results = trainer_class.test(cfg, model)
         if cfg.TEST.AUG.ENABLED:
             results.update(trainer_class.test_with_TTA(cfg, model))

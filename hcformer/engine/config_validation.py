@@ -15,6 +15,7 @@ from typing import Any, Iterator, List, Optional, Sequence
 
 import yaml
 from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
 __all__ = [
     "ConfigError",
@@ -172,13 +173,9 @@ def merge_config_list(cfg: CfgNode, opts: Sequence[str]) -> None:
         raise _unknown_key_error(cfg, e, "the command-line overrides") from None
 
 
-def _registered(registry) -> List[str]:
-    return sorted(name for name, _ in registry)
-
-
 def _check_registered(problems: List[str], key: str, value: str, registry) -> None:
     if value not in registry:
-        problems.append(f"{key}={value!r} is not registered; registered: {_registered(registry)}")
+        problems.append(f"{key}={value!r} is not registered; registered: {sorted(name for name, _ in registry)}")
 
 
 def _expected_num_classes(dataset_name: str):
@@ -187,8 +184,6 @@ def _expected_num_classes(dataset_name: str):
     Panoptic and semantic datasets list every class in ``stuff_classes`` (things included,
     Mask2Former convention); instance datasets only have ``thing_classes``.
     """
-    from detectron2.data import MetadataCatalog
-
     metadata = MetadataCatalog.get(dataset_name)
     for field in ("stuff_classes", "thing_classes"):
         classes = metadata.get(field, None)
@@ -201,8 +196,6 @@ def _resolve_num_classes(cfg: CfgNode) -> List[str]:
     """MODEL.SEM_SEG_HEAD.NUM_CLASSES -1 becomes the number of classes of the DATASETS.TRAIN
     datasets (all must agree); returns the line to log. Unregistered names are left to
     ``validate_config`` to report."""
-    from detectron2.data import DatasetCatalog
-
     head = cfg.MODEL.SEM_SEG_HEAD
     if head.NUM_CLASSES != -1:
         return []
@@ -229,11 +222,7 @@ def _resolve_num_classes(cfg: CfgNode) -> List[str]:
     if not counts:
         return []
     num_classes, field = next(iter(counts.values()))
-    was_frozen = cfg.is_frozen()
-    cfg.defrost()
     head.NUM_CLASSES = num_classes
-    if was_frozen:
-        cfg.freeze()
     return [
         f"MODEL.SEM_SEG_HEAD.NUM_CLASSES -1: {num_classes} classes, from the training dataset(s) "
         f"{list(counts)} (len(metadata.{field}))"
@@ -255,7 +244,6 @@ def validate_config(cfg: CfgNode) -> List[str]:
       classes in their metadata.
     """
     # imported here: they register the names checked below
-    from detectron2.data import DatasetCatalog
     from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY
 
     import hcformer.modeling  # noqa: F401

@@ -14,7 +14,7 @@ import re
 import time
 import traceback
 import warnings
-from typing import Callable, Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from hcformer.layers.deform_conv_onnx import DEFORM_CONV_OPSET, register_deform_
 from hcformer.layers.local_clustering import use_backend
 from hcformer.modeling.export_graph import ExportGraph
 from hcformer_deploy.contract import FORMATS, INFO_FILE, INPUT_NAME, MODEL_FILES, OUTPUT_NAMES, level_output_names
+from hcformer_deploy.exported_model import open_model_file
 
 from .inference_model import build_inference_model
 
@@ -115,23 +116,6 @@ def _difference(got: np.ndarray, wanted: np.ndarray) -> float:
     return float(np.abs(got.astype(np.float64) - wanted).max())
 
 
-def load_exported(path: str, fmt: str) -> Callable[[np.ndarray], list]:
-    """An exported model file, loaded once, as a function of a (1, 3, H, W) float32 image that
-    returns the outputs as numpy arrays."""
-    if fmt == "torchscript":
-        module = torch.jit.load(path)
-
-        def run(image: np.ndarray) -> list:
-            with torch.no_grad():
-                return [t.numpy() for t in module(torch.from_numpy(image))]
-
-        return run
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    return lambda image: session.run(None, {INPUT_NAME: image})
-
-
 def _classes(cfg: CfgNode) -> Dict:
     """Class names and dataset category ids, as the demo's prediction files use them."""
     # the demo's choice of metadata (hcformer.utils imports detectron2's Visualizer: only here)
@@ -184,10 +168,20 @@ def export_model(
                           f"{type(model.backbone).__name__}: {problem}")
     graph = ExportGraph(model, cfg.INPUT.FORMAT, pad=dynamic, clusterings=clusterings).eval()
 
+    # A trace records one run: the file is also checked on another image, which catches a value
+    # the trace froze from the traced image's content, and a dynamic export at a size it was
+    # not traced at, padded differently, which catches a size frozen into a constant.
     generator = torch.Generator().manual_seed(seed)
     example = torch.rand((1, 3, height, width), generator=generator) * 255
+    checks = {f"{height}x{width}": example}
+    if dynamic:
+        other = (height + size_divisibility // 2 + 1, width + 3)
+        checks[f"{other[0]}x{other[1]}"] = torch.rand((1, 3) + other, generator=generator) * 255
+    else:
+        checks[f"{height}x{width}, another image"] = torch.rand((1, 3, height, width), generator=generator) * 255
     with torch.no_grad(), use_backend("reference"):
-        expected = [t.numpy() for t in graph(example)]
+        eager = {size: [t.numpy() for t in graph(image)] for size, image in checks.items()}
+    expected = eager[f"{height}x{width}"]
     padded_height = -(-height // size_divisibility) * size_divisibility
     mask_stride = padded_height // expected[1].shape[-2]  # 4, or 32 for a level-0 model
     output_names = list(OUTPUT_NAMES) + (level_output_names(len(expected) - len(OUTPUT_NAMES) - 1) if clusterings else [])
@@ -206,29 +200,18 @@ def export_model(
     logger.info("Wrote %s (%.1f MB) in %.1f s; checking it against the eager model ...", path,
                 os.path.getsize(path) / 2**20, time.perf_counter() - start)
 
-    # A trace records one run: the file is also checked on another image, which catches a value
-    # the trace froze from the traced image's content, and a dynamic export at a size it was
-    # not traced at, padded differently, which catches a size frozen into a constant.
-    checks = {f"{height}x{width}": example}
-    if dynamic:
-        other = (height + size_divisibility // 2 + 1, width + 3)
-        checks[f"{other[0]}x{other[1]}"] = torch.rand((1, 3) + other, generator=generator) * 255
-    else:
-        checks[f"{height}x{width}, another image"] = torch.rand((1, 3, height, width), generator=generator) * 255
     differences, run = {}, None
     for size, image in checks.items():
-        with torch.no_grad(), use_backend("reference"):
-            wanted = [t.numpy() for t in graph(image)]
         try:
-            run = run or load_exported(path, fmt)  # loaded once for all the checks
-            got = run(image.numpy())
+            run = run or open_model_file(path, fmt)  # loaded once for all the checks
+            got = [t.numpy() for t in run(image.numpy())]
         except Exception as error:  # onnxruntime's and torch.jit's errors have no common base
             _remove(path)
             first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise ExportError(
                 f"the exported {fmt} model fails at {size}: {first_line[:300]}; the trace does not hold for this input"
             ) from error
-        differences[size] = {name: _difference(a, b) for name, a, b in zip(output_names, got, wanted)}
+        differences[size] = {name: _difference(a, b) for name, a, b in zip(output_names, got, eager[size])}
         logger.info("At %s, largest difference to the eager model: %s", size,
                     ", ".join(f"{name} {value:.2g}" for name, value in differences[size].items()))
         worst = max(differences[size], key=differences[size].get)

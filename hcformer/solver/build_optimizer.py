@@ -31,18 +31,10 @@ _POSITION_TABLE_NAMES = ("relative_position_bias_table", "pos_embed")
 _CLUSTERING_SCALE_NAME = "temp"
 
 
-def get_param_groups(
-    model: nn.Module,
-    *,
-    base_lr: float,
-    weight_decay: float,
-    weight_decay_norm: float,
-    weight_decay_embed: float,
-    backbone_multiplier: float,
-) -> List[Dict[str, Any]]:
+def get_param_groups(model: nn.Module, solver: CfgNode) -> List[Dict[str, Any]]:
     """Trainable parameters of ``model``, grouped by (lr, weight_decay); each appears once.
 
-    The LR of parameters under ``backbone.`` is scaled by ``backbone_multiplier`` (the backbone
+    The LR is SOLVER.BASE_LR, times SOLVER.BACKBONE_MULTIPLIER under ``backbone.`` (the backbone
     is pre-trained); the weight decay depends on the kind of parameter, see the module constants.
     """
     params: List[Dict[str, Any]] = []
@@ -55,15 +47,15 @@ def get_param_groups(
             seen.add(param)
 
             full_name = f"{module_name}.{name}" if module_name else name
-            lr = base_lr * backbone_multiplier if full_name.startswith("backbone.") else base_lr
+            lr = solver.BASE_LR * (solver.BACKBONE_MULTIPLIER if full_name.startswith("backbone.") else 1.0)
             if name == _CLUSTERING_SCALE_NAME or any(t in name for t in _POSITION_TABLE_NAMES):
                 decay = 0.0
             elif isinstance(module, _NORM_TYPES):
-                decay = weight_decay_norm
+                decay = solver.WEIGHT_DECAY_NORM
             elif isinstance(module, nn.Embedding):
-                decay = weight_decay_embed
+                decay = solver.WEIGHT_DECAY_EMBED
             else:
-                decay = weight_decay
+                decay = solver.WEIGHT_DECAY
             params.append({"params": [param], "lr": lr, "weight_decay": decay})
     # Few large groups instead of one per parameter: PyTorch's multi-tensor optimizers are
     # much faster that way.
@@ -89,14 +81,7 @@ def _with_full_model_clipping(
 def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
     """The optimizer of ``cfg.SOLVER`` (OPTIMIZER "ADAMW" or "SGD") with gradient clipping."""
     solver = cfg.SOLVER
-    params = get_param_groups(
-        model,
-        base_lr=solver.BASE_LR,
-        weight_decay=solver.WEIGHT_DECAY,
-        weight_decay_norm=solver.WEIGHT_DECAY_NORM,
-        weight_decay_embed=solver.WEIGHT_DECAY_EMBED,
-        backbone_multiplier=solver.BACKBONE_MULTIPLIER,
-    )
+    params = get_param_groups(model, solver)
 
     name = solver.OPTIMIZER.upper()
     if name == "ADAMW":

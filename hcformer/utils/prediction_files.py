@@ -44,14 +44,14 @@ def metadata_classes(metadata: Metadata) -> Dict:
     return classes
 
 
-def save_prediction(prediction: Dict, stem: str, metadata: Metadata, image_id=None) -> List[str]:
+def save_prediction(prediction: Dict, stem: str, metadata: Metadata) -> List[str]:
     """Write the prediction's panoptic, instance and semantic outputs next to ``stem``.
 
     Args:
         prediction: one image's output of the model (on any device).
-        stem: path prefix of the files, e.g. ``out/000123``; its directory is created.
+        stem: path prefix of the files, e.g. ``out/000123``; its directory is created, and its
+            base name is the image id of the JSON files.
         metadata: gives the dataset category ids and class names.
-        image_id: written into the JSON files (default: the stem's base name).
 
     Returns:
         the paths written.
@@ -65,4 +65,4 @@ def save_prediction(prediction: Dict, stem: str, metadata: Metadata, image_id=No
             "pred_classes": instances.pred_classes,
             "scores": instances.scores,
         }
-    return save_plain_prediction(plain, stem, metadata_classes(metadata), image_id)
+    return save_plain_prediction(plain, stem, metadata_classes(metadata))
