@@ -209,10 +209,6 @@ def _fit_to_grid(x: Optional[Tensor], layout: _Cells) -> Optional[Tensor]:
     return F.pad(x, (0, W - x.shape[-1], 0, H - x.shape[-2]))
 
 
-def _crop(x: Optional[Tensor], hw: Tuple[int, int]) -> Optional[Tensor]:
-    return None if x is None else x[..., : hw[0], : hw[1]]
-
-
 def _memory_format(x: Tensor) -> torch.memory_format:
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         return torch.channels_last
@@ -310,10 +306,20 @@ def _local_products(
 # The gradient of each product is made of the other two. Backward passes compute both in
 # one sweep (inputs staged once); under create_graph they go through the autograd
 # functions instead, so that double backward works too.
-def _no_autocast(device: torch.device):
-    """The products run in the dtype of their inputs: autocast would otherwise move the
-    ``bmm`` to half precision whatever the caller chose (e.g. the fp32 clustering)."""
-    return torch.autocast(device_type=device.type, enabled=False)
+def _run(
+    layout: _Cells, fine_hw: Tuple[int, int], products: Sequence[str], fine: Optional[Tensor] = None,
+    weights: Optional[Tensor] = None, coarse: Optional[Tensor] = None,
+    fine_format: torch.memory_format = torch.contiguous_format,
+) -> Dict[str, Tensor]:
+    """``_local_products`` on the fine maps fitted to the grid, fine-grid results cropped to
+    ``fine_hw``; in the dtype of the inputs (autocast would otherwise move the ``bmm`` to half
+    precision whatever the caller chose, e.g. the fp32 clustering)."""
+    device = next(t for t in (fine, weights, coarse) if t is not None).device
+    with torch.autocast(device_type=device.type, enabled=False):
+        out = _local_products(
+            layout, _fit_to_grid(fine, layout), _fit_to_grid(weights, layout), coarse, products, fine_format
+        )
+    return {name: t if name == "scatter" else t[..., : fine_hw[0], : fine_hw[1]] for name, t in out.items()}
 
 
 class _Gather(torch.autograd.Function):
@@ -321,12 +327,8 @@ class _Gather(torch.autograd.Function):
     def forward(ctx, values: Tensor, weights: Tensor, layout: _Cells, fine_hw: Tuple[int, int]) -> Tensor:
         ctx.layout, ctx.fine_hw = layout, fine_hw
         ctx.save_for_backward(values, weights)
-        with _no_autocast(values.device):
-            out = _local_products(
-                layout, weights=_fit_to_grid(weights, layout), coarse=values,
-                products=("gather",), fine_format=_memory_format(values),
-            )
-        return _crop(out["gather"], fine_hw)
+        out = _run(layout, fine_hw, ("gather",), weights=weights, coarse=values, fine_format=_memory_format(values))
+        return out["gather"]
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -337,15 +339,9 @@ class _Gather(torch.autograd.Function):
             grad_values = _Scatter.apply(grad, weights, layout) if need_values else None
             grad_weights = _Affinity.apply(grad, values, layout, fine_hw) if need_weights else None
             return grad_values, grad_weights, None, None
-        with _no_autocast(grad.device):
-            out = _local_products(
-                layout,
-                fine=_fit_to_grid(grad, layout),
-                weights=_fit_to_grid(weights, layout) if need_values else None,
-                coarse=values if need_weights else None,
-                products=("scatter",) * need_values + ("affinity",) * need_weights,
-            )
-        return out.get("scatter"), _crop(out.get("affinity"), fine_hw), None, None
+        out = _run(layout, fine_hw, ("scatter",) * need_values + ("affinity",) * need_weights, fine=grad,
+                   weights=weights if need_values else None, coarse=values if need_weights else None)
+        return out.get("scatter"), out.get("affinity"), None, None
 
 
 class _Affinity(torch.autograd.Function):
@@ -355,9 +351,7 @@ class _Affinity(torch.autograd.Function):
     def forward(ctx, fine: Tensor, coarse: Tensor, layout: _Cells, fine_hw: Tuple[int, int]) -> Tensor:
         ctx.layout, ctx.fine_hw = layout, fine_hw
         ctx.save_for_backward(fine, coarse)
-        with _no_autocast(fine.device):
-            out = _local_products(layout, fine=_fit_to_grid(fine, layout), coarse=coarse, products=("affinity",))
-        return _crop(out["affinity"], fine_hw)
+        return _run(layout, fine_hw, ("affinity",), fine=fine, coarse=coarse)["affinity"]
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -368,16 +362,10 @@ class _Affinity(torch.autograd.Function):
             grad_fine = _Gather.apply(coarse, grad, layout, fine_hw) if need_fine else None
             grad_coarse = _Scatter.apply(fine, grad, layout) if need_coarse else None
             return grad_fine, grad_coarse, None, None
-        with _no_autocast(grad.device):
-            out = _local_products(
-                layout,
-                fine=_fit_to_grid(fine, layout) if need_coarse else None,
-                weights=_fit_to_grid(grad, layout),
-                coarse=coarse if need_fine else None,
-                products=("gather",) * need_fine + ("scatter",) * need_coarse,
-                fine_format=_memory_format(fine),
-            )
-        return _crop(out.get("gather"), fine_hw), out.get("scatter"), None, None
+        out = _run(layout, fine_hw, ("gather",) * need_fine + ("scatter",) * need_coarse, weights=grad,
+                   fine=fine if need_coarse else None, coarse=coarse if need_fine else None,
+                   fine_format=_memory_format(fine))
+        return out.get("gather"), out.get("scatter"), None, None
 
 
 class _Scatter(torch.autograd.Function):
@@ -387,11 +375,7 @@ class _Scatter(torch.autograd.Function):
     def forward(ctx, fine: Tensor, weights: Tensor, layout: _Cells) -> Tensor:
         ctx.layout, ctx.fine_hw = layout, _hw(fine)
         ctx.save_for_backward(fine, weights)
-        with _no_autocast(fine.device):
-            out = _local_products(
-                layout, fine=_fit_to_grid(fine, layout), weights=_fit_to_grid(weights, layout), products=("scatter",)
-            )
-        return out["scatter"]
+        return _run(layout, ctx.fine_hw, ("scatter",), fine=fine, weights=weights)["scatter"]
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -402,16 +386,10 @@ class _Scatter(torch.autograd.Function):
             grad_fine = _Gather.apply(grad, weights, layout, fine_hw) if need_fine else None
             grad_weights = _Affinity.apply(fine, grad, layout, fine_hw) if need_weights else None
             return grad_fine, grad_weights, None
-        with _no_autocast(grad.device):
-            out = _local_products(
-                layout,
-                fine=_fit_to_grid(fine, layout) if need_weights else None,
-                weights=_fit_to_grid(weights, layout) if need_fine else None,
-                coarse=grad,
-                products=("gather",) * need_fine + ("affinity",) * need_weights,
-                fine_format=_memory_format(fine),
-            )
-        return _crop(out.get("gather"), fine_hw), _crop(out.get("affinity"), fine_hw), None
+        out = _run(layout, fine_hw, ("gather",) * need_fine + ("affinity",) * need_weights, coarse=grad,
+                   fine=fine if need_weights else None, weights=weights if need_fine else None,
+                   fine_format=_memory_format(fine))
+        return out.get("gather"), out.get("affinity"), None
 
 
 # ---------------------------------------------------------------------------- entry points
