@@ -83,19 +83,9 @@ class FFNLayer(nn.Module):
         return x if self.pre_norm else self.norm(x)
 
 
-class EncoderLayer(nn.Module):
-    """DETR encoder layer (post-norm): self-attention with positions on q/k, then FFN."""
-
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1):
-        super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
+class EncoderLayer(nn.TransformerEncoderLayer):
+    """DETR encoder layer (post-norm, ReLU): torch's layer (its parameters and their names,
+    initialised in its order), with positions added to the queries and keys of self-attention."""
 
     def forward(self, x: Tensor, pos: Optional[Tensor] = None) -> Tensor:
         q = k = _with_pos(x, pos)
@@ -104,24 +94,14 @@ class EncoderLayer(nn.Module):
         return self.norm2(x + self.dropout2(y))
 
 
-class DecoderLayer(nn.Module):
-    """DETR decoder layer (post-norm): self-attention, cross-attention, FFN."""
-
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1):
-        super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
-        self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.norm3 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
+class DecoderLayer(nn.TransformerDecoderLayer):
+    """DETR decoder layer (post-norm, ReLU): torch's layer, with positions added to the queries
+    (query_pos) and keys (pos for the memory) of both attentions."""
 
     def forward(self, tgt: Tensor, memory: Tensor, pos: Optional[Tensor], query_pos: Optional[Tensor]) -> Tensor:
         q = k = _with_pos(tgt, query_pos)
-        tgt = self.norm1(tgt + self.dropout(self.self_attn(q, k, tgt, need_weights=False)[0]))
+        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, tgt, need_weights=False)[0]))
         y = self.multihead_attn(_with_pos(tgt, query_pos), _with_pos(memory, pos), memory, need_weights=False)[0]
-        tgt = self.norm2(tgt + self.dropout(y))
+        tgt = self.norm2(tgt + self.dropout2(y))
         y = self.linear2(self.dropout(F.relu(self.linear1(tgt))))
-        return self.norm3(tgt + self.dropout(y))
+        return self.norm3(tgt + self.dropout3(y))
