@@ -157,36 +157,29 @@ def build_evaluator(
             f"Dataset '{dataset_name}' has evaluator_type={evaluator_type!r}; build_evaluator "
             f"knows {list(EVALUATOR_TYPES)}"
         )
-    test = cfg.MODEL.MASK_FORMER.TEST
-    panoptic_types = ("coco_panoptic_seg", "ade20k_panoptic_seg", "cityscapes_panoptic_seg")
-    evaluators: List[DatasetEvaluator] = []
+    cityscapes = evaluator_type.startswith("cityscapes")
 
-    if evaluator_type == "sem_seg":
-        evaluators.append(
-            CheckedSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+    def semantic() -> DatasetEvaluator:
+        if cityscapes:
+            return CityscapesSemSegEvaluator(dataset_name)
+        return CheckedSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+
+    def instance() -> DatasetEvaluator:
+        if cityscapes:
+            return CityscapesInstanceEvaluator(dataset_name)
+        # a panoptic dataset's classes include stuff: mask AP renumbers its things
+        return _mask_ap_evaluator(dataset_name, output_folder, things_only=evaluator_type != "coco")
+
+    if evaluator_type.endswith("panoptic_seg"):  # built lazily: only what TEST.*_ON selects
+        test = cfg.MODEL.MASK_FORMER.TEST
+        builders = (
+            (test.PANOPTIC_ON, lambda: CheckedCOCOPanopticEvaluator(dataset_name, output_folder)),
+            (test.SEMANTIC_ON, semantic),
+            (test.INSTANCE_ON, instance),
         )
-    elif evaluator_type == "coco":
-        evaluators.append(_mask_ap_evaluator(dataset_name, output_folder))
-    elif evaluator_type == "cityscapes_sem_seg":
-        evaluators.append(CityscapesSemSegEvaluator(dataset_name))
-    elif evaluator_type == "cityscapes_instance":
-        evaluators.append(CityscapesInstanceEvaluator(dataset_name))
+        evaluators = [build() for selected, build in builders if selected]
     else:
-        assert evaluator_type in panoptic_types
-        if test.PANOPTIC_ON:
-            evaluators.append(CheckedCOCOPanopticEvaluator(dataset_name, output_folder))
-        if evaluator_type == "cityscapes_panoptic_seg":
-            if test.SEMANTIC_ON:
-                evaluators.append(CityscapesSemSegEvaluator(dataset_name))
-            if test.INSTANCE_ON:
-                evaluators.append(CityscapesInstanceEvaluator(dataset_name))
-        else:
-            if test.SEMANTIC_ON:
-                evaluators.append(
-                    CheckedSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
-                )
-            if test.INSTANCE_ON:
-                evaluators.append(_mask_ap_evaluator(dataset_name, output_folder, things_only=True))
+        evaluators = [semantic() if evaluator_type.endswith("sem_seg") else instance()]
 
     if not evaluators:
         raise ValueError(
