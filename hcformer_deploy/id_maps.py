@@ -1,6 +1,6 @@
 """Integer id maps (a cluster or segment id per pixel): nearest resizing, exactly; boundaries.
 
-Shared by the eager model (``hcformer.layers.id_maps`` re-exports them) and the runner of
+Shared by the eager model (hierarchy, post-processing, pictures) and the runner of
 exported models, which resizes the exported cluster maps to the image and draws them.
 """
 from typing import Tuple

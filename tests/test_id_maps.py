@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hcformer.layers.id_maps import resize_ids
+from hcformer_deploy.id_maps import resize_ids
 
 
 def exact_nearest(ids: torch.Tensor, size) -> torch.Tensor:

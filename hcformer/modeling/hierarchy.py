@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from hcformer.layers.id_maps import resize_ids
+from hcformer_deploy.id_maps import resize_ids
 from hcformer.layers.local_clustering import gather, hard_assignment, pair
 
 

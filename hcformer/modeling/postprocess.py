@@ -13,7 +13,7 @@ import torch
 from detectron2.structures import Boxes, Instances
 from torch import Tensor
 
-from hcformer.layers.id_maps import resize_ids
+from hcformer_deploy.id_maps import resize_ids
 from hcformer_deploy.postprocess import (
     instance_predictions,
     masks_to_boxes,

@@ -18,7 +18,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from hcformer.layers.id_maps import resize_ids
+from hcformer_deploy.id_maps import resize_ids
 from hcformer.modeling.hierarchy import Hierarchy
 
 from .segment_tokens import labels_at_stride, scatter_sum

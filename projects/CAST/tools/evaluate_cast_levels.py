@@ -26,7 +26,7 @@ import hcformer.data  # noqa: E402,F401  registers the datasets
 from hcformer.engine.inference_model import build_inference_model, inference_cfg  # noqa: E402
 from hcformer.evaluation.segment_ground_truth import load_segment_ground_truth  # noqa: E402
 from hcformer.evaluation.undersegmentation import undersegmentation_counts  # noqa: E402
-from hcformer.layers.id_maps import resize_ids  # noqa: E402
+from hcformer_deploy.id_maps import resize_ids  # noqa: E402
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
