@@ -163,11 +163,8 @@ class HCFormer(nn.Module):
         if self.training:
             targets = self.prepare_targets(batched_inputs, images)
             losses = self.criterion(outputs, targets, hierarchy, decode_all=not self.point_decoding)
-            for k in list(losses):
-                if k in self.criterion.weight_dict:
-                    losses[k] = losses[k] * self.criterion.weight_dict[k]
-                else:
-                    losses.pop(k)
+            weights = self.criterion.weight_dict
+            losses = {k: v * weights[k] for k, v in losses.items() if k in weights}
             losses["loss_scale_reg"] = self.scale_reg_weight * self.scale_regulariser()
             check_finite_losses(losses)  # before backward: see hcformer.engine.loss_guard
             return losses

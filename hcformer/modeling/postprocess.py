@@ -51,12 +51,7 @@ def instance_inference(
     (H, W): pred_masks (N, H, W) float in {0, 1}, pred_boxes, scores (N,), pred_classes (N,)."""
     fields = instance_predictions(mask_cls, mask_pred, num_classes, num_queries, top_k, thing_ids, panoptic_on,
                                   mask_probs)
-    result = Instances(tuple(mask_pred.shape[-2:]))
-    result.pred_masks = fields["pred_masks"]
-    result.pred_boxes = Boxes(fields["pred_boxes"])
-    result.scores = fields["scores"]
-    result.pred_classes = fields["pred_classes"]
-    return result
+    return Instances(tuple(mask_pred.shape[-2:]), **{**fields, "pred_boxes": Boxes(fields["pred_boxes"])})
 
 
 # ---------------------------------------------------------------------------- clusterings
@@ -118,7 +113,7 @@ def level_clusterings(
     # (B, H_pad, W_pad) per level; a hierarchy without assignments has no batch dimension
     maps = {k: hierarchy.hard_labels(k, output_size=padded_size).expand(len(image_sizes), -1, -1) for k in levels}
     return [
-        {f"level{k}": _crop_and_resize_ids(labels[i], image_size, out_size) for k, labels in maps.items()}
+        {f"level{k}": resize_ids(labels[i, : image_size[0], : image_size[1]], out_size) for k, labels in maps.items()}
         for i, (image_size, out_size) in enumerate(zip(image_sizes, output_sizes))
     ]
 
@@ -131,8 +126,3 @@ def level_strides(hierarchy: Hierarchy) -> Dict[int, Optional[Union[int, str]]]:
     if strides is None:
         return {k: None for k in range(hierarchy.num_levels + 1)}
     return {k: sy if sy == sx else f"{sy}x{sx}" for k, (sy, sx) in enumerate(strides)}
-
-
-def _crop_and_resize_ids(ids: Tensor, image_size: Tuple[int, int], out_size: Tuple[int, int]) -> Tensor:
-    """Crop (H_pad, W_pad) ids to the image and resize them (nearest, exactly) to the output size."""
-    return resize_ids(ids[: image_size[0], : image_size[1]], out_size)

@@ -7,11 +7,12 @@ strided block of stage k+1 (coarse): (layer3, layer4[0]), (layer2, layer3[0]),
 conv and the 1×1 shortcut) are modulated deformable convs, so the downsampling can follow
 the clusters. Module names follow torchvision / the original HCFormer checkpoints.
 """
+from functools import partial
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
+import torchvision
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import Tensor, nn
@@ -20,7 +21,7 @@ from hcformer.layers.clustering import ClusteringLayer
 from hcformer.layers.deform_conv import ModulatedDeformConv
 
 from .clustered_downsampling import ClusteredDownsampling, clustered_transitions
-from .pyramid import check_rgb_input, describe_outputs, select_outputs
+from .pyramid import check_rgb_input, checkpointed, describe_outputs, select_outputs
 from .res5_encoder import build_res5_aux
 
 STAGES = ("stem", "res2", "res3", "res4", "res5")  # the names MODEL.RESNETS.CHECKPOINT_STAGES takes
@@ -73,23 +74,21 @@ class ConvNormSequential(nn.Sequential):
         return x
 
 
-class BasicBlock(nn.Module):
-    expansion = 1
+def _shortcut(in_ch: int, out_ch: int, stride: int, norm: str) -> Optional[nn.Module]:
+    """The projection shortcut (1×1 conv + norm) of a block that changes the map's shape."""
+    if stride == 1 and in_ch == out_ch:
+        return None
+    return ConvNormSequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), get_norm(norm, out_ch))
+
+
+class BasicBlock(torchvision.models.resnet.BasicBlock):
+    """torchvision's block (modules, names, initialisation order), each (conv, norm) run by ``conv_norm``."""
+
+    strided_conv = "conv1"
 
     def __init__(self, in_ch: int, width: int, stride: int, norm: str):
-        super().__init__()
-        out_ch = width * self.expansion
-        self.conv1 = nn.Conv2d(in_ch, width, 3, stride, 1, bias=False)
-        self.bn1 = get_norm(norm, width)
-        self.conv2 = nn.Conv2d(width, out_ch, 3, 1, 1, bias=False)
-        self.bn2 = get_norm(norm, out_ch)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride != 1 or in_ch != out_ch:
-            self.downsample = ConvNormSequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), get_norm(norm, out_ch))
-
-    def strided_conv_names(self) -> Tuple[str, ...]:
-        return ("conv1",)
+        super().__init__(in_ch, width, stride, norm_layer=partial(get_norm, norm))
+        self.downsample = _shortcut(in_ch, width * self.expansion, stride, norm)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(conv_norm(self.conv1, self.bn1, x))
@@ -98,27 +97,14 @@ class BasicBlock(nn.Module):
         return self.relu(out)
 
 
-class Bottleneck(nn.Module):
-    """torchvision's ResNet v1.5 bottleneck: the stride is in the 3×3 conv."""
+class Bottleneck(torchvision.models.resnet.Bottleneck):
+    """torchvision's ResNet v1.5 bottleneck (the stride is in the 3×3 conv), as ``BasicBlock``."""
 
-    expansion = 4
+    strided_conv = "conv2"
 
     def __init__(self, in_ch: int, width: int, stride: int, norm: str):
-        super().__init__()
-        out_ch = width * self.expansion
-        self.conv1 = nn.Conv2d(in_ch, width, 1, bias=False)
-        self.bn1 = get_norm(norm, width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
-        self.bn2 = get_norm(norm, width)
-        self.conv3 = nn.Conv2d(width, out_ch, 1, bias=False)
-        self.bn3 = get_norm(norm, out_ch)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride != 1 or in_ch != out_ch:
-            self.downsample = ConvNormSequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), get_norm(norm, out_ch))
-
-    def strided_conv_names(self) -> Tuple[str, ...]:
-        return ("conv2",)
+        super().__init__(in_ch, width, stride, norm_layer=partial(get_norm, norm))
+        self.downsample = _shortcut(in_ch, width * self.expansion, stride, norm)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(conv_norm(self.conv1, self.bn1, x))
@@ -130,8 +116,7 @@ class Bottleneck(nn.Module):
 
 def make_deformable(block: nn.Module) -> None:
     """Replace the strided convs of a downsampling block (and its shortcut) with DCNv2."""
-    for name in block.strided_conv_names():
-        setattr(block, name, ModulatedDeformConv.from_conv(getattr(block, name)))
+    setattr(block, block.strided_conv, ModulatedDeformConv.from_conv(getattr(block, block.strided_conv)))
     if block.downsample is not None:
         block.downsample[0] = ModulatedDeformConv.from_conv(block.downsample[0])
 
@@ -271,19 +256,16 @@ class HCResNet(Backbone):
                 y = module(y)
             return y
 
-        if not (self.training and torch.is_grad_enabled()):
-            return run_all(x)
         if self.use_checkpoint:
             for module in modules:
-                x = torch.utils.checkpoint.checkpoint(module, x, use_reentrant=False)
+                x = checkpointed(self.training, module, x)
             return x
-        if stage in self.checkpoint_stages:
-            return torch.utils.checkpoint.checkpoint(run_all, x, use_reentrant=False)
-        return run_all(x)
+        return checkpointed(self.training and stage in self.checkpoint_stages, run_all, x)
 
     @property
     def size_divisibility(self) -> int:
         return 32
+
 
 
 @BACKBONE_REGISTRY.register()

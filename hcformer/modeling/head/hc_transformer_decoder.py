@@ -5,10 +5,11 @@ logits (B, Q, K+1) and mask logits at stride 32, (B, Q, h, w) = mask embeddings 
 features (eq. (4) without the sigmoid). The meta-architecture decodes them to stride 4
 through the backbone's hierarchy.
 """
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from detectron2.utils.registry import Registry
+from fvcore.nn.weight_init import c2_xavier_fill
 from torch import Tensor, nn
 
 from hcformer.layers.position_encoding import PositionEmbeddingSine
@@ -49,14 +50,12 @@ class _QueryDecoderBase(nn.Module):
         self.pe_layer = PositionEmbeddingSine(hidden_dim // 2)
         if in_channels != hidden_dim or enforce_input_project:
             self.input_proj = nn.Conv2d(in_channels, hidden_dim, 1)
-            nn.init.kaiming_uniform_(self.input_proj.weight, a=1)
-            nn.init.zeros_(self.input_proj.bias)
+            c2_xavier_fill(self.input_proj)
         else:
             self.input_proj = nn.Identity()
         # per-pixel mask features at stride 32: no pixel decoder, one 1×1 conv
         self.mask_proj = nn.Conv2d(in_channels, mask_dim, 1)
-        nn.init.kaiming_uniform_(self.mask_proj.weight, a=1)
-        nn.init.zeros_(self.mask_proj.bias)
+        c2_xavier_fill(self.mask_proj)
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
 
@@ -73,12 +72,13 @@ class _QueryDecoderBase(nn.Module):
         return self.class_embed(x), masks
 
     @staticmethod
-    def pack(logits: List[Tensor], masks: List[Tensor]) -> Dict[str, object]:
-        """Last prediction as the output, the earlier ones as ``aux_outputs``."""
+    def pack(predictions: List[Tuple[Tensor, Tensor]]) -> Dict[str, object]:
+        """(logits, masks) of every layer → the last as the output, the earlier ones as ``aux_outputs``."""
+        logits, masks = predictions[-1]
         return {
-            "pred_logits": logits[-1],
-            "pred_masks": masks[-1],
-            "aux_outputs": [{"pred_logits": a, "pred_masks": b} for a, b in zip(logits[:-1], masks[:-1])],
+            "pred_logits": logits,
+            "pred_masks": masks,
+            "aux_outputs": [{"pred_logits": a, "pred_masks": b} for a, b in predictions[:-1]],
         }
 
 
@@ -146,18 +146,15 @@ class HCTransformerDecoder(_QueryDecoderBase):
         query_pos = self.query_embed.weight[:, None].expand(-1, B, -1)
         queries = self.query_feat.weight[:, None].expand(-1, B, -1)
 
-        logits, masks = self.predict(queries, mask_features)
-        all_logits, all_masks = [logits], [masks]
+        predictions = [self.predict(queries, mask_features)]
         for cross, self_attn, ffn in zip(self.transformer_cross_attention_layers,
                                          self.transformer_self_attention_layers, self.transformer_ffn_layers):
-            attn_mask = self.attention_mask(masks, valid)
+            attn_mask = self.attention_mask(predictions[-1][1], valid)
             queries = cross(queries, memory, attn_mask=attn_mask, pos=pos, query_pos=query_pos)
             queries = self_attn(queries, pos=query_pos)
             queries = ffn(queries)
-            logits, masks = self.predict(queries, mask_features)
-            all_logits.append(logits)
-            all_masks.append(masks)
-        return self.pack(all_logits, all_masks)
+            predictions.append(self.predict(queries, mask_features))
+        return self.pack(predictions)
 
 
 @TRANSFORMER_DECODER_REGISTRY.register()
@@ -204,13 +201,11 @@ class HCStandardTransformerDecoder(_QueryDecoderBase):
             memory = layer(memory, pos)
         query_pos = self.query_embed.weight[:, None].expand(-1, B, -1)
         tgt = torch.zeros_like(query_pos)
-        all_logits, all_masks = [], []
+        predictions = []
         for layer in self.transformer.decoder.layers:
             tgt = layer(tgt, memory, pos, query_pos)
-            logits, masks = self.predict(tgt, mask_features)
-            all_logits.append(logits)
-            all_masks.append(masks)
-        return self.pack(all_logits, all_masks)
+            predictions.append(self.predict(tgt, mask_features))
+        return self.pack(predictions)
 
 
 def build_transformer_decoder(cfg, in_channels: int) -> nn.Module:
