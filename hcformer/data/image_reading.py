@@ -15,7 +15,7 @@ import os
 import warnings
 import numpy as np
 from detectron2.data.detection_utils import convert_PIL_to_numpy
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from .checks import BadSampleError, MissingSampleFileError
 
@@ -56,11 +56,7 @@ def _open(path: str, role: str, max_pixels: int) -> Image.Image:
             f"{role} {path} cannot be opened: permission denied (check the file's permissions "
             "and owner, and those of its folders)"
         ) from None
-    except UnidentifiedImageError as e:
-        raise BadSampleError(
-            f"{role} {path} cannot be read as an image: it is corrupt or not an image file ({e})"
-        ) from None
-    except OSError as e:
+    except OSError as e:  # PIL's UnidentifiedImageError too, with no errno
         # the operating system refused the file (I/O error, a socket, ...): its bytes were never
         # seen, so do not call it corrupt
         if e.errno is not None:

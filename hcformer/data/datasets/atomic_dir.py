@@ -3,22 +3,17 @@
 A directory counts as built only when it holds the marker file written as the very last step.
 Building happens in a temporary sibling (``.<name>.tmp-XXXX``) that is renamed into place, so a
 crash or Ctrl-C never leaves a half-built directory under the final name. Concurrent callers
-(pytest-xdist workers, DDP ranks) serialise on a lock file next to the directory; on systems
-without ``fcntl`` the loser of the rename race simply throws its copy away.
+(pytest-xdist workers, DDP ranks) serialise on a lock file next to the directory.
 """
 
 import contextlib
+import fcntl
 import glob
 import json
 import logging
 import os
 import shutil
 from typing import Any, Callable, Dict, Iterator
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks, fall back to "rename and tolerate the race"
-    fcntl = None
 
 __all__ = ["MARKER_NAME", "read_marker", "is_built", "build_directory_once"]
 
@@ -43,9 +38,6 @@ def is_built(directory: str, manifest: Dict[str, Any]) -> bool:
 
 @contextlib.contextmanager
 def _exclusive_lock(lock_path: str) -> Iterator[None]:
-    if fcntl is None:
-        yield
-        return
     with open(lock_path, "a") as lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)  # blocks while another process builds
         try:
@@ -91,10 +83,9 @@ def build_directory_once(
             # No marker: leftovers that never completed (we only rename complete builds here).
             logger.warning(f"Removing incomplete {directory}")
             shutil.rmtree(directory)
-        if fcntl is not None:
-            # We hold the lock, so temporary dirs of the same name belong to dead processes.
-            for stale in glob.glob(os.path.join(parent, f".{name}.tmp-*")):
-                shutil.rmtree(stale, ignore_errors=True)
+        # We hold the lock, so temporary dirs of the same name belong to dead processes.
+        for stale in glob.glob(os.path.join(parent, f".{name}.tmp-*")):
+            shutil.rmtree(stale, ignore_errors=True)
 
         # os.mkdir applies the process umask, as for every other output (mkdtemp would make the
         # directory private whatever the umask); the pid and a random part make the name unique
@@ -107,7 +98,8 @@ def build_directory_once(
             try:
                 os.replace(tmp_dir, directory)
             except OSError:
-                if not is_built(directory, manifest):  # lost a lock-free race: fine if complete
+                # lost a race (a file system whose locks do nothing): fine if complete
+                if not is_built(directory, manifest):
                     raise
         finally:
             shutil.rmtree(tmp_dir, ignore_errors=True)
