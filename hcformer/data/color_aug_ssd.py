@@ -11,17 +11,17 @@ from typing import Optional
 import cv2
 import numpy as np
 from detectron2.data import transforms as T
-from fvcore.transforms.transform import NoOpTransform
 
 from .image_reading import check_image_format
 
 __all__ = ["ColorAugSSD", "PhotometricDistortion"]
 
 
-class PhotometricDistortion(T.Transform):
+class PhotometricDistortion(T.ColorTransform):
     """Change brightness (additive), contrast (multiplicative), saturation and hue of an image.
 
-    ``None`` for a parameter means "leave that property unchanged".
+    ``None`` for a parameter means "leave that property unchanged". A ``ColorTransform``:
+    coordinates and labels pass unchanged, the inverse is a no-op.
     """
 
     def __init__(
@@ -33,7 +33,7 @@ class PhotometricDistortion(T.Transform):
         hue: Optional[float],
         contrast_first: bool,
     ):
-        super().__init__()
+        # not ColorTransform's __init__: the operation is ``apply_image``, not a callable argument
         check_image_format(image_format)
         self._set_attributes(locals())
 
@@ -61,15 +61,6 @@ class PhotometricDistortion(T.Transform):
         if self.contrast is not None and not self.contrast_first:
             img = np.clip(img * self.contrast, 0, 255)
         return np.round(img).astype(dtype) if dtype == np.uint8 else img.astype(dtype)
-
-    def apply_coords(self, coords: np.ndarray) -> np.ndarray:
-        return coords
-
-    def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
-        return segmentation
-
-    def inverse(self) -> T.Transform:
-        return NoOpTransform()
 
 
 class ColorAugSSD(T.Augmentation):
