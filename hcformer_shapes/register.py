@@ -5,7 +5,7 @@ For split in {train, val} (``prefix`` defaults to "shapes"):
 * ``shapes_{split}``: instances, via detectron2's ``register_coco_instances`` (evaluator "coco");
 * ``shapes_{split}_panoptic_with_sem_seg``: COCO panoptic + semantic PNGs, via detectron2's
   ``register_coco_panoptic`` (evaluator "coco_panoptic_seg"), Mask2Former metadata convention;
-* ``shapes_sem_seg_{split}``: ADE20K-style semantic segmentation via ``load_sem_seg``
+* ``shapes_sem_seg_{split}``: ADE20K-style semantic segmentation via ``register_sem_seg_folders``
   (evaluator "sem_seg").
 
 Registration only computes paths, so metadata (classes, colours, paths) is available at once;
@@ -19,14 +19,10 @@ import functools
 import os
 from typing import Any, Dict, List, Optional
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_sem_seg, register_coco_instances
+from detectron2.data import DatasetCatalog
+from detectron2.data.datasets import register_coco_instances
 
-from hcformer.data.datasets.catalog_utils import (
-    require_matching_sem_seg_files,
-    run_before_loading,
-    unregister_dataset,
-)
+from hcformer.data.datasets.catalog_utils import register_sem_seg_folders, run_before_loading, unregister_dataset
 from hcformer.data.datasets.register_coco_panoptic_annos_semseg import (
     panoptic_metadata_from_categories,
     register_coco_panoptic_with_sem_seg,
@@ -115,20 +111,11 @@ def register_shapes_datasets(
         )
         run_before_loading(panoptic_name, generate)
 
-        def load_semantic(name=semantic_name, paths=paths) -> List[Dict]:
-            generate()
-            require_matching_sem_seg_files(name, paths.image_root, paths.sem_seg_root)
-            return load_sem_seg(paths.sem_seg_root, paths.image_root, gt_ext="png", image_ext="jpg")
-
-        DatasetCatalog.register(semantic_name, load_semantic)
-        MetadataCatalog.get(semantic_name).set(
-            stuff_classes=metadata["stuff_classes"],
-            stuff_colors=metadata["stuff_colors"],
-            image_root=paths.image_root,
-            sem_seg_root=paths.sem_seg_root,
-            evaluator_type="sem_seg",
-            ignore_label=255,
+        register_sem_seg_folders(
+            semantic_name, paths.image_root, paths.sem_seg_root, "jpg",
+            stuff_classes=metadata["stuff_classes"], stuff_colors=metadata["stuff_colors"],
         )
+        run_before_loading(semantic_name, generate)
     return all_names
 
 

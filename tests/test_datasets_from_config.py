@@ -119,6 +119,23 @@ def test_sem_seg_from_folders_and_a_classes_file(shapes, tmp_path, dataset_names
         assert record["sem_seg_file_name"] == str(shapes / "annotations" / "val" / f"{stem}.png")
 
 
+def test_sem_seg_images_of_several_or_no_extension_are_named(shapes, tmp_path, dataset_names):
+    images = tmp_path / "images"
+    shutil.copytree(shapes / "images" / "val", images)
+    first = sorted(images.iterdir())[0]
+    first.rename(first.with_suffix(".png"))
+    (tmp_path / "classes.txt").write_text("\n".join(SHAPE_NAMES + ["sky", "ground"]) + "\n")
+    dataset_names += ["cfg_mixed", "cfg_empty"]
+    (tmp_path / "empty").mkdir()
+    labels, classes = str(shapes / "annotations" / "val"), str(tmp_path / "classes.txt")
+    validate_config(config(SEM_SEG=[["cfg_mixed", str(images), labels, classes],
+                                    ["cfg_empty", str(tmp_path / "empty"), labels, classes]]))
+    with pytest.raises(DatasetLoadError, match=r"'cfg_mixed': image_dir .* holds images with several extensions \['.jpg', '.png'\]"):
+        DatasetCatalog.get("cfg_mixed")
+    with pytest.raises(DatasetLoadError, match=r"'cfg_empty': image_dir .*empty holds no image; expected images of one extension"):
+        DatasetCatalog.get("cfg_empty")
+
+
 def test_panoptic_derives_semantic_pngs_and_instances_once(shapes, tmp_path, dataset_names):
     data = tmp_path / "data"
     shutil.copytree(shapes, data)

@@ -6,9 +6,12 @@ synthetic dataset on first use, or fail with a readable message when a real data
 """
 
 import os
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_sem_seg
+
+from hcformer_deploy.image_files import IMAGE_EXTENSIONS
 
 from ..dataset_loading import DatasetLoadError
 
@@ -16,6 +19,7 @@ __all__ = [
     "MissingDatasetError",
     "require_paths",
     "require_matching_sem_seg_files",
+    "register_sem_seg_folders",
     "wrap_dataset_loader",
     "run_before_loading",
     "unregister_dataset",
@@ -90,6 +94,41 @@ def require_matching_sem_seg_files(
         + "; ".join(problems)
         + f". Every {image_ext} image needs a {gt_ext} label of the same name and vice versa "
         "(detectron2 would silently use only the matching pairs)"
+    )
+
+
+def _single_image_extension(dataset_name: str, image_dir: str) -> str:
+    """The one image extension used in ``image_dir`` (e.g. "jpg")."""
+    extensions = (os.path.splitext(f)[1] for f in os.listdir(image_dir))
+    found = sorted({ext for ext in extensions if ext.lower() in IMAGE_EXTENSIONS})
+    if len(found) != 1:
+        raise DatasetLoadError(
+            f"dataset {dataset_name!r}: image_dir {image_dir} holds "
+            + (f"images with several extensions {found}" if found else "no image")
+            + f"; expected images of one extension among {list(IMAGE_EXTENSIONS)}"
+        )
+    return found[0][1:]
+
+
+def register_sem_seg_folders(
+    name: str, image_root: str, sem_seg_root: str, image_ext: Optional[str] = None, **metadata
+) -> None:
+    """Register images and label PNGs of the same names, evaluator "sem_seg" (ignore label 255):
+    detectron2's ``load_sem_seg`` once ``require_matching_sem_seg_files`` has found every pair.
+
+    Args:
+        image_ext: of the images; None: the one image extension in ``image_root`` when loading.
+        metadata: more fields of the dataset's metadata (``stuff_classes``, ...).
+    """
+
+    def load() -> List[Dict]:
+        ext = image_ext or _single_image_extension(name, image_root)
+        require_matching_sem_seg_files(name, image_root, sem_seg_root, ext, "png")
+        return load_sem_seg(sem_seg_root, image_root, gt_ext="png", image_ext=ext)
+
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(
+        image_root=image_root, sem_seg_root=sem_seg_root, evaluator_type="sem_seg", ignore_label=255, **metadata
     )
 
 

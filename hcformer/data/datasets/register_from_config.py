@@ -35,12 +35,10 @@ from collections import Counter
 from typing import Any, Dict, List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_sem_seg, register_coco_instances
-
-from hcformer_deploy.image_files import IMAGE_EXTENSIONS
+from detectron2.data.datasets import register_coco_instances
 
 from ..dataset_loading import DatasetLoadError, read_annotation_json, require_entries
-from .catalog_utils import MissingDatasetError, require_matching_sem_seg_files
+from .catalog_utils import MissingDatasetError, register_sem_seg_folders
 from .coco_panoptic_files import (
     derived_instances_json,
     derived_semantic_root,
@@ -203,19 +201,6 @@ def _read_classes(classes_txt: str, where: str) -> List[str]:
     return names
 
 
-def _image_extension(dataset_name: str, image_dir: str) -> str:
-    """The one image extension used in ``image_dir`` (e.g. "jpg")."""
-    extensions = (os.path.splitext(f)[1] for f in os.listdir(image_dir))
-    found = sorted({ext for ext in extensions if ext.lower() in IMAGE_EXTENSIONS})
-    if len(found) != 1:
-        raise DatasetConfigError(
-            f"dataset {dataset_name!r}: image_dir {image_dir} holds "
-            + (f"images with several extensions {found}" if found else "no image")
-            + f"; expected images of one extension among {list(IMAGE_EXTENSIONS)}"
-        )
-    return found[0][1:]
-
-
 def register_sem_seg_from_files(
     name: str, image_dir: str, label_dir: str, classes_txt: str, where: str = ""
 ) -> None:
@@ -229,23 +214,8 @@ def register_sem_seg_from_files(
     ]
     if not _claim_name(name, entry):
         return
-    image_dir, label_dir = entry[1:3]
     classes = _read_classes(entry[3], where)
-
-    def load() -> List[Dict]:
-        image_ext = _image_extension(name, image_dir)
-        require_matching_sem_seg_files(name, image_dir, label_dir, image_ext, "png")
-        return load_sem_seg(label_dir, image_dir, gt_ext="png", image_ext=image_ext)
-
-    DatasetCatalog.register(name, load)
-    MetadataCatalog.get(name).set(
-        stuff_classes=classes,
-        image_root=image_dir,
-        sem_seg_root=label_dir,
-        evaluator_type="sem_seg",
-        ignore_label=255,
-        config_entry=entry,
-    )
+    register_sem_seg_folders(name, entry[1], entry[2], stuff_classes=classes, config_entry=entry)
 
 
 # config key: (entry fields, how many of them may be left out at the end, registration)
@@ -277,9 +247,9 @@ def _check_entry(key: str, index: int, entry: Any, fields: Sequence[str], option
         )
 
 
-def register_datasets_from_config(cfg) -> List[str]:
-    """Register every dataset of DATASETS.COCO_INSTANCES / COCO_PANOPTIC / SEM_SEG; return their
-    names. Safe to call again with the same config (each process, each tool).
+def register_datasets_from_config(cfg) -> None:
+    """Register every dataset of DATASETS.COCO_INSTANCES / COCO_PANOPTIC / SEM_SEG. Safe to call
+    again with the same config (each process, each tool).
 
     First, the packages registering the DATASETS.TRAIN / TEST names of their own (the synthetic
     ``shapes_*`` of ``hcformer_shapes``) are imported: see :mod:`.dataset_packages`.
@@ -296,9 +266,6 @@ def register_datasets_from_config(cfg) -> List[str]:
             raise DatasetConfigError(f"DATASETS.{key} = {entries!r}: expected a list of lists")
         for index, entry in enumerate(entries):
             _check_entry(key, index, entry, fields, optional)
-    names = []
     for key, (_, _, register) in CONFIG_DATASET_KEYS.items():
         for index, entry in enumerate(cfg.DATASETS[key]):
             register(*entry, where=f"DATASETS.{key}[{index}] ({entry[0]!r})")
-            names.append(entry[0])
-    return names
