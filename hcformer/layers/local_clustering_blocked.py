@@ -339,8 +339,10 @@ class _Gather(torch.autograd.Function):
             grad_values = _Scatter.apply(grad, weights, layout) if need_values else None
             grad_weights = _Affinity.apply(grad, values, layout, fine_hw) if need_weights else None
             return grad_values, grad_weights, None, None
-        out = _run(layout, fine_hw, ("scatter",) * need_values + ("affinity",) * need_weights, fine=grad,
-                   weights=weights if need_values else None, coarse=values if need_weights else None)
+        out = _run(
+            layout, fine_hw, ("scatter",) * need_values + ("affinity",) * need_weights,
+            fine=grad, weights=weights if need_values else None, coarse=values if need_weights else None,
+        )
         return out.get("scatter"), out.get("affinity"), None, None
 
 
@@ -362,9 +364,11 @@ class _Affinity(torch.autograd.Function):
             grad_fine = _Gather.apply(coarse, grad, layout, fine_hw) if need_fine else None
             grad_coarse = _Scatter.apply(fine, grad, layout) if need_coarse else None
             return grad_fine, grad_coarse, None, None
-        out = _run(layout, fine_hw, ("gather",) * need_fine + ("scatter",) * need_coarse, weights=grad,
-                   fine=fine if need_coarse else None, coarse=coarse if need_fine else None,
-                   fine_format=_memory_format(fine))
+        out = _run(
+            layout, fine_hw, ("gather",) * need_fine + ("scatter",) * need_coarse,
+            fine=fine if need_coarse else None, weights=grad, coarse=coarse if need_fine else None,
+            fine_format=_memory_format(fine),
+        )
         return out.get("gather"), out.get("scatter"), None, None
 
 
@@ -386,9 +390,11 @@ class _Scatter(torch.autograd.Function):
             grad_fine = _Gather.apply(grad, weights, layout, fine_hw) if need_fine else None
             grad_weights = _Affinity.apply(fine, grad, layout, fine_hw) if need_weights else None
             return grad_fine, grad_weights, None
-        out = _run(layout, fine_hw, ("gather",) * need_fine + ("affinity",) * need_weights, coarse=grad,
-                   fine=fine if need_weights else None, weights=weights if need_fine else None,
-                   fine_format=_memory_format(fine))
+        out = _run(
+            layout, fine_hw, ("gather",) * need_fine + ("affinity",) * need_weights,
+            fine=fine if need_weights else None, weights=weights if need_fine else None, coarse=grad,
+            fine_format=_memory_format(fine),
+        )
         return out.get("gather"), out.get("affinity"), None
 
 

@@ -267,7 +267,6 @@ class HCResNet(Backbone):
         return 32
 
 
-
 @BACKBONE_REGISTRY.register()
 class D2HCResNet(HCResNet):
     """``MODEL.BACKBONE.NAME: "D2HCResNet"``, configured by MODEL.RESNETS.* and MODEL.HC.*."""

@@ -149,7 +149,7 @@ class HCTransformerDecoder(_QueryDecoderBase):
         predictions = [self.predict(queries, mask_features)]
         for cross, self_attn, ffn in zip(self.transformer_cross_attention_layers,
                                          self.transformer_self_attention_layers, self.transformer_ffn_layers):
-            attn_mask = self.attention_mask(predictions[-1][1], valid)
+            attn_mask = self.attention_mask(predictions[-1][1], valid)  # from the latest masks
             queries = cross(queries, memory, attn_mask=attn_mask, pos=pos, query_pos=query_pos)
             queries = self_attn(queries, pos=query_pos)
             queries = ffn(queries)
