@@ -6,6 +6,7 @@ visualiser and the demo find the dataset in that config too.
 """
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from tiny_configs import ROOT, TINY_SHAPES_OVERRIDES, load_script
 from hcformer_shapes import ShapesSpec, ensure_shapes_dataset
 
 CONFIGS = ROOT / "configs" / "shapes"
+TRAIN_NET_TIMEOUT_S = 300  # a run takes 10-40 s; past this it hangs (seen once in CI, not reproduced)
 TRAIN = ["SEED", "0", "SOLVER.IMS_PER_BATCH", "1", "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "1",
          "SOLVER.CHECKPOINT_PERIOD", "100", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "-1"]
 
@@ -35,10 +37,19 @@ def train_net(tmp_path: Path, config: Path, output: str, *arguments: str):
     # CUDA hidden: the two-process test runs gloo CPU processes also where GPUs are
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), OMP_NUM_THREADS="1",
                CUDA_VISIBLE_DEVICES="")
-    command = [sys.executable, str(ROOT / "train_net.py"), "--config-file", str(config), *arguments]
-    command += [*TINY_SHAPES_OVERRIDES, "OUTPUT_DIR", output]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    # -X faulthandler (inherited by the processes it spawns): a run that hangs is stopped with
+    # SIGABRT to its whole process group, and every process prints the stacks of its threads
+    command = [sys.executable, "-X", "faulthandler", str(ROOT / "train_net.py"), "--config-file", str(config),
+               *arguments, *TINY_SHAPES_OVERRIDES, "OUTPUT_DIR", output]
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        _, stderr = process.communicate(timeout=TRAIN_NET_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGABRT)
+        _, stderr = process.communicate(timeout=60)
+        pytest.fail(f"train_net.py still running after {TRAIN_NET_TIMEOUT_S} s; where it was:\n{stderr[-8000:]}")
+    assert process.returncode == 0, stderr[-3000:]
     # --eval-only may write into a folder of its own inside OUTPUT_DIR: the newest log is this run's
     logs = [tmp_path / output / "log.txt", *(tmp_path / output).glob("eval_*/log.txt")]
     log = max((p for p in logs if p.is_file()), key=lambda p: p.stat().st_mtime_ns).read_text()
