@@ -3,6 +3,8 @@
 They let us reuse detectron2's own registration functions (``register_coco_instances``,
 ``register_coco_panoptic``, builtin datasets) and add behaviour around their loaders: generate a
 synthetic dataset on first use, or fail with a readable message when a real dataset is missing.
+``register_sem_seg_folders`` registers a folder of images and one of label PNGs (the config's
+DATASETS.SEM_SEG and the synthetic shapes) on detectron2's ``load_sem_seg``.
 """
 
 import os
