@@ -8,6 +8,7 @@ with its temporary checkpoint file written and not yet renamed.
 """
 import errno
 import json
+import multiprocessing
 import os
 import shlex
 import shutil
@@ -304,6 +305,49 @@ def test_a_training_stopped_in_its_last_iteration_is_not_evaluated(tmp_path):
     assert trainer.iter == 1 and not hasattr(trainer, "_last_eval_results")  # not evaluated
     assert not list((tmp_path / "out").glob("*.pth"))  # and nothing of that state saved
     assert (tmp_path / "out" / "metrics.json").is_file()  # the writers were closed as usual
+
+
+def _wait_forever(started) -> None:
+    started.set()
+    threading.Event().wait()
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                    reason="signal handlers need the main thread")
+def test_a_process_forked_in_the_block_ends_on_sigterm():
+    # multiprocessing.Pool.terminate (panopticapi's PQ workers) sends SIGTERM and then waits: a
+    # worker with the block's handler raised TrainingInterrupted (exit code 1), or, when the
+    # signal came just before it blocked on the queue's lock, never ran it and waited forever
+    fork = multiprocessing.get_context("fork")
+    started = fork.Event()
+    with stop_on_signals((signal.SIGTERM,)):
+        worker = fork.Process(target=_wait_forever, args=(started,))
+        worker.start()
+        try:
+            assert started.wait(timeout=30)
+            worker.terminate()
+            worker.join(timeout=30)
+        finally:
+            if worker.exitcode is None:
+                worker.kill()
+                worker.join()
+    assert worker.exitcode == -signal.SIGTERM
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                    reason="signal handlers need the main thread")
+def test_a_child_signalled_before_its_fork_hooks_ran_acts_as_before_the_block():
+    with stop_on_signals((signal.SIGUSR1,)):
+        handler_of_the_block = signal.getsignal(signal.SIGUSR1)
+        child = os.fork()
+        if child == 0:
+            try:  # the fork hooks have run; as if this signal had come before them
+                signal.signal(signal.SIGUSR1, handler_of_the_block)
+                os.kill(os.getpid(), signal.SIGUSR1)
+            finally:
+                os._exit(3)  # only if the signal did not end the child (its default action)
+        _, status = os.waitpid(child, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGUSR1
 
 
 def _can_mount_a_tmpfs(directory: Path) -> str:

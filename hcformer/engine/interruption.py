@@ -7,11 +7,20 @@ raise :class:`TrainingInterrupted` in the main thread, wherever it is: a save in
 its temporary file on the way out (``atomic_files.write_atomically``), the trainer's hooks close
 the metric writers, and the caller logs the signal and the last complete checkpoint and exits
 with the conventional status 128 + signal number. A second signal ends the process at once.
+
+A process forked within the block (a ``multiprocessing.Pool`` worker of panopticapi's PQ, a
+DataLoader worker) acts on a signal as it would have before the block. Python runs a handler only
+between bytecodes, so a signal that arrives just before a worker blocks on a lock is held until
+the lock is released, which may be never: ``Pool.terminate`` stops its workers with SIGTERM and
+then waits for them, and with the handler inherited it waited forever for one such worker (a
+training's final panoptic evaluation hung on exit). The default action ends the worker wherever
+it is, as ``multiprocessing`` expects.
 """
 import contextlib
+import os
 import signal
 import threading
-from typing import Iterator, Sequence
+from typing import Callable, Dict, Iterator, Sequence, Union
 
 __all__ = ["TrainingInterrupted", "stop_on_signals"]
 
@@ -31,24 +40,47 @@ class TrainingInterrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
+# signal number -> the handler it had before the active stop_on_signals block; empty outside one
+_handlers_before_block: Dict[int, Union[Callable, int]] = {}
+
+
+def _restore_handlers_before_block() -> None:
+    """In a child forked within the block: the handlers of before it."""
+    for signum, handler in _handlers_before_block.items():
+        signal.signal(signum, handler)
+
+
+os.register_at_fork(after_in_child=_restore_handlers_before_block)
+
+
 @contextlib.contextmanager
 def stop_on_signals(signums: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
     """Within the block, the first of ``signums`` raises :class:`TrainingInterrupted` in the
-    main thread and the next one gets the default action (the process ends at once). Outside
-    the main thread, where Python cannot set handlers, nothing changes."""
+    main thread and the next one gets the default action (the process ends at once). Processes
+    forked within the block keep the handlers of before it. Outside the main thread, where
+    Python cannot set handlers, nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
+    block_process = os.getpid()
+
     def interrupt(signum, frame):
+        if os.getpid() != block_process:  # a child forked a moment ago, before its fork hooks ran
+            _restore_handlers_before_block()
+            signal.raise_signal(signum)
+            return
         for other in signums:
             signal.signal(other, signal.SIG_DFL)
         raise TrainingInterrupted(signum)
 
+    # None: a handler set outside Python, which cannot be restored from here
     previous = {signum: signal.signal(signum, interrupt) for signum in signums}
+    _handlers_before_block.update((signum, handler) for signum, handler in previous.items() if handler is not None)
     try:
         yield
     finally:
+        _handlers_before_block.clear()
         for signum, handler in previous.items():
-            if handler is not None:  # None: set outside Python, cannot be restored from here
+            if handler is not None:
                 signal.signal(signum, handler)
