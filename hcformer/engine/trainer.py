@@ -1,5 +1,4 @@
 """The detectron2 trainer of HCFormer, shared by train_net.py and the tools."""
-import contextlib
 import logging
 import os
 import weakref
@@ -10,10 +9,10 @@ from typing import Dict, List, Optional, Type
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader
-from detectron2.engine import DefaultTrainer, HookBase, hooks
-from detectron2.engine import defaults as d2_defaults
-from detectron2.utils import comm
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 from detectron2.utils.events import (
     CommonMetricPrinter,
     EventWriter,
@@ -33,28 +32,6 @@ from .loss_guard import NonFiniteLossError, stopped_at
 from .random_state import capture_random_state, restore_random_state
 
 logger = logging.getLogger(__name__)
-
-
-def _create_ddp_model(model: nn.Module, **kwargs):
-    """detectron2's ``create_ddp_model``, which gives DistributedDataParallel the local rank as
-    CUDA device id even for a CPU model (that DDP refuses): CPU models get ``device_ids=None``."""
-    if comm.get_world_size() > 1 and next(model.parameters()).device.type == "cpu":
-        kwargs.setdefault("device_ids", None)
-    return _D2_CREATE_DDP_MODEL(model, **kwargs)
-
-
-_D2_CREATE_DDP_MODEL = d2_defaults.create_ddp_model
-
-
-@contextlib.contextmanager
-def _cpu_aware_ddp():
-    # DefaultTrainer.__init__ calls the module-level function by name: swap it for the
-    # duration of the constructor only.
-    d2_defaults.create_ddp_model = _create_ddp_model
-    try:
-        yield
-    finally:
-        d2_defaults.create_ddp_model = _D2_CREATE_DDP_MODEL
 
 
 def _optimizer_kind(optimizer: torch.optim.Optimizer) -> str:
@@ -92,11 +69,35 @@ class Trainer(DefaultTrainer):
     checkpointer_class: Type[HCFormerCheckpointer] = HCFormerCheckpointer
 
     def __init__(self, cfg: CfgNode):
+        """DefaultTrainer's construction, in its order, with two differences: a CPU model is
+        wrapped for several processes with ``device_ids=None`` (detectron2's ``create_ddp_model``
+        passes the local rank as a CUDA device, which DistributedDataParallel refuses for a CPU
+        model), and the checkpointer is ``checkpointer_class``."""
+        TrainerBase.__init__(self)  # not DefaultTrainer's, which wraps the model as said above
         if comm.is_main_process() and cfg.OUTPUT_DIR:
             # train_net's setup() makes it; a Trainer built directly needs it for its writers
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-        with _cpu_aware_ddp():
-            super().__init__(cfg)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        model = create_ddp_model(model, broadcast_buffers=False, **({"device_ids": None} if on_cpu else {}))
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = self.checkpointer_class(
+            model,
+            cfg.OUTPUT_DIR,
+            allow_pickle=cfg.MODEL.ALLOW_PICKLE,
+            ignore_prefixes=cfg.MODEL.WEIGHTS_IGNORE,
+            trainer=weakref.proxy(self),
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     def run_step(self) -> None:
         """detectron2's step; a non-finite loss turns the checkpointer off before the error
@@ -243,19 +244,6 @@ class Trainer(DefaultTrainer):
         if find_spec("tensorboard") is not None:
             writers.append(TensorboardXWriter(self.cfg.OUTPUT_DIR))
         return writers
-
-    def build_hooks(self) -> List[HookBase]:
-        # DefaultTrainer.__init__ creates a plain DetectionCheckpointer just before calling
-        # build_hooks(): replace it first, so that loading (resume_or_load) and the periodic
-        # checkpoint hook both use ours.
-        self.checkpointer = self.checkpointer_class(
-            self.model,
-            self.cfg.OUTPUT_DIR,
-            allow_pickle=self.cfg.MODEL.ALLOW_PICKLE,
-            ignore_prefixes=self.cfg.MODEL.WEIGHTS_IGNORE,
-            trainer=weakref.proxy(self),
-        )
-        return super().build_hooks()
 
     def train(self) -> Optional[Dict[str, Dict[str, float]]]:
         """detectron2's, returning the results of the evaluation after the last iteration.
