@@ -14,6 +14,7 @@ import torch
 from timm.layers import Mlp
 from timm.models.vision_transformer import Attention
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 __all__ = ["farthest_point_sampling", "key_padding_bias", "GraphPool"]
 
@@ -98,15 +99,17 @@ class GraphPool(nn.Module):
         """tokens (B, 1 + N, C), valid (B, N) →
         pooled tokens (B, 1 + n, C), their validity (B, n), assignment P (B, N, n).
         ``attn_bias``: ``key_padding_bias(valid, tokens.dtype)`` if the caller has it already."""
-        segments = tokens[:, 1:]
-        centroids = farthest_point_sampling(segments.detach(), n, valid)
-        if attn_bias is None:
-            attn_bias = key_padding_bias(valid, tokens.dtype)
-        P = self.assign(tokens, valid, centroids, attn_bias)
-        P = P * valid.to(P.dtype)[..., None]  # empty segments carry nothing
-        values = self.pre_pool(tokens)
-        pooled = P.transpose(1, 2) @ values[:, 1:] / P.sum(1)[..., None].clamp_min(1e-6)  # (B, n, C)
-        sampled = torch.gather(segments, 1, centroids[..., None].expand(-1, -1, segments.shape[-1]))
-        new_segments = sampled + self.norm(pooled)
-        new_cls = tokens[:, :1] + self.norm(values[:, :1])
-        return torch.cat([new_cls, new_segments], dim=1), torch.gather(valid, 1, centroids), P
+        with record_function("cast.graph_pool"):  # labels for profilers (tools/profile_cast_step.py)
+            segments = tokens[:, 1:]
+            with record_function("cast.farthest_point_sampling"):
+                centroids = farthest_point_sampling(segments.detach(), n, valid)
+            if attn_bias is None:
+                attn_bias = key_padding_bias(valid, tokens.dtype)
+            P = self.assign(tokens, valid, centroids, attn_bias)
+            P = P * valid.to(P.dtype)[..., None]  # empty segments carry nothing
+            values = self.pre_pool(tokens)
+            pooled = P.transpose(1, 2) @ values[:, 1:] / P.sum(1)[..., None].clamp_min(1e-6)  # (B, n, C)
+            sampled = torch.gather(segments, 1, centroids[..., None].expand(-1, -1, segments.shape[-1]))
+            new_segments = sampled + self.norm(pooled)
+            new_cls = tokens[:, :1] + self.norm(values[:, :1])
+            return torch.cat([new_cls, new_segments], dim=1), torch.gather(valid, 1, centroids), P

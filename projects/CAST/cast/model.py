@@ -14,6 +14,7 @@ import torch
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from .graph_pool import GraphPool, key_padding_bias
 from .hierarchy import CASTHierarchy
@@ -126,8 +127,9 @@ class CAST(nn.Module):
         count = self.num_superpixels
         if self.superpixel_size > 0:
             count = max(1, round(H * W / self.superpixel_size**2))
-        return compute_superpixels(rgb / 255.0, self.superpixel_method, count,
-                                   self.slic_compactness, self.superpixel_iterations)
+        with record_function("cast.superpixels"):  # a label for profilers (tools/profile_cast_step.py)
+            return compute_superpixels(rgb / 255.0, self.superpixel_method, count,
+                                       self.slic_compactness, self.superpixel_iterations)
 
     def forward(self, images: Tensor, superpixels: Optional[Tuple[Tensor, int]] = None) -> CASTOutput:
         """images (B, 3, H, W) normalised; ``superpixels`` (labels, K) if computed elsewhere."""

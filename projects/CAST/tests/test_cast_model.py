@@ -1,4 +1,9 @@
 """Segment tokens, farthest point sampling, graph pooling and the CAST-S / CAST-B sizes."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -92,3 +97,16 @@ def test_tiny_cast_forward_on_odd_sizes():
     assert out.tokens[0].shape == (2, 1 + K, 32)
     assert out.pooled.shape == (2, 1 + 4, 32)
     assert [tuple(P.shape) for P in out.hierarchy.assignments] == [(2, 8, 4), (2, K, 8)]
+
+
+def test_profile_tool_reads_the_stage_labels_of_a_training_step():
+    # the stages are labelled in the model (record_function); a renamed label would print 0 ms
+    tool = Path(__file__).resolve().parents[1] / "tools" / "profile_cast_step.py"
+    config = Path(__file__).resolve().parents[1] / "configs" / "shapes" / "hcformer_cast_tiny_shapes.yaml"
+    run = subprocess.run([sys.executable, str(tool), "--config-file", str(config), "--size", "64", "--batch", "1",
+                          "--steps", "1"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    stages = dict(re.findall(r"^  (\S.*?) +([\d.]+) ms/step", run.stdout, re.MULTILINE))
+    assert set(stages) == {"superpixels", "fps", "graph pooling (incl. fps)"}, run.stdout
+    assert all(float(ms) > 0 for ms in stages.values()), run.stdout
+    assert float(stages["graph pooling (incl. fps)"]) >= float(stages["fps"])

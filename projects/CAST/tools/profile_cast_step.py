@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Time share of superpixels, farthest point sampling and graph pooling in HC-CAST training steps.
 
-Wraps the three stages with timers (wall clock, forward only; their backward runs inside the
-total) and times whole steps (forward + backward) of the config's model on random images:
+Times whole steps (forward + backward) of the config's model on random images, then runs the
+same steps under ``torch.profiler`` and reads the time of the stages the model labels with
+``record_function`` ("cast.superpixels", "cast.farthest_point_sampling", "cast.graph_pool";
+forward only, their backward runs inside the step total):
 
     python projects/CAST/tools/profile_cast_step.py \\
         --config-file projects/CAST/configs/shapes/hcformer_cast_tiny_shapes.yaml --size 128 --batch 4
@@ -10,17 +12,13 @@ total) and times whole steps (forward + backward) of the config's model on rando
 import argparse
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
-from typing import Callable, Dict
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cast  # noqa: E402
-import cast.graph_pool as graph_pool  # noqa: E402
-import cast.model as cast_model  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import BitMasks, Instances  # noqa: E402
@@ -28,16 +26,21 @@ from detectron2.structures import BitMasks, Instances  # noqa: E402
 import hcformer  # noqa: E402,F401
 from hcformer.config import add_hcformer_config  # noqa: E402
 
-TIMES: Dict[str, float] = defaultdict(float)
+# the labels of cast.model / cast.graph_pool -> the names printed
+STAGES = {
+    "cast.superpixels": "superpixels",
+    "cast.farthest_point_sampling": "fps",
+    "cast.graph_pool": "graph pooling (incl. fps)",
+}
 
 
-def timed(name: str, fn: Callable) -> Callable:
-    def wrapper(*args, **kwargs):
-        start = time.perf_counter()
-        out = fn(*args, **kwargs)
-        TIMES[name] += time.perf_counter() - start
-        return out
-    return wrapper
+def train_steps(model, inputs, steps: int) -> float:
+    """Seconds per forward + backward step."""
+    start = time.perf_counter()
+    for _ in range(steps):
+        model.zero_grad()
+        sum(model(inputs).values()).backward()
+    return (time.perf_counter() - start) / steps
 
 
 def main() -> None:
@@ -59,12 +62,6 @@ def main() -> None:
     cfg.merge_from_list(args.opts)
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg).train()
-    # the model looks these up at call time in their modules: wrap them there
-    cast_model.compute_superpixels = timed("superpixels", cast_model.compute_superpixels)
-    graph_pool.farthest_point_sampling = timed("fps", graph_pool.farthest_point_sampling)
-    for pool in model.backbone.encoder.pools:
-        pool.forward = timed("graph pooling (incl. fps)", pool.forward)
-
     inputs = []
     for _ in range(args.batch):
         masks = torch.zeros(2, args.size, args.size, dtype=torch.bool)
@@ -73,17 +70,17 @@ def main() -> None:
         inst = Instances((args.size, args.size), gt_classes=torch.tensor([0, 5]), gt_masks=BitMasks(masks))
         inputs.append({"image": torch.randint(0, 256, (3, args.size, args.size)).float(), "instances": inst})
 
-    sum(model(inputs).values()).backward()  # warm-up
-    TIMES.clear()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        model.zero_grad()
-        sum(model(inputs).values()).backward()
-    total = time.perf_counter() - start
+    train_steps(model, inputs, 1)  # warm-up
+    step = train_steps(model, inputs, args.steps)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        profiled_step = train_steps(model, inputs, args.steps)
+    stage_seconds = {event.key: event.cpu_time_total / 1e6 / args.steps
+                     for event in profile.key_averages() if event.key in STAGES}
     print(f"{args.steps} steps, batch {args.batch} × {args.size}², {args.threads} thread(s): "
-          f"{1000 * total / args.steps:.1f} ms/step")
-    for name, seconds in TIMES.items():
-        print(f"  {name:28s} {1000 * seconds / args.steps:7.1f} ms/step  {100 * seconds / total:5.1f} %")
+          f"{1000 * step:.1f} ms/step ({1000 * profiled_step:.1f} ms under the profiler)")
+    for label, name in STAGES.items():
+        seconds = stage_seconds.get(label, 0.0)
+        print(f"  {name:28s} {1000 * seconds:7.1f} ms/step  {100 * seconds / profiled_step:5.1f} %")
 
 
 if __name__ == "__main__":
