@@ -20,7 +20,8 @@ from tiny_configs import ROOT, TINY_SHAPES_OVERRIDES, load_script
 from hcformer_shapes import ShapesSpec, ensure_shapes_dataset
 
 CONFIGS = ROOT / "configs" / "shapes"
-TRAIN_NET_TIMEOUT_S = 300  # a run takes 10-40 s; past this it hangs (as the final PQ evaluation did, see engine.interruption)
+# a run takes 10-40 s; past this it hangs (as the final PQ evaluation did, see engine.interruption)
+TRAIN_NET_TIMEOUT_S = 300
 TRAIN = ["SEED", "0", "SOLVER.IMS_PER_BATCH", "1", "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "1",
          "SOLVER.CHECKPOINT_PERIOD", "100", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "-1"]
 
