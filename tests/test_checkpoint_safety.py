@@ -248,6 +248,35 @@ def test_a_signal_during_a_save_removes_its_temporary_file(tmp_path, monkeypatch
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # restored
 
 
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signal handlers need the main thread")
+def test_a_signal_inside_torch_save_is_raised_as_itself(tmp_path, monkeypatch):
+    # raised in the middle of torch's zip writer, the signal's exception was replaced by the
+    # writer's RuntimeError ("unexpected pos"): a traceback and exit status 1 instead of 143
+    checkpointer = HCFormerCheckpointer(small_model(), str(tmp_path))
+    checkpointer.save("model_0000001", iteration=1)
+    real_save = torch.save
+
+    class SignalledAtTheThirdWrite:
+        def __init__(self, f):
+            self.f, self.writes = f, 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes == 3:
+                os.kill(os.getpid(), signal.SIGUSR1)  # its handler raises right here
+            return self.f.write(data)
+
+        def flush(self):
+            self.f.flush()
+
+    monkeypatch.setattr(torch, "save", lambda obj, f, *args, **kwargs: real_save(obj, SignalledAtTheThirdWrite(f)))
+    with stop_on_signals((signal.SIGUSR1,)), pytest.raises(TrainingInterrupted) as stop:
+        checkpointer.save("model_0000002", iteration=2)
+    assert isinstance(stop.value.__context__, RuntimeError)  # torch's, suppressed from the traceback
+    assert stop.value.__suppress_context__
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000001.pth"]
+
+
 def test_weights_that_name_a_directory(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

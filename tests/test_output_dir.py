@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import List
 
@@ -274,6 +275,31 @@ def test_a_signal_stops_training_with_a_log_line_and_no_temporary_file(tmp_path,
     assert not temporary_files(out) and not (out / LOCK_FILE).exists()
     assert sorted(p.name for p in out.glob("*.pth")) == ["model_0000001.pth"]
     assert (out / "last_checkpoint").read_text() == "model_0000001.pth"
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_the_process_group_stops_training_and_its_data_loader_workers_quietly(tmp_path):
+    # what a scheduler does (SLURM's scancel): every process of the job gets the SIGTERM, the
+    # DataLoader workers as well; PyTorch reported their deaths as a RuntimeError traceback
+    out = tmp_path / "out"
+    command = train_net(out, overrides=["SOLVER.MAX_ITER", "1000", "DATALOADER.NUM_WORKERS", "2"])
+    output = tmp_path / "output.txt"
+    process = start(command, subprocess_env(tmp_path), output, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while "Starting training from iteration" not in output.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, output.read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(2)  # a few iterations, with the workers loading
+        os.killpg(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=120) == 128 + signal.SIGTERM, output.read_text()[-3000:]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    text = output.read_text()
+    assert "SIGTERM received at iteration" in text
+    assert "Traceback" not in text, text[text.index("Traceback"):][:3000]
 
 
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),

@@ -50,16 +50,22 @@ class CheckpointWriteError(OSError):
 _STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
-def _storage_error(error: BaseException) -> Optional[OSError]:
-    """The OSError of a full disk behind ``error``, if any. torch.save reports one as a
-    RuntimeError of its zip writer ("unexpected pos ...") raised while handling it."""
+def _behind(error: BaseException, matches: Callable[[BaseException], bool]) -> Optional[BaseException]:
+    """The first exception of ``error``'s chain (itself, then what it was raised from or while
+    handling) that ``matches``, if any. torch.save reports what stopped it in the middle of its
+    zip file (a full disk, a signal) as the writer's RuntimeError ("unexpected pos ...") raised
+    while handling it."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in _STORAGE_ERRNOS:
+        if matches(error):
             return error
         error = error.__cause__ or error.__context__
     return None
+
+
+def _is_storage_error(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in _STORAGE_ERRNOS
 
 
 def _tensor_bytes(obj) -> int:
@@ -391,11 +397,15 @@ class HCFormerCheckpointer(DetectionCheckpointer):
 
     def _write(self, path: str, write: Callable, needed: int) -> None:
         """``write_atomically``, with a full disk reported as one ``CheckpointWriteError``
-        instead of torch's chained tracebacks."""
+        instead of torch's chained tracebacks, and a signal or Ctrl-C (a KeyboardInterrupt such
+        as ``TrainingInterrupted``) that came in the middle of torch.save raised as itself."""
         try:
             write_atomically(path, write)
         except Exception as error:
-            cause = _storage_error(error)
+            interruption = _behind(error, lambda e: isinstance(e, KeyboardInterrupt))
+            if interruption is not None:
+                raise interruption from None
+            cause = _behind(error, _is_storage_error)
             if cause is None:
                 raise
             # the temporary file is gone by now: what is free is what the next try will have

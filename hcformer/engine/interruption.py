@@ -7,6 +7,11 @@ raise :class:`TrainingInterrupted` in the main thread, wherever it is: a save in
 its temporary file on the way out (``atomic_files.write_atomically``), the trainer's hooks close
 the metric writers, and the caller logs the signal and the last complete checkpoint and exits
 with the conventional status 128 + signal number. A second signal ends the process at once.
+A signal sent to the whole process group (a scheduler's SIGTERM, Ctrl-C) reaches the DataLoader
+workers too; once the first signal has arrived, their deaths are expected, and PyTorch's SIGCHLD
+handler, which would raise each one as a RuntimeError in the main thread (replacing the
+TrainingInterrupted on its way out, or as a traceback at exit), is reset for the rest of the
+process.
 
 A process forked within the block (a ``multiprocessing.Pool`` worker of panopticapi's PQ, a
 DataLoader worker) acts on a signal as it would have before the block. Python runs a handler only
@@ -56,8 +61,9 @@ os.register_at_fork(after_in_child=_restore_handlers_before_block)
 @contextlib.contextmanager
 def stop_on_signals(signums: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
     """Within the block, the first of ``signums`` raises :class:`TrainingInterrupted` in the
-    main thread and the next one gets the default action (the process ends at once). Processes
-    forked within the block keep the handlers of before it. Outside the main thread, where
+    main thread and the next one gets the default action (the process ends at once); SIGCHLD
+    gets it from the first one on, for good. Processes forked within the block keep the
+    handlers of before it. Outside the main thread, where
     Python cannot set handlers, nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -72,6 +78,7 @@ def stop_on_signals(signums: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) ->
             return
         for other in signums:
             signal.signal(other, signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the workers may end by the same signal
         raise TrainingInterrupted(signum)
 
     # None: a handler set outside Python, which cannot be restored from here
