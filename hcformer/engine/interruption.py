@@ -63,8 +63,8 @@ def stop_on_signals(signums: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) ->
     """Within the block, the first of ``signums`` raises :class:`TrainingInterrupted` in the
     main thread and the next one gets the default action (the process ends at once); SIGCHLD
     gets it from the first one on, for good. Processes forked within the block keep the
-    handlers of before it. Outside the main thread, where
-    Python cannot set handlers, nothing changes."""
+    handlers of before it. Outside the main thread, where Python cannot set handlers, nothing
+    changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
