@@ -37,6 +37,11 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip install --disable-pip-version-check --progress-bar off)
+# A download that breaks in transit (a reset connection, a wheel that fails its index hash, as
+# one CI run saw) fails pip; the second try downloads afresh, past pip's cache.
+pip_install() {
+  "${PIP[@]}" "$@" || { step retry "pip install failed; trying once more without pip's cache"; "${PIP[@]}" --no-cache-dir "$@"; }
+}
 
 has() { "$PY" -c "import $1" >/dev/null 2>&1; }
 
@@ -55,7 +60,7 @@ step 2/5 "torch + torchvision"
 if has torch && has torchvision; then
   step 2/5 "keeping $("$PY" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)')"
 else
-  "${PIP[@]}" "${CONSTRAINTS[@]}" "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+  pip_install "${CONSTRAINTS[@]}" "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 fi
 
 step 3/5 "detectron2"
@@ -65,7 +70,7 @@ elif has detectron2; then
   step 3/5 "detectron2 v0.6 (pure Python) already installed"
   "$PY" "$ROOT/scripts/install_detectron2_pure_python.py" --refresh-placeholder
 else
-  "${PIP[@]}" "${CONSTRAINTS[@]}" numpy Pillow setuptools wheel
+  pip_install "${CONSTRAINTS[@]}" numpy Pillow setuptools wheel
   "$PY" "$ROOT/scripts/install_detectron2_pure_python.py" "${CONSTRAINTS[@]}"
 fi
 
@@ -75,11 +80,11 @@ if "$PY" -m pip show -q opencv-python-headless >/dev/null 2>&1 \
     && ! "$PY" -m pip show -q opencv-contrib-python-headless >/dev/null 2>&1; then
   "$PY" -m pip uninstall -y -q opencv-python-headless
 fi
-"${PIP[@]}" "${CONSTRAINTS[@]}" -e "$ROOT[test]"
+pip_install "${CONSTRAINTS[@]}" -e "$ROOT[test]"
 # panopticapi-lite's metadata asks for a newer Pillow than its code needs (and than
 # detectron2 v0.6 accepts), so it is installed without its dependencies.
 if ! has panopticapi; then
-  "${PIP[@]}" --no-deps "panopticapi-lite==0.2.0"
+  pip_install --no-deps "panopticapi-lite==0.2.0"
 fi
 
 step 5/5 "check"
