@@ -38,10 +38,12 @@ fi
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip install --disable-pip-version-check --progress-bar off)
 # A download that breaks in transit (a reset connection, a wheel that fails its index hash, as
-# one CI run saw) fails pip; the second try downloads afresh, past pip's cache.
-pip_install() {
-  "${PIP[@]}" "$@" || { step retry "pip install failed; trying once more without pip's cache"; "${PIP[@]}" --no-cache-dir "$@"; }
+# one CI run saw) fails pip; the second try downloads afresh, past pip's cache (PIP_NO_CACHE_DIR
+# reaches the pip that a script runs too).
+retry_once() {
+  "$@" || { step retry "failed; trying once more without pip's cache"; PIP_NO_CACHE_DIR=1 "$@"; }
 }
+pip_install() { retry_once "${PIP[@]}" "$@"; }
 
 has() { "$PY" -c "import $1" >/dev/null 2>&1; }
 
@@ -71,7 +73,7 @@ elif has detectron2; then
   "$PY" "$ROOT/scripts/install_detectron2_pure_python.py" --refresh-placeholder
 else
   pip_install "${CONSTRAINTS[@]}" numpy Pillow setuptools wheel
-  "$PY" "$ROOT/scripts/install_detectron2_pure_python.py" "${CONSTRAINTS[@]}"
+  retry_once "$PY" "$ROOT/scripts/install_detectron2_pure_python.py" "${CONSTRAINTS[@]}"
 fi
 
 step 4/5 "hcformer and its dependencies (pyproject.toml)"

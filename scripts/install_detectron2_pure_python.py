@@ -49,13 +49,9 @@ DROPPED_REQUIREMENTS = ("tensorboard", "black==21.4b2", "future", "pydot")
 
 
 def pip(*args: str) -> None:
-    """``pip *args``; tried once more, past pip's cache, when it fails (a download that broke in
-    transit), as scripts/install.sh does."""
     cmd = [sys.executable, "-m", "pip", *args]
     print("+", " ".join(cmd), flush=True)
-    if subprocess.call(cmd) != 0:
-        print("pip failed; trying once more without pip's cache", flush=True)
-        subprocess.check_call([*cmd[:4], "--no-cache-dir", *cmd[4:]])
+    subprocess.check_call(cmd)
 
 
 def patch_setup_py(setup_py: Path) -> None:

@@ -50,7 +50,7 @@ _handlers_before_block: Dict[int, Union[Callable, int]] = {}
 
 
 def _restore_handlers_before_block() -> None:
-    """In a child forked within the block: the handlers of before it."""
+    """The handlers of before the block: at its end, and in a child forked within it."""
     for signum, handler in _handlers_before_block.items():
         signal.signal(signum, handler)
 
@@ -81,13 +81,11 @@ def stop_on_signals(signums: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) ->
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the workers may end by the same signal
         raise TrainingInterrupted(signum)
 
-    # None: a handler set outside Python, which cannot be restored from here
     previous = {signum: signal.signal(signum, interrupt) for signum in signums}
+    # None: a handler set outside Python, which cannot be restored from here
     _handlers_before_block.update((signum, handler) for signum, handler in previous.items() if handler is not None)
     try:
         yield
     finally:
+        _restore_handlers_before_block()
         _handlers_before_block.clear()
-        for signum, handler in previous.items():
-            if handler is not None:
-                signal.signal(signum, handler)
