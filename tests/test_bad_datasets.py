@@ -18,7 +18,7 @@ from hcformer.config import add_hcformer_config
 from hcformer.data.build import build_dataset_mapper
 from hcformer.engine.trainer import Trainer
 from hcformer.data.dataset_loading import DatasetLoadError, load_dataset_dicts
-from hcformer.data.detectron2_compat import RetryingMapDataset
+from hcformer.detectron2_compat import RetryingMapDataset
 from hcformer.data.datasets.catalog_utils import unregister_dataset
 from hcformer.data.image_reading import BadSampleError, read_image_file
 from hcformer_shapes import ShapesSpec, register_shapes_datasets

@@ -4,11 +4,13 @@ training data loader around it."""
 import itertools
 from typing import Callable, Dict, Iterator, List
 
-from detectron2.config import CfgNode
 import torch
+from detectron2.config import CfgNode
 from detectron2.data import DatasetFromList, build_detection_train_loader
 from detectron2.data.common import AspectRatioGroupedDataset
 from torch.utils.data import Sampler
+
+from hcformer.detectron2_compat import RetryingMapDataset
 
 from .dataset_mappers import (
     COCOInstanceLSJDatasetMapper,
@@ -19,7 +21,6 @@ from .dataset_mappers import (
 )
 from .dataset_mappers.evaluation_dataset_mapper import EvaluationDatasetMapper
 from .dataset_loading import load_dataset_dicts
-from .detectron2_compat import RetryingMapDataset
 from .skip_bad_samples import SkipBadSamples
 
 __all__ = ["DATASET_MAPPERS", "ResumableSampler", "build_dataset_mapper", "build_train_loader", "check_mapper_name"]
@@ -79,7 +80,7 @@ def build_train_loader(cfg: CfgNode):
     """detectron2's ``build_detection_train_loader`` (same sampler, batching, workers) over the
     records of DATASETS.TRAIN (:func:`load_dataset_dicts`, readable loading errors) mapped by
     :func:`build_dataset_mapper`, with :class:`RetryingMapDataset` in place of ``MapDataset``
-    (a detectron2 v0.6 workaround, see :mod:`hcformer.data.detectron2_compat`)
+    (a detectron2 v0.6 workaround, see :mod:`hcformer.detectron2_compat`)
     and the sampler wrapped in a :class:`ResumableSampler` (``loader.resumable_sampler``)."""
     records: List[Dict] = load_dataset_dicts(
         cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS

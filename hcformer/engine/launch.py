@@ -4,7 +4,8 @@ With CUDA this is detectron2's ``launch``, unchanged (NCCL, one process per GPU)
 v0.6's ``launch`` asserts CUDA and hard-codes NCCL, so without CUDA the processes are started
 here instead: ``num_gpus_per_machine`` CPU processes per machine joined by the gloo backend,
 with the same process groups detectron2's ``comm`` expects (the global group, and the
-per-machine group behind ``comm.get_local_rank()`` / ``get_local_size()``). The Trainer then
+per-machine group behind ``comm.get_local_rank()`` / ``get_local_size()``, made by
+``hcformer.detectron2_compat`` on v0.6). The Trainer then
 wraps the model in a CPU DistributedDataParallel; rank 0 alone writes checkpoints and metrics.
 
 Several machines: start the same command on every machine with ``--num-machines N``,
@@ -21,6 +22,8 @@ import torch.multiprocessing as mp
 from detectron2.engine import launch as d2_launch
 from detectron2.utils import comm
 
+from hcformer.detectron2_compat import create_local_process_group
+
 __all__ = ["DEFAULT_TIMEOUT", "launch"]
 
 logger = logging.getLogger(__name__)
@@ -32,19 +35,6 @@ def _free_local_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _create_local_process_group(processes_per_machine: int, machine_rank: int, num_machines: int) -> None:
-    """The group of the processes on this machine, where detectron2's ``comm`` looks for it."""
-    if hasattr(comm, "create_local_process_group"):  # detectron2 after v0.6
-        comm.create_local_process_group(processes_per_machine)
-        return
-    # v0.6: every process must take part in creating every group, then keeps its own
-    for machine in range(num_machines):
-        first = machine * processes_per_machine
-        group = dist.new_group(list(range(first, first + processes_per_machine)))
-        if machine == machine_rank:
-            comm._LOCAL_PROCESS_GROUP = group
 
 
 def _cpu_worker(
@@ -63,7 +53,7 @@ def _cpu_worker(
         backend="gloo", init_method=dist_url, world_size=world_size, rank=rank, timeout=timeout
     )
     try:
-        _create_local_process_group(processes_per_machine, machine_rank, num_machines)
+        create_local_process_group(processes_per_machine, machine_rank, num_machines)
         comm.synchronize()
         main_func(*args)
     finally:
