@@ -14,6 +14,8 @@ VENV="${VENV:-$ROOT/.venv}"
 PYTHON_BIN="${PYTHON:-python3}"
 TORCH_VERSION="${TORCH_VERSION:-2.14.1}"
 TORCHVISION_VERSION="${TORCHVISION_VERSION:-0.29.1}"
+# the oldest torch hcformer runs on, as pyproject.toml says (tests/test_packaging.py checks both agree)
+MIN_TORCH="2.6"
 STAMP="$VENV/.hcformer-installed"
 
 step() { printf '[install %s] %s\n' "$1" "$2"; }
@@ -60,6 +62,12 @@ fi
 
 step 2/5 "torch + torchvision"
 if has torch && has torchvision; then
+  # pip would replace an older torch with the registry's (a CUDA build of several GB, maybe
+  # not the user's CUDA): say so instead
+  if ! "$PY" -c "import sys, torch; sys.exit(tuple(map(int, torch.__version__.split('.')[:2])) < tuple(map(int, '$MIN_TORCH'.split('.'))))"; then
+    step 2/5 "torch $("$PY" -c 'import torch; print(torch.__version__)') in $VENV is older than $MIN_TORCH, the oldest hcformer runs on; install torch >= $MIN_TORCH with its torchvision there (your CUDA build), or choose another VENV" >&2
+    exit 1
+  fi
   step 2/5 "keeping $("$PY" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)')"
 else
   pip_install "${CONSTRAINTS[@]}" "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"

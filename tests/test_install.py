@@ -72,6 +72,37 @@ def test_matching_stamp_is_a_no_op_and_a_stale_one_is_reported(tmp_path):
     assert "up to date" not in result.stdout
 
 
+def test_the_oldest_torch_is_the_same_in_install_sh_and_pyproject():
+    minimum = re.search(r'^MIN_TORCH="([\d.]+)"', INSTALL.read_text(), re.M).group(1)
+    required = re.search(r'"torch>=([\d.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    assert minimum == required
+
+
+@pytest.mark.parametrize("version, refused", [("2.5.1+cu124", True), ("2.6.0", False), ("2.14.1+cu130", False)])
+def test_an_older_torch_in_the_environment_is_refused_before_pip_replaces_it(tmp_path, version, refused):
+    # a venv whose Python sees stand-in torch / torchvision packages of that version
+    packages = tmp_path / "packages"
+    for name in ("torch", "torchvision"):
+        (packages / name).mkdir(parents=True)
+        (packages / name / "__init__.py").write_text(f"__version__ = {version!r}\n")
+    python = tmp_path / "venv/bin/python"
+    python.parent.mkdir(parents=True)
+    # -S: no site-packages, so no pip and no detectron2; "-m" (pip) refused outright as well,
+    # so that nothing can be installed anywhere
+    python.write_text(
+        f'#!/bin/sh\n[ "$1" = "-m" ] && exit 1\nPYTHONPATH={packages} exec {sys.executable} -S "$@"\n'
+    )
+    python.chmod(0o755)
+    result = run_install(tmp_path / "venv")
+    if refused:
+        assert result.returncode == 1
+        assert f"torch {version} in {tmp_path / 'venv'} is older than 2.6" in result.stderr
+        assert "[install 3/5]" not in result.stdout  # nothing installed after it
+    else:  # kept: the install goes on, and stops at its first pip step
+        assert f"[install 2/5] keeping torch {version} torchvision {version}" in result.stdout
+        assert result.returncode != 0 and "[install 3/5] detectron2" in result.stdout
+
+
 def test_install_again_on_the_current_env_changes_nothing():
     venv = Path(sys.prefix)  # the environment running these tests
     if not (venv / STAMP).is_file():
