@@ -38,6 +38,7 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   "$PYTHON_BIN" -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
+python_version="$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 PIP=("$PY" -m pip install --disable-pip-version-check --progress-bar off)
 # A download that breaks in transit (a reset connection, a wheel that fails its index hash, as
 # one CI run saw) fails pip; the second try downloads afresh, past pip's cache (PIP_NO_CACHE_DIR
@@ -59,6 +60,16 @@ else
   OWN_DETECTRON2=0
   CONSTRAINTS=(-c "$ROOT/scripts/constraints-detectron2-v0.6.txt")
 fi
+# pyproject.toml's requires-python, and on the v0.6 path the Pythons with a numpy < 2 wheel;
+# said before pip downloads gigabytes and fails on a build from source
+if "$PY" -c 'import sys; sys.exit(sys.version_info[:2] >= (3, 11))'; then
+  step 1/5 "Python $python_version in $VENV: hcformer needs Python >= 3.11 (tested: 3.11, 3.12)" >&2
+  exit 1
+fi
+if [[ $OWN_DETECTRON2 == 0 ]] && "$PY" -c 'import sys; sys.exit(sys.version_info[:2] <= (3, 12))'; then
+  step 1/5 "Python $python_version in $VENV: the pure-Python detectron2 v0.6 that this script installs runs with numpy < 2, which has no release for Python $python_version; use Python 3.11 or 3.12 (a new environment: PYTHON=python3.12 VENV=.venv312 make test), or a VENV that already has your own detectron2 build" >&2
+  exit 1
+fi
 
 step 2/5 "torch + torchvision"
 if has torch && has torchvision; then
@@ -78,7 +89,7 @@ if [[ $OWN_DETECTRON2 == 1 ]]; then
   step 3/5 "keeping detectron2 $("$PY" -c 'import detectron2; print(detectron2.__version__)')"
 elif has detectron2; then
   step 3/5 "detectron2 v0.6 (pure Python) already installed"
-  "$PY" "$ROOT/scripts/install_detectron2_pure_python.py" --refresh-placeholder
+  "$PY" "$ROOT/scripts/install_detectron2_pure_python.py" --refresh
 else
   pip_install "${CONSTRAINTS[@]}" numpy Pillow setuptools wheel
   retry_once "$PY" "$ROOT/scripts/install_detectron2_pure_python.py" "${CONSTRAINTS[@]}"
@@ -91,8 +102,8 @@ if "$PY" -m pip show -q opencv-python-headless >/dev/null 2>&1 \
   "$PY" -m pip uninstall -y -q opencv-python-headless
 fi
 pip_install "${CONSTRAINTS[@]}" -e "$ROOT[test]"
-# panopticapi-lite's metadata asks for a newer Pillow than its code needs (and than
-# detectron2 v0.6 accepts), so it is installed without its dependencies.
+# panopticapi-lite's metadata asks for scikit-image and platformdirs, which its code never
+# imports, so it is installed without its dependencies.
 if ! has panopticapi; then
   pip_install --no-deps "panopticapi-lite==0.2.0"
 fi

@@ -4,6 +4,12 @@ Nothing is compiled: `detectron2._C` becomes a placeholder module that raises a 
 naming the compiled op if anything ever asks for one. hcformer never does (DCNv2 comes from
 torchvision, COCO evaluation from pycocotools).
 
+v0.6 uses names that numpy 1.24 and Pillow 10 removed (``np.int``, ``np.float``, ``np.bool``,
+``np.str``; ``Image.LINEAR``), and Python 3.12 has no numpy older than 1.26 nor Pillow older
+than 10.1. The sources are rewritten to what those names always stood for (``int``, ``float``,
+``bool``, ``str``; ``Image.BILINEAR``) before installing, as detectron2's main has done since;
+with that, one set of releases (scripts/constraints-detectron2-v0.6.txt) serves Python 3.11 and 3.12.
+
 Run with the virtualenv's Python, after torch is installed (the sdist's setup.py imports it).
 """
 import re
@@ -64,6 +70,21 @@ def patch_setup_py(setup_py: Path) -> None:
     setup_py.write_text(patched)
 
 
+# numpy's removed aliases of builtins (not np.int64, np.float_, np.bool_: a word character follows)
+_NUMPY_ALIAS = re.compile(r"\bnp\.(int|float|bool|str|object)\b")
+
+
+def modernise_sources(package: Path) -> None:
+    """Rewrite the removed numpy aliases and ``Image.LINEAR`` in the .py files under ``package``
+    (in place; idempotent: a second run finds nothing)."""
+    for path in sorted(package.rglob("*.py")):
+        text = path.read_text()
+        rewritten = _NUMPY_ALIAS.sub(r"\1", text).replace("Image.LINEAR", "Image.BILINEAR")
+        if rewritten != text:
+            path.write_text(rewritten)
+            print(f"rewrote numpy / Pillow names removed since detectron2 v0.6 in {path}")
+
+
 def extract_sdist(archive: Path, destination: Path, data_filter: Optional[bool] = None) -> None:
     """Extract a source archive into ``destination``, refusing members that could write elsewhere.
 
@@ -90,20 +111,21 @@ def extract_sdist(archive: Path, destination: Path, data_filter: Optional[bool] 
         tar.extractall(destination, members)
 
 
-def refresh_placeholder() -> None:
-    """Rewrite the installed placeholder (an earlier install may have an older one)."""
+def refresh_installed() -> None:
+    """Bring an earlier pure-Python install up to date: the placeholder and the rewritten names."""
     import importlib.util
 
-    spec = importlib.util.find_spec("detectron2")
-    target = Path(spec.origin).parent / "_C.py"
+    package = Path(importlib.util.find_spec("detectron2").origin).parent
+    target = package / "_C.py"
     if target.read_text() != PLACEHOLDER:
         target.write_text(PLACEHOLDER)
         print(f"updated {target}")
+    modernise_sources(package)
 
 
 def main() -> None:
-    if sys.argv[1:] == ["--refresh-placeholder"]:
-        refresh_placeholder()
+    if sys.argv[1:] == ["--refresh"]:
+        refresh_installed()
         return
     constraints = sys.argv[1:]  # e.g. ["-c", "constraints.txt"]
     with tempfile.TemporaryDirectory(prefix="hcformer-d2-") as tmp:
@@ -114,6 +136,7 @@ def main() -> None:
         (src,) = [p for p in tmp.iterdir() if p.is_dir()]
         patch_setup_py(src / "setup.py")
         (src / "detectron2" / "_C.py").write_text(PLACEHOLDER)
+        modernise_sources(src / "detectron2")
         pip("install", "--no-build-isolation", *constraints, str(src))
 
 

@@ -32,7 +32,8 @@ from hcformer.data.datasets.catalog_utils import unregister_dataset
 from hcformer.evaluation import ThingsCOCOEvaluator, build_evaluator
 from hcformer_shapes import ShapesSpec, register_shapes_datasets
 
-# detectron2 v0.6 evaluators use np.int / np.float (deprecated, still present in numpy 1.23)
+# an official detectron2 v0.6 build's evaluators use np.int / np.float (deprecated in numpy 1.20-1.23;
+# the pure-Python install rewrites them)
 pytestmark = pytest.mark.filterwarnings("ignore:`np.(int|float)` is a deprecated alias")
 
 PREFIX = "shapes_evaltest"
@@ -371,7 +372,7 @@ def cityscapes(tmp_path_factory):
         gt = gt_dir / CITY / stem
         Image.fromarray(ids.astype(np.uint8)).save(f"{gt}_gtFine_labelIds.png")
         Image.fromarray(to_train_id(ids).astype(np.uint8)).save(f"{gt}_gtFine_labelTrainIds.png")
-        Image.fromarray(instances).save(f"{gt}_gtFine_instanceIds.png")  # 16-bit PNG
+        Image.fromarray(instances.astype(np.uint16)).save(f"{gt}_gtFine_instanceIds.png")  # 16-bit PNG
         with open(f"{gt}_gtFine_polygons.json", "w") as f:
             json.dump({"imgHeight": CS_SIZE[0], "imgWidth": CS_SIZE[1], "objects": []}, f)
         image = np.random.default_rng(index).integers(0, 255, (*CS_SIZE, 3), dtype=np.uint8)

@@ -26,8 +26,9 @@ the evaluation with its name instead of being scored.
 
 CPU / pure-Python detectron2 notes: COCOEvaluator is always built with ``use_fast_impl=False``
 (the fast implementation needs detectron2's compiled ``_C``), so pycocotools' official COCOeval
-is used. COCOPanopticEvaluator and SemSegEvaluator of detectron2 v0.6 (the bases of ours) work as they are with
-panopticapi(-lite) and numpy 1.23 (they use ``np.int`` / ``np.float``, which numpy 1.24 removed).
+is used. COCOPanopticEvaluator and SemSegEvaluator of detectron2 v0.6 (the bases of ours) use ``np.int`` /
+``np.float``, which numpy 1.24 removed: scripts/install.sh's pure-Python detectron2 has them rewritten
+to ``int`` / ``float``, and an official v0.6 build needs numpy < 1.24.
 """
 
 import os
