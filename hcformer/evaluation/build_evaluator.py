@@ -28,7 +28,8 @@ CPU / pure-Python detectron2 notes: COCOEvaluator is always built with ``use_fas
 (the fast implementation needs detectron2's compiled ``_C``), so pycocotools' official COCOeval
 is used. COCOPanopticEvaluator and SemSegEvaluator of detectron2 v0.6 (the bases of ours) use ``np.int`` /
 ``np.float``, which numpy 1.24 removed: scripts/install.sh's pure-Python detectron2 has them rewritten
-to ``int`` / ``float``, and an official v0.6 build needs numpy < 1.24.
+to ``int`` / ``float``; an official v0.6 build fails there on the numpy >= 1.25 that matplotlib 3.11
+needs, so GPU users build detectron2's main (README, Install).
 """
 
 import os
