@@ -32,10 +32,6 @@ from hcformer.data.datasets.catalog_utils import unregister_dataset
 from hcformer.evaluation import ThingsCOCOEvaluator, build_evaluator
 from hcformer_shapes import ShapesSpec, register_shapes_datasets
 
-# an official detectron2 v0.6 build's evaluators use np.int / np.float (deprecated in numpy 1.20-1.23;
-# the pure-Python install rewrites them)
-pytestmark = pytest.mark.filterwarnings("ignore:`np.(int|float)` is a deprecated alias")
-
 PREFIX = "shapes_evaltest"
 PANOPTIC = f"{PREFIX}_val_panoptic_with_sem_seg"
 SPEC = ShapesSpec(image_size=64, num_train=1, num_val=4, seed=3)
