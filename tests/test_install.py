@@ -1,7 +1,8 @@
 """scripts/install.sh and the pure-Python detectron2 it installs.
 
 Nothing here installs anything: install.sh only ever runs where its stamp says there is nothing
-to do, or against a temporary VENV whose Python is ``false`` (so any real step fails at once).
+to do, against a temporary VENV whose Python is ``false`` (so any real step fails at once), or
+against one whose Python sees stand-in torch packages and can run no pip.
 """
 import contextlib
 import hashlib
