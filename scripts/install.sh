@@ -14,7 +14,7 @@ VENV="${VENV:-$ROOT/.venv}"
 PYTHON_BIN="${PYTHON:-python3}"
 TORCH_VERSION="${TORCH_VERSION:-2.14.1}"
 TORCHVISION_VERSION="${TORCHVISION_VERSION:-0.29.1}"
-# the oldest torch hcformer runs on, as pyproject.toml says (tests/test_packaging.py checks both agree)
+# the oldest torch hcformer runs on, as pyproject.toml says (tests/test_install.py checks both agree)
 MIN_TORCH="2.6"
 STAMP="$VENV/.hcformer-installed"
 
