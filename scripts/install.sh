@@ -39,6 +39,7 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 PY="$VENV/bin/python"
 python_version="$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+python_minor="${python_version#3.}"  # hcformer runs on Python 3 only
 PIP=("$PY" -m pip install --disable-pip-version-check --progress-bar off)
 # A download that breaks in transit (a reset connection, a wheel that fails its index hash, as
 # one CI run saw) fails pip; the second try downloads afresh, past pip's cache (PIP_NO_CACHE_DIR
@@ -62,11 +63,11 @@ else
 fi
 # pyproject.toml's requires-python, and on the v0.6 path the Pythons with a numpy < 2 wheel;
 # said before pip downloads gigabytes and fails on a build from source
-if "$PY" -c 'import sys; sys.exit(sys.version_info[:2] >= (3, 11))'; then
+if (( python_minor < 11 )); then
   step 1/5 "Python $python_version in $VENV: hcformer needs Python >= 3.11 (tested: 3.11, 3.12)" >&2
   exit 1
 fi
-if [[ $OWN_DETECTRON2 == 0 ]] && "$PY" -c 'import sys; sys.exit(sys.version_info[:2] <= (3, 12))'; then
+if [[ $OWN_DETECTRON2 == 0 ]] && (( python_minor > 12 )); then
   step 1/5 "Python $python_version in $VENV: the pure-Python detectron2 v0.6 that this script installs runs with numpy < 2, which has no release for Python $python_version; use Python 3.11 or 3.12 (a new environment: PYTHON=python3.12 VENV=.venv312 make test), or a VENV that already has your own detectron2 build" >&2
   exit 1
 fi

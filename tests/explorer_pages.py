@@ -7,6 +7,8 @@ registered as a panoptic dataset of two images: the photo and its mirror image (
 panoptic PNG flipped left to right), which the grid cuts elsewhere, so that the two leak
 differently and the index has something to sort.
 """
+import base64
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,3 +57,9 @@ def write_voc_explorer(directory: Path, dataset: str) -> ExplorerRun:
         MetadataCatalog.remove(dataset)
     summary = json.loads((directory / "summary.json").read_text())
     return ExplorerRun(html=html, summary=summary, config=config, records=records, dataset=dataset)
+
+
+def decode_picture(url: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a page's JPEG data URL."""
+    payload = url[len("data:image/jpeg;base64,") :]
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(payload))).convert("RGB"))

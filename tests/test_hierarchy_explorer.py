@@ -7,18 +7,16 @@ clusterings the model returns for the image, its scores the tool's --json number
 truth the segments that were scored. The browser side is tested in
 test_hierarchy_explorer_browser.py.
 """
-import base64
 import json
 import re
 
-import cv2
 import numpy as np
 import pytest
 import torch
 from detectron2.data import DatasetMapper
 from detectron2.data.detection_utils import read_image
 
-from explorer_pages import write_voc_explorer
+from explorer_pages import decode_picture, write_voc_explorer
 from hcformer.engine.inference_model import build_inference_model, inference_cfg
 from hcformer.evaluation import leakage_mask, load_segment_ground_truth
 from hcformer.utils.embedded_id_maps import MAX_ID, decode_id_map, encode_id_map
@@ -51,11 +49,6 @@ def model_outputs(explorer):
     mapper = DatasetMapper(cfg, is_train=False)
     with torch.no_grad():
         return [model([mapper(dict(record))], clusterings="all")[0] for record in explorer.records]
-
-
-def _decode_picture(url: str) -> np.ndarray:
-    payload = url[len("data:image/jpeg;base64,") :]
-    return cv2.imdecode(np.frombuffer(base64.b64decode(payload), np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
 
 
 # ------------------------------------------------------------------ the image pages
@@ -136,12 +129,12 @@ def test_pictures_and_links(explorer, model_outputs):
     names = [r["image_id"] for r in explorer.records]
     for i, (record, outputs) in enumerate(zip(explorer.records, model_outputs)):
         data = read_page_data(explorer.html / "images" / f"{names[i]}.html")
-        photo = _decode_picture(data["photo"]).astype(np.int16)
+        photo = decode_picture(data["photo"]).astype(np.int16)
         assert photo.shape == (record["height"], record["width"], 3)
         # a JPEG (quality 85, chroma subsampled) of this photo: another photo would differ by tens
         assert np.abs(photo - read_image(record["file_name"], format="RGB")).mean() < 8
         assert list(data["predictions"]) == ["panoptic", "instances", "semantic"]  # the panoptic config's outputs
-        pictures = {kind: _decode_picture(url).astype(np.int16) for kind, url in data["predictions"].items()}
+        pictures = {kind: decode_picture(url).astype(np.int16) for kind, url in data["predictions"].items()}
         # what the model gave to draw (the tool's default --confidence-threshold: 0.5); these
         # seeded random weights give no panoptic segment and no instance, only a semantic map
         to_draw = {
@@ -170,7 +163,7 @@ def test_index_lists_every_image_with_its_scores(explorer):
     for image, entry in zip(index["images"], explorer.summary["images"]):
         assert (explorer.html / image["page"]).is_file()
         assert {c["name"]: c["scores"] for c in image["clusterings"]} == entry["scores"]
-        assert _decode_picture(image["thumbnail"]).shape[1] == THUMBNAIL_WIDTH
+        assert decode_picture(image["thumbnail"]).shape[1] == THUMBNAIL_WIDTH
     ue = [entry["scores"]["level3"]["UE"] for entry in explorer.summary["images"]]
     assert ue[0] != ue[1]  # the mirror image leaks differently: the index has something to sort
 

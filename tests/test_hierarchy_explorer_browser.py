@@ -7,7 +7,6 @@ test_hierarchy_explorer.py (explorer_pages.py), whose cluster maps are checked t
 model's; here the page must show them: what the mouse points at, the boundaries the slider
 chooses, the overlays, the index's order.
 """
-import base64
 import importlib.util
 import io
 import json
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from explorer_pages import write_voc_explorer
+from explorer_pages import decode_picture, write_voc_explorer
 from hcformer.utils.embedded_id_maps import decode_id_map
 from hcformer.utils.hierarchy_page import IGNORED_SEGMENT, read_page_data
 from hcformer_deploy.id_maps import cluster_boundaries
@@ -193,7 +192,7 @@ def test_the_overlays_change_the_picture(page):
     for kind, pixels in shown.items():
         # the picture the page embeds (test_hierarchy_explorer.py checks what each one holds:
         # these weights give a semantic map but no panoptic segment), up to JPEG decoders' rounding
-        expected = np.asarray(Image.open(io.BytesIO(base64.b64decode(embedded[kind].split(",", 1)[1]))))
+        expected = decode_picture(embedded[kind])
         assert np.abs(pixels.reshape(*expected.shape[:2], 4)[..., :3] - expected).mean() < 1, kind
     assert np.abs(shown["semantic"] - shown["photo"]).mean() > 1
     assert np.abs(_show(browser, "semantic", ground_truth=True) - shown["semantic"]).mean() > 10  # segments blended at 55 %
