@@ -29,7 +29,7 @@ from pycocotools.coco import COCO
 
 from hcformer.config import add_hcformer_config
 from hcformer.data.datasets.catalog_utils import unregister_dataset
-from hcformer.evaluation import ThingsCOCOEvaluator, build_evaluator
+from hcformer.evaluation import ThingsCOCOEvaluator, build_evaluator, check_numpy_for_cityscapes
 from hcformer_shapes import ShapesSpec, register_shapes_datasets
 
 PREFIX = "shapes_evaltest"
@@ -422,6 +422,13 @@ def cityscapes_evaluate(name, records, outputs, tmp_path, monkeypatch):
     for record, output in zip(records, outputs):
         evaluator.process([{"file_name": record["file_name"]}], [output])
     return evaluator.evaluate()
+
+
+@pytest.mark.parametrize("version", ["2.0.0", "2.4.6"])
+def test_cityscapes_evaluation_is_refused_under_numpy_2_with_the_reason(version):
+    with pytest.raises(RuntimeError, match=rf"'cityscapes_fine_sem_seg_val' .* numpy {version}: install numpy<2"):
+        check_numpy_for_cityscapes("cityscapes_fine_sem_seg_val", version)
+    check_numpy_for_cityscapes("cityscapes_fine_sem_seg_val", "1.26.4")  # what the project runs on
 
 
 def test_cityscapes_ground_truth_scores_100(cityscapes, tmp_path, monkeypatch):

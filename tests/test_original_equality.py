@@ -3,7 +3,10 @@ formula weights (tests/original_reference.py), one fixed 256×384 image, compare
 original implementation computed (tests/data/original_hcformer_R50_coco_panoptic_256x384.npz).
 
 Tolerances are fp32 rounding: the original and this project agree to ~1e-5 here; a changed
-computation (e.g. the positional encoding's −0.5 centring) moves ``sem_seg`` by ~1e-2.
+computation (e.g. the positional encoding's −0.5 centring) moves ``sem_seg`` by ~1e-2. Where
+torch sees a CUDA device, the model is held to the same numbers there too, with TF32 off
+(cuDNN's default TF32 convolutions round to ~1e-3; benchmarks/RESULTS.md gives what they make
+of these outputs).
 """
 from pathlib import Path
 
@@ -25,23 +28,36 @@ def reference():
     return load_reference("original_hcformer_R50_coco_panoptic_256x384")
 
 
-@pytest.fixture(scope="module")
-def outputs(reference):
-    """Our model with formula weights on the reference image: head outputs and final results."""
+@pytest.fixture(scope="module", params=[
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]),
+])
+def outputs(reference, request):
+    """Our model with formula weights on the reference image: head outputs and final results
+    (on the CPU, whatever device computed them)."""
     assert reference["meta"]["config"] == CONFIG
     cfg = get_cfg()
     add_hcformer_config(cfg)
     cfg.merge_from_file(str(CONFIGS / CONFIG))
-    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.DEVICE = request.param
     model = build_model(cfg).eval()
     state = model.state_dict()
     layout = {k: tuple(v.shape) for k, v in state.items()}
     model.load_state_dict(formula_state_dict(state))
     image = reference_image().float()
-    with torch.no_grad():
-        head, hierarchy = model.run(model.preprocess([{"image": image}]))
-        head["pred_masks"] = hierarchy.decode(head["pred_masks"])  # stride 32 → stride 4
-        (result,) = model([{"image": image, "height": 256, "width": 384}])
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # cuDNN's fp32 convolutions in fp32 (module docstring)
+    try:
+        with torch.no_grad():
+            head, hierarchy = model.run(model.preprocess([{"image": image}]))
+            head["pred_masks"] = hierarchy.decode(head["pred_masks"])  # stride 32 → stride 4
+            (result,) = model([{"image": image, "height": 256, "width": 384}])
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    head = {k: head[k].cpu() for k in ("pred_logits", "pred_masks")}
+    panoptic, segments = result["panoptic_seg"]
+    instances = result["instances"].to("cpu")
+    result = {"sem_seg": result["sem_seg"].cpu(), "panoptic_seg": (panoptic.cpu(), segments), "instances": instances}
     return {"layout": layout, "head": head, "result": result}
 
 

@@ -1,7 +1,7 @@
 """Outputs of this project against the original HCFormer's, for any config both have.
 
     python benchmarks/original/compare_outputs.py --original /path/to/HCFormer-checkout \
-        [--formula tests/original_reference.py] CONFIG [CONFIG ...]
+        [--device cuda] [--time 800x1216 --repeats 20 --rounds 2] CONFIG [CONFIG ...]
 
 CONFIG is a path under configs/ (e.g. ``coco/panoptic-segmentation/hcformer+_R50_bs16_100ep.yaml``);
 the original's config of the same path is used on its side. Each side runs in its own process
@@ -9,7 +9,13 @@ the original's config of the same path is used on its side. Each side runs in it
 with the formula weights of tests/original_reference.py (a function of key and shape only),
 runs the 256×384 reference image and saves its outputs; this process compares them: the
 state-dict layouts, ``sem_seg`` (max |difference| and pixels whose argmax differs), the
-panoptic map and segments, the instances (scores, classes, mask areas).
+panoptic map and segments, the instances (scores, classes, mask areas). The reference image runs
+in fp32 (TF32 off on a GPU).
+
+``--time HxW`` also times inference (all of the config's outputs, batch 1, a random image of
+that size, TF32 as torch's defaults have it) in each side's child after its outputs: ``--rounds``
+children per side, alternating, each ``--repeats`` timed runs after three untimed ones; the
+ratio of the medians, and on a GPU the peak memory allocated.
 
 The original is run as it is, with three stand-ins this machine needs (facts of its code, not
 changes of its computation): ``turtle``, which it imports but never uses, is an empty module;
@@ -19,11 +25,14 @@ same parameters (equal to < 1e-6); torchvision's ResNets are built without downl
 """
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import types
 from pathlib import Path
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -79,7 +88,33 @@ def build_ours(config: str):
     return cfg
 
 
-def run_side(side: str, checkout: Path, config: str, output: Path) -> None:
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_inference(model, device: str, size: Tuple[int, int], repeats: int) -> dict:
+    """Seconds of each of ``repeats`` inferences of one random image, after three untimed ones."""
+    height, width = size
+    image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(0)) * 255
+    inputs = [{"image": image.round(), "height": height, "width": width}]
+    times = []
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    with torch.no_grad():
+        for i in range(3 + repeats):
+            synchronize(device)
+            start = time.perf_counter()
+            model(inputs)
+            synchronize(device)
+            if i >= 3:
+                times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
+    return {"seconds": times, "peak_mib": peak}
+
+
+def run_side(side: str, checkout: Path, config: str, output: Path, device: str,
+             time_size: Optional[Tuple[int, int]], repeats: int) -> None:
     """Build one side's model, fill the formula weights, run the reference image, save."""
     sys.path.insert(0, str(ROOT / "tests"))
     from original_reference import formula_state_dict, reference_image
@@ -87,12 +122,16 @@ def run_side(side: str, checkout: Path, config: str, output: Path) -> None:
     cfg = build_original(checkout, config) if side == "original" else build_ours(config)
     from detectron2.modeling import build_model
 
-    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.DEVICE = device
     model = build_model(cfg).eval()
     state = model.state_dict()
     model.load_state_dict(formula_state_dict(state))
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
     with torch.no_grad():
         (out,) = model([{"image": reference_image().float(), "height": 256, "width": 384}])
+    torch.backends.cudnn.allow_tf32 = tf32
+    out = {k: v.to("cpu") if k != "panoptic_seg" else (v[0].cpu(), v[1]) for k, v in out.items()}
     result = {"layout": {k: list(v.shape) for k, v in state.items()}}
     if "sem_seg" in out:
         result["sem_seg"] = out["sem_seg"]
@@ -102,6 +141,8 @@ def run_side(side: str, checkout: Path, config: str, output: Path) -> None:
         instances = out["instances"]
         result["instances"] = {"scores": instances.scores, "classes": instances.pred_classes,
                                "areas": instances.pred_masks.flatten(1).sum(1)}
+    if time_size:
+        result["timing"] = time_inference(model, device, time_size, repeats)
     torch.save(result, output)
 
 
@@ -131,26 +172,57 @@ def compare(original: dict, ours: dict) -> dict:
     return report
 
 
+def timing_report(runs: Dict[str, List[dict]]) -> dict:
+    """Median seconds per side over all of its children's runs, the ratio, peak memory."""
+    median = {side: statistics.median(t for run in side_runs for t in run["seconds"]) for side, side_runs in runs.items()}
+    report = {"median_ms": {side: round(1000 * m, 2) for side, m in median.items()},
+              "original_over_ours": round(median["original"] / median["ours"], 3)}
+    if runs["ours"][0]["peak_mib"] is not None:
+        report["peak_mib"] = {side: round(max(run["peak_mib"] for run in side_runs)) for side, side_runs in runs.items()}
+    return report
+
+
+def parse_size(text: str) -> Tuple[int, int]:
+    height, width = text.lower().split("x")
+    return int(height), int(width)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--original", type=Path, required=True, help="a checkout of DensoITLab/HCFormer")
+    parser.add_argument("--device", default="cpu", help="where both sides run: cpu, cuda")
+    parser.add_argument("--time", type=parse_size, metavar="HxW", help="also time inference at this image size")
+    parser.add_argument("--repeats", type=int, default=20, help="timed inferences per child")
+    parser.add_argument("--rounds", type=int, default=2, help="children per side, alternating")
     parser.add_argument("--side", choices=["original", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("configs", nargs="+")
     args = parser.parse_args()
     torch.set_num_threads(2)
     if args.side:
-        run_side(args.side, args.original.resolve(), args.configs[0], args.output)
+        run_side(args.side, args.original.resolve(), args.configs[0], args.output, args.device, args.time, args.repeats)
         return
+    rounds = args.rounds if args.time else 1
     with tempfile.TemporaryDirectory() as tmp:
         for config in args.configs:
-            results = {}
-            for side in ("original", "ours"):
-                output = Path(tmp) / f"{side}.pt"
-                subprocess.run([sys.executable, __file__, "--original", str(args.original), "--side", side,
-                                "--output", str(output), config], check=True, stderr=subprocess.DEVNULL)
-                results[side] = torch.load(output, weights_only=False)
-            print(json.dumps({"config": config, **compare(results["original"], results["ours"])}))
+            results, timings = {}, {"original": [], "ours": []}
+            for _ in range(rounds):
+                for side in ("original", "ours"):
+                    output = Path(tmp) / f"{side}.pt"
+                    command = [sys.executable, __file__, "--original", str(args.original), "--side", side,
+                               "--output", str(output), "--device", args.device, "--repeats", str(args.repeats), config]
+                    if args.time:
+                        command += ["--time", "x".join(map(str, args.time))]
+                    child = subprocess.run(command, stderr=subprocess.PIPE, text=True)
+                    if child.returncode != 0:
+                        raise SystemExit(f"the {side} side failed on {config}:\n{child.stderr[-3000:]}")
+                    results[side] = torch.load(output, weights_only=False)
+                    if args.time:
+                        timings[side].append(results[side]["timing"])
+            report = {"config": config, "device": args.device, **compare(results["original"], results["ours"])}
+            if args.time:
+                report["inference"] = {"size": list(args.time), **timing_report(timings)}
+            print(json.dumps(report), flush=True)
 
 
 if __name__ == "__main__":

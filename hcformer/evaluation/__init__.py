@@ -2,7 +2,7 @@
 clustering hierarchy by undersegmentation error (see ``undersegmentation``, ``HierarchyEvaluator``:
 the model returns its clusterings, ``segment_ground_truth`` gives the segments they are scored
 against)."""
-from .build_evaluator import EVALUATOR_TYPES, ThingsCOCOEvaluator, build_evaluator
+from .build_evaluator import EVALUATOR_TYPES, ThingsCOCOEvaluator, build_evaluator, check_numpy_for_cityscapes
 from .checked_evaluators import CheckedCOCOPanopticEvaluator, CheckedSemSegEvaluator
 from .hierarchy_evaluator import HierarchyEvaluator
 from .segment_ground_truth import ground_truth_kind, load_segment_ground_truth
@@ -18,6 +18,7 @@ __all__ = [
     "EVALUATOR_TYPES",
     "ThingsCOCOEvaluator",
     "build_evaluator",
+    "check_numpy_for_cityscapes",
     "CheckedCOCOPanopticEvaluator",
     "CheckedSemSegEvaluator",
     "HierarchyEvaluator",

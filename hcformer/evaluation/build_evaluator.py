@@ -29,12 +29,16 @@ CPU / pure-Python detectron2 notes: COCOEvaluator is always built with ``use_fas
 is used. COCOPanopticEvaluator and SemSegEvaluator of detectron2 v0.6 (the bases of ours) use ``np.int`` /
 ``np.float``, which numpy 1.24 removed: scripts/install.sh's pure-Python detectron2 has them rewritten
 to ``int`` / ``float``; an official v0.6 build fails there on the numpy >= 1.25 that matplotlib 3.11
-needs, so GPU users build detectron2's main (README, Install).
+needs, so GPU users build detectron2's main (README, Install). The Cityscapes evaluators run
+cityscapesscripts 2.3.0 (its latest release), which needs numpy < 2: numpy 2.4 removed the
+``np.in1d`` its semantic evaluation calls, and from numpy 2.0 its instance evaluation writes numpy
+integers to JSON, which ``json`` refuses; they are refused under numpy 2 with that said.
 """
 
 import os
 from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -49,7 +53,7 @@ from detectron2.evaluation import (
 
 from .checked_evaluators import CheckedCOCOPanopticEvaluator, CheckedSemSegEvaluator
 
-__all__ = ["EVALUATOR_TYPES", "ThingsCOCOEvaluator", "build_evaluator"]
+__all__ = ["EVALUATOR_TYPES", "ThingsCOCOEvaluator", "build_evaluator", "check_numpy_for_cityscapes"]
 
 EVALUATOR_TYPES = (
     "sem_seg",
@@ -139,6 +143,16 @@ class ThingsCOCOEvaluator(COCOEvaluator):
         super().process(inputs, renumbered)
 
 
+def check_numpy_for_cityscapes(dataset_name: str, numpy_version: str) -> None:
+    """Refuse numpy >= 2 for cityscapesscripts' evaluation (module docstring), before inference."""
+    if int(numpy_version.split(".")[0]) >= 2:
+        raise RuntimeError(
+            f"Dataset '{dataset_name}' is evaluated by cityscapesscripts, whose evaluation fails under "
+            f"numpy 2 (np.in1d is gone from numpy 2.4; numpy integers in its JSON); this environment "
+            f"has numpy {numpy_version}: install numpy<2 (scripts/install.sh does on its detectron2 v0.6 path)"
+        )
+
+
 def build_evaluator(
     cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
 ) -> DatasetEvaluator:
@@ -160,6 +174,8 @@ def build_evaluator(
             f"knows {list(EVALUATOR_TYPES)}"
         )
     cityscapes = evaluator_type.startswith("cityscapes")
+    if cityscapes:
+        check_numpy_for_cityscapes(dataset_name, np.__version__)
 
     def semantic() -> DatasetEvaluator:
         if cityscapes:
