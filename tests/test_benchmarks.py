@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,3 +59,33 @@ def test_bench_deform_conv_smoke(tmp_path):
         for backend in ("torchvision", "sampled", "bag"):
             assert r[f"{backend}_forward_ms"] > 0 and r[f"{backend}_forward_backward_ms"] > 0
         assert r["sampled_max_rel_diff"] < 1e-4 and r["bag_max_rel_diff"] < 1e-4, r
+
+
+def test_compare_outputs_reports_differences_and_the_speed_ratio():
+    """benchmarks/original/compare_outputs.py's report, on hand-made results of both sides (the
+    original's checkout it runs is not shipped)."""
+    from tiny_configs import load_script
+
+    script = load_script("benchmarks/original/compare_outputs.py")
+    sem_seg = torch.zeros(3, 4, 5)
+    sem_seg[1] = 1.0
+    ours = {"layout": {"a": [2], "b": [3]}, "sem_seg": sem_seg.clone(),
+            "instances": {"scores": torch.tensor([0.5, 0.25]), "classes": torch.tensor([1, 2]),
+                          "areas": torch.tensor([10, 4])}}
+    theirs = {"layout": {"a": [2], "b": [4], "c": [1]}, "sem_seg": sem_seg.clone(),
+              "instances": {"scores": torch.tensor([0.5, 0.375]), "classes": torch.tensor([1, 2]),
+                            "areas": torch.tensor([10, 5])}}
+    theirs["sem_seg"][2, 0, 0] = 2.0  # one pixel's argmax differs, by 2.0
+    report = script.compare(theirs, ours)
+    assert report["missing"] == ["c"] and report["unexpected"] == [] and report["shape_mismatch"] == ["b"]
+    assert report["sem_seg_max_abs_diff"] == 2.0 and report["sem_seg_argmax_pixels_differing"] == 1
+    assert report["instances"] == {"count": [2, 2], "score_max_abs_diff": 0.125, "classes_equal": True,
+                                   "areas_equal": False}
+
+    runs = {"original": [{"seconds": [0.3, 0.1, 0.2], "peak_mib": 10.0}, {"seconds": [0.4], "peak_mib": 12.0}],
+            "ours": [{"seconds": [0.1, 0.05], "peak_mib": 9.0}, {"seconds": [0.1], "peak_mib": 8.0}]}
+    timing = script.timing_report(runs)
+    assert timing["median_ms"] == {"original": 250.0, "ours": 100.0}  # medians over all children's runs
+    assert timing["original_over_ours"] == 2.5
+    assert timing["peak_mib"] == {"original": 12, "ours": 9}
+    assert script.parse_size("800x1216") == (800, 1216)
