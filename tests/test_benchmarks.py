@@ -89,3 +89,14 @@ def test_compare_outputs_reports_differences_and_the_speed_ratio():
     assert timing["original_over_ours"] == 2.5
     assert timing["peak_mib"] == {"original": 12, "ours": 9}
     assert script.parse_size("800x1216") == (800, 1216)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_check_refuses_a_machine_without_cuda(tmp_path):
+    script = os.path.join(ROOT, "benchmarks", "gpu_check.sh")
+    env = dict(os.environ, PYTHON=sys.executable)
+    done = subprocess.run(["bash", script], capture_output=True, text=True, env=env)
+    assert done.returncode == 2 and "usage: bash benchmarks/gpu_check.sh OUTDIR" in done.stderr
+    done = subprocess.run(["bash", script, str(tmp_path / "out")], capture_output=True, text=True, env=env)
+    assert done.returncode == 1 and "sees no CUDA device" in done.stderr
+    assert not (tmp_path / "out").exists()
