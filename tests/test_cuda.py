@@ -7,8 +7,7 @@ Skipped where torch sees no CUDA device (CI's machines have none); `make test-cu
 The equality with the original HCFormer on CUDA is in tests/test_original_equality.py.
 
 fp32 comparisons turn TF32 off (``exact_fp32``): on Ampere and later GPUs cuDNN's convolutions
-use TF32 by default, which rounds their inputs to 10 mantissa bits (~1e-3 relative); the
-``tf32_default`` cases measure what that default gives instead.
+use TF32 by default, which rounds their inputs to 10 mantissa bits (~1e-3 relative).
 """
 import math
 

@@ -5,8 +5,7 @@ original implementation computed (tests/data/original_hcformer_R50_coco_panoptic
 Tolerances are fp32 rounding: the original and this project agree to ~1e-5 here; a changed
 computation (e.g. the positional encoding's −0.5 centring) moves ``sem_seg`` by ~1e-2. Where
 torch sees a CUDA device, the model is held to the same numbers there too, with TF32 off
-(cuDNN's default TF32 convolutions round to ~1e-3; benchmarks/RESULTS.md gives what they make
-of these outputs).
+(cuDNN's default TF32 convolutions round their inputs to 10 bits of mantissa, ~1e-3).
 """
 from pathlib import Path
 
