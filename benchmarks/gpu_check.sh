@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks in one run, for a machine lent for a few minutes: the CUDA tests, this project
 # against the original on the GPU (when a checkout of it is given), the model, the clustering
-# primitive and DCNv2 with --device cuda. Every step has its own time limit and writes its log
+# primitive and DCNv2 with --device cuda, then the rest of the test suite. Every step has its own time limit and writes its log
 # (and JSON) into OUTDIR; a step that fails or runs out of time does not stop the next.
 #
 #   bash benchmarks/gpu_check.sh OUTDIR [ORIGINAL_CHECKOUT]
@@ -51,3 +51,6 @@ for dtype in float32 bfloat16; do
     --layout nchw --repeats 10 --json "$OUT/clustering_$dtype.json"
 done
 step deform_conv 90 "$PY" benchmarks/bench_deform_conv.py --device cuda --repeats 10 --json "$OUT/deform_conv.json"
+# the rest of the suite (slow tests included) on a machine that has a GPU: what torch seeing CUDA
+# changes for the tests that run on the CPU
+step suite 300 "$PY" -m pytest -q -n auto -p no:cacheprovider --tb=short -m "not cuda" tests projects

@@ -21,6 +21,8 @@ def test_make_demo_script_trains_evaluates_and_draws(tmp_path):
         "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "8", "MODEL.MASK_FORMER.HIDDEN_DIM", "64",
         "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64", "MODEL.SEM_SEG_HEAD.MASK_DIM", "64",
         "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "256", "DATALOADER.NUM_WORKERS", "0",
+        # the CPU's run (its malloc line below) also where a GPU is; tests/test_cuda.py trains there
+        "MODEL.DEVICE", "cpu",
     ]
     result = subprocess.run(
         [sys.executable, str(root / "tools/demo_shapes.py"), "--output", str(out), "--num-panels", "2", *tiny],
