@@ -37,6 +37,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 from bench_local_clustering import PeakMemory, machine_info, synchronize  # noqa: E402
+from synthetic_inputs import eval_input, synthetic_batch  # noqa: E402
 
 from hcformer.layers.local_clustering import use_backend  # noqa: E402
 
@@ -101,30 +102,6 @@ def build(config: str, device: str, overrides=(), smoke: bool = False, project: 
     opts += (SMOKE_OVERRIDES if smoke else []) + list(overrides)
     cfg.merge_from_list([str(o) for o in opts])
     return build_model(cfg)
-
-
-def synthetic_batch(size: int, batch: int, segments: int, num_classes: int, device: str) -> List[Dict]:
-    """Images with ``segments`` random rectangles each (overlaps allowed), as mappers give them."""
-    from detectron2.structures import Instances
-
-    g = torch.Generator().manual_seed(0)
-    samples = []
-    for _ in range(batch):
-        masks = torch.zeros(segments, size, size, dtype=torch.bool)
-        for m in masks:
-            y0, x0 = torch.randint(0, size * 3 // 4, (2,), generator=g).tolist()
-            h, w = torch.randint(size // 16, size // 2, (2,), generator=g).tolist()
-            m[y0 : y0 + h, x0 : x0 + w] = True
-        inst = Instances((size, size))
-        inst.gt_masks = masks.to(device)
-        inst.gt_classes = torch.randint(0, num_classes, (segments,), generator=g).to(device)
-        samples.append({"image": (torch.rand(3, size, size, generator=g) * 255).to(device), "instances": inst})
-    return samples
-
-
-def eval_input(height: int, width: int, device: str) -> List[Dict]:
-    g = torch.Generator().manual_seed(0)
-    return [{"image": (torch.rand(3, height, width, generator=g) * 255).to(device), "height": height, "width": width}]
 
 
 def train_step(model, batch) -> None:

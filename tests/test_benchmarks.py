@@ -88,6 +88,10 @@ def test_compare_outputs_reports_differences_and_the_speed_ratio():
     assert timing["median_ms"] == {"original": 250.0, "ours": 100.0}  # medians over all children's runs
     assert timing["original_over_ours"] == 2.5
     assert timing["peak_mib"] == {"original": 12, "ours": 9}
+    training = script.timing_report({"original": [{"seconds": [2.0], "first_loss": 3.14159}],
+                                     "ours": [{"seconds": [1.0], "first_loss": 3.0}]})
+    assert training == {"median_ms": {"original": 2000.0, "ours": 1000.0}, "original_over_ours": 2.0,
+                        "first_loss": {"original": [3.142], "ours": [3.0]}}
     assert script.parse_size("800x1216") == (800, 1216)
 
 

@@ -15,7 +15,11 @@ in fp32 (TF32 off on a GPU).
 ``--time HxW`` also times inference (all of the config's outputs, batch 1, a random image of
 that size, TF32 as torch's defaults have it) in each side's child after its outputs: ``--rounds``
 children per side, alternating, each ``--repeats`` timed runs after three untimed ones; the
-ratio of the medians, and on a GPU the peak memory allocated.
+ratio of the medians, and on a GPU the peak memory allocated. ``--train-time S`` times training
+steps the same way: batch 2 of S×S synthetic images with 12 rectangles each
+(benchmarks/synthetic_inputs.py), forward + backward + ``torch.optim.AdamW`` (the same optimizer
+on both sides), every activation kept on both (this project's configs recompute stem–res3 in
+backward; the original recomputes nothing), each side's own point sampling.
 
 The original is run as it is, with three stand-ins this machine needs (facts of its code, not
 changes of its computation): ``turtle``, which it imports but never uses, is an empty module;
@@ -113,8 +117,33 @@ def time_inference(model, device: str, size: Tuple[int, int], repeats: int) -> d
     return {"seconds": times, "peak_mib": peak}
 
 
+def time_training(model, device: str, size: int, repeats: int) -> dict:
+    """Seconds of each of ``repeats`` training steps on one synthetic batch, after two untimed
+    ones, and the first step's total loss."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from synthetic_inputs import synthetic_batch
+
+    num_classes = model.criterion.num_classes
+    batch = synthetic_batch(size, 2, 12, num_classes, device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    model.train()
+    times, losses = [], []
+    for i in range(2 + repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = sum(model(batch).values())
+        loss.backward()
+        optimizer.step()
+        synchronize(device)
+        losses.append(loss.item())
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return {"seconds": times, "first_loss": losses[0]}
+
+
 def run_side(side: str, checkout: Path, config: str, output: Path, device: str,
-             time_size: Optional[Tuple[int, int]], repeats: int) -> None:
+             time_size: Optional[Tuple[int, int]], repeats: int, train_size: Optional[int] = None) -> None:
     """Build one side's model, fill the formula weights, run the reference image, save."""
     sys.path.insert(0, str(ROOT / "tests"))
     from original_reference import formula_state_dict, reference_image
@@ -123,6 +152,8 @@ def run_side(side: str, checkout: Path, config: str, output: Path, device: str,
     from detectron2.modeling import build_model
 
     cfg.MODEL.DEVICE = device
+    if side == "ours" and train_size:
+        cfg.MODEL.RESNETS.CHECKPOINT_STAGES = []  # keep every activation, as the original does
     model = build_model(cfg).eval()
     state = model.state_dict()
     model.load_state_dict(formula_state_dict(state))
@@ -143,6 +174,8 @@ def run_side(side: str, checkout: Path, config: str, output: Path, device: str,
                                "areas": instances.pred_masks.flatten(1).sum(1)}
     if time_size:
         result["timing"] = time_inference(model, device, time_size, repeats)
+    if train_size:
+        result["training"] = time_training(model, device, train_size, repeats)
     torch.save(result, output)
 
 
@@ -173,12 +206,15 @@ def compare(original: dict, ours: dict) -> dict:
 
 
 def timing_report(runs: Dict[str, List[dict]]) -> dict:
-    """Median seconds per side over all of its children's runs, the ratio, peak memory."""
+    """Median seconds per side over all of its children's runs, the ratio, and what else the
+    runs hold: peak memory (the largest), the first training step's loss (each child's)."""
     median = {side: statistics.median(t for run in side_runs for t in run["seconds"]) for side, side_runs in runs.items()}
     report = {"median_ms": {side: round(1000 * m, 2) for side, m in median.items()},
               "original_over_ours": round(median["original"] / median["ours"], 3)}
-    if runs["ours"][0]["peak_mib"] is not None:
+    if runs["ours"][0].get("peak_mib") is not None:
         report["peak_mib"] = {side: round(max(run["peak_mib"] for run in side_runs)) for side, side_runs in runs.items()}
+    if "first_loss" in runs["ours"][0]:
+        report["first_loss"] = {side: [round(run["first_loss"], 3) for run in side_runs] for side, side_runs in runs.items()}
     return report
 
 
@@ -194,18 +230,21 @@ def main() -> None:
     parser.add_argument("--time", type=parse_size, metavar="HxW", help="also time inference at this image size")
     parser.add_argument("--repeats", type=int, default=20, help="timed inferences per child")
     parser.add_argument("--rounds", type=int, default=2, help="children per side, alternating")
+    parser.add_argument("--train-time", type=int, metavar="S", help="also time training steps on S×S images")
     parser.add_argument("--side", choices=["original", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("configs", nargs="+")
     args = parser.parse_args()
     torch.set_num_threads(2)
     if args.side:
-        run_side(args.side, args.original.resolve(), args.configs[0], args.output, args.device, args.time, args.repeats)
+        run_side(args.side, args.original.resolve(), args.configs[0], args.output, args.device, args.time,
+                 args.repeats, args.train_time)
         return
-    rounds = args.rounds if args.time else 1
+    timed = {"timing": "inference", "training": "training"}
+    rounds = args.rounds if args.time or args.train_time else 1
     with tempfile.TemporaryDirectory() as tmp:
         for config in args.configs:
-            results, timings = {}, {"original": [], "ours": []}
+            results, timings = {}, {key: {"original": [], "ours": []} for key in timed}
             for _ in range(rounds):
                 for side in ("original", "ours"):
                     output = Path(tmp) / f"{side}.pt"
@@ -213,15 +252,20 @@ def main() -> None:
                                "--output", str(output), "--device", args.device, "--repeats", str(args.repeats), config]
                     if args.time:
                         command += ["--time", "x".join(map(str, args.time))]
+                    if args.train_time:
+                        command += ["--train-time", str(args.train_time)]
                     child = subprocess.run(command, stderr=subprocess.PIPE, text=True)
                     if child.returncode != 0:
                         raise SystemExit(f"the {side} side failed on {config}:\n{child.stderr[-3000:]}")
                     results[side] = torch.load(output, weights_only=False)
-                    if args.time:
-                        timings[side].append(results[side]["timing"])
+                    for key in timed:
+                        if key in results[side]:
+                            timings[key][side].append(results[side][key])
             report = {"config": config, "device": args.device, **compare(results["original"], results["ours"])}
             if args.time:
-                report["inference"] = {"size": list(args.time), **timing_report(timings)}
+                report["inference"] = {"size": list(args.time), **timing_report(timings["timing"])}
+            if args.train_time:
+                report["training"] = {"size": [args.train_time] * 2, "batch": 2, **timing_report(timings["training"])}
             print(json.dumps(report), flush=True)
 
 
