@@ -36,7 +36,7 @@ import tempfile
 import time
 import types
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -93,8 +93,24 @@ def build_ours(config: str):
 
 
 def synchronize(device: str) -> None:
+    # bench_local_clustering.synchronize's twin: that module imports this project's hcformer,
+    # which the original's side must not
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def timed_runs(step: Callable[[], object], device: str, untimed: int, repeats: int) -> Tuple[List[float], list]:
+    """Seconds of each of ``repeats`` calls of ``step`` after ``untimed`` ones, and what every
+    call returned."""
+    times, returned = [], []
+    for i in range(untimed + repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        returned.append(step())
+        synchronize(device)
+        if i >= untimed:
+            times.append(time.perf_counter() - start)
+    return times, returned
 
 
 def time_inference(model, device: str, size: Tuple[int, int], repeats: int) -> dict:
@@ -102,17 +118,10 @@ def time_inference(model, device: str, size: Tuple[int, int], repeats: int) -> d
     height, width = size
     image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(0)) * 255
     inputs = [{"image": image.round(), "height": height, "width": width}]
-    times = []
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     with torch.no_grad():
-        for i in range(3 + repeats):
-            synchronize(device)
-            start = time.perf_counter()
-            model(inputs)
-            synchronize(device)
-            if i >= 3:
-                times.append(time.perf_counter() - start)
+        times, _ = timed_runs(lambda: model(inputs), device, 3, repeats)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
     return {"seconds": times, "peak_mib": peak}
 
@@ -123,22 +132,18 @@ def time_training(model, device: str, size: int, repeats: int) -> dict:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from synthetic_inputs import synthetic_batch
 
-    num_classes = model.criterion.num_classes
-    batch = synthetic_batch(size, 2, 12, num_classes, device)
+    batch = synthetic_batch(size, 2, 12, model.criterion.num_classes, device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     model.train()
-    times, losses = [], []
-    for i in range(2 + repeats):
-        synchronize(device)
-        start = time.perf_counter()
+
+    def step() -> float:
         optimizer.zero_grad(set_to_none=True)
         loss = sum(model(batch).values())
         loss.backward()
         optimizer.step()
-        synchronize(device)
-        losses.append(loss.item())
-        if i >= 2:
-            times.append(time.perf_counter() - start)
+        return loss.item()
+
+    times, losses = timed_runs(step, device, 2, repeats)
     return {"seconds": times, "first_loss": losses[0]}
 
 
