@@ -1,15 +1,17 @@
 #!/usr/bin/env python
 """Speed, peak memory and effective bandwidth of the local clustering primitive.
 
-``affinity``, ``gather`` and ``scatter`` (hcformer.layers.local_clustering) with the default
-"blocked" backend (``ours``), forward and backward, against
+``affinity``, ``gather`` and ``scatter`` (hcformer.layers.local_clustering), forward and
+backward, with each of its backends:
 
+- ``blocked``: the CPU default, one small matrix product per coarse cell in cache-sized blocks;
+- ``unfold``: the GPU default, the paper's appendix B listings: unfold the K candidates of every
+  coarse cell and the G pixels of every fine window, one einsum, fold back;
 - ``loop``: the "reference" backend, the definition as a loop of broadcast multiply-adds over
-  the K candidates (the project's implementation before the blocked one);
-- ``unfold``: the straightforward implementation of the paper's appendix B listings, written
-  here: unfold the K candidates of every coarse cell and the G pixels of every fine window,
-  one einsum, fold back;
-- ``dense``: the (B, H·W, h·w) assignment matrix and dense products (small sizes only).
+  the K candidates (the project's implementation before the blocked one), against which the
+  others' values are checked;
+
+and ``dense``, the (B, H·W, h·w) assignment matrix and dense products (small sizes only).
 
 Time is the median of interleaved repetitions (every implementation once per round), so
 that the ratios of one run compare the same machine state. Peak memory is measured in a
@@ -37,14 +39,13 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from hcformer.layers import local_clustering_blocked  # noqa: E402
 from hcformer.layers.local_clustering import affinity, candidate_offsets, gather, scatter, use_backend  # noqa: E402
 
 OPS = ("affinity", "gather", "scatter")
-IMPLS = ("ours", "loop", "unfold", "dense")
+IMPLS = ("blocked", "unfold", "loop", "dense")
 
 
 @dataclass(frozen=True)
@@ -66,38 +67,6 @@ class Case:
 
 
 # ---------------------------------------------------------------------------- references
-def unfold_candidates(coarse: torch.Tensor, kernel: int) -> torch.Tensor:
-    """(B, C, h, w) → (B, C, K, h·w): the K candidate values of every coarse cell."""
-    B, C = coarse.shape[:2]
-    return F.unfold(coarse, kernel, padding=kernel // 2).view(B, C, kernel * kernel, -1)
-
-
-def unfold_windows(fine: torch.Tensor, grid: int) -> torch.Tensor:
-    """(B, C, H, W) → (B, C, G, h·w): the G = grid² pixels under every coarse cell."""
-    B, C = fine.shape[:2]
-    return F.unfold(fine, grid, stride=grid).view(B, C, grid * grid, -1)
-
-
-def unfold_affinity(fine, coarse, grid, kernel):
-    B, _, H, W = fine.shape
-    sims = torch.einsum("bckn,bcpn->bkpn", unfold_candidates(coarse, kernel), unfold_windows(fine, grid))
-    return F.fold(sims.reshape(B, -1, sims.shape[-1]), (H, W), grid, stride=grid)
-
-
-def unfold_gather(values, weights, grid, kernel):
-    B, C = values.shape[:2]
-    H, W = weights.shape[-2:]
-    out = torch.einsum("bckn,bkpn->bcpn", unfold_candidates(values, kernel), unfold_windows(weights, grid))
-    return F.fold(out.reshape(B, -1, out.shape[-1]), (H, W), grid, stride=grid)
-
-
-def unfold_scatter(fine, weights, grid, kernel):
-    B, C = fine.shape[:2]
-    h, w = fine.shape[-2] // grid, fine.shape[-1] // grid
-    sums = torch.einsum("bcpn,bkpn->bckn", unfold_windows(fine, grid), unfold_windows(weights, grid))
-    return F.fold(sums.reshape(B, -1, h * w), (h, w), kernel, padding=kernel // 2)
-
-
 def assignment_matrix(weights: torch.Tensor, coarse_hw: Tuple[int, int], grid: int, kernel: int) -> torch.Tensor:
     """(B, K, H, W) weights → dense (B, H·W, h·w); differentiable in ``weights``."""
     B, K, H, W = weights.shape
@@ -149,18 +118,18 @@ def with_backend(name: str, fn: Callable) -> Callable:
 
 PRIMITIVE = {"affinity": affinity, "gather": gather, "scatter": primitive_scatter}
 FUNCTIONS: Dict[str, Dict[str, Callable]] = {
-    "ours": {op: with_backend("blocked", fn) for op, fn in PRIMITIVE.items()},
+    "blocked": {op: with_backend("blocked", fn) for op, fn in PRIMITIVE.items()},
+    "unfold": {op: with_backend("unfold", fn) for op, fn in PRIMITIVE.items()},
     "loop": {op: with_backend("reference", fn) for op, fn in PRIMITIVE.items()},
-    "unfold": {"affinity": unfold_affinity, "gather": unfold_gather, "scatter": unfold_scatter},
     "dense": {"affinity": dense_affinity, "gather": dense_gather, "scatter": dense_scatter},
 }
 
 
 def function(impl: str, op: str) -> Callable:
-    """The function of ``impl`` for ``op``; "ours@N" is ours with blocks of N bytes."""
-    if not impl.startswith("ours@"):
+    """The function of ``impl`` for ``op``; "blocked@N" is the blocked backend with blocks of N bytes."""
+    if not impl.startswith("blocked@"):
         return FUNCTIONS[impl][op]
-    chunk_bytes, fn = int(impl[5:]), FUNCTIONS["ours"][op]
+    chunk_bytes, fn = int(impl[len("blocked@"):]), FUNCTIONS["blocked"][op]
 
     def with_chunks(*args):
         saved = dict(local_clustering_blocked.CHUNK_BYTES)
@@ -236,15 +205,15 @@ def run_once(fn: Callable, inputs, case: Case, direction: str, grad_out: Optiona
 
 
 def check(case: Case, inputs, impls: Sequence[str]) -> Dict[str, float]:
-    """Max |difference| of every implementation's forward from ``unfold``'s (a sanity check)."""
+    """Max |difference| of every implementation's forward from ``loop``'s, the definition (a sanity check)."""
     if case.op == "affinity":
-        # ours masks out-of-image candidates with -inf, which the references leave at 0
+        # the backends mask out-of-image candidates with -inf, which the dense similarity leaves at 0
         r = case.kernel // 2 * case.grid
         crop = (slice(None), slice(None), slice(r, case.size - r), slice(r, case.size - r))
     else:
         crop = (slice(None),)
     with torch.no_grad():
-        ref = FUNCTIONS["unfold"][case.op](*inputs, case.grid, case.kernel)[crop].float()
+        ref = FUNCTIONS["loop"][case.op](*inputs, case.grid, case.kernel)[crop].float()
         errors = {}
         for impl in impls:
             if impl == "dense" and case.op == "affinity":
@@ -407,7 +376,7 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (torch.set_num_threads)")
     parser.add_argument("--chunk-bytes", type=int, nargs="+", metavar="N",
-                        help="block sizes of ours to compare (interleaved, as impls ours@N) instead of the impls")
+                        help="block sizes of the blocked backend to compare (interleaved, as impls blocked@N) instead of the impls")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak memory measurement")
     parser.add_argument("--json", metavar="FILE", help="write all results to FILE as JSON")
     parser.add_argument("--smoke", action="store_true", help="a tiny sweep that runs in seconds")
@@ -444,9 +413,9 @@ def main(argv=None) -> Dict[str, object]:
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     cases = build_cases(args)
     if args.chunk_bytes:
-        impls = [f"ours@{n}" for n in args.chunk_bytes]
+        impls = [f"blocked@{n}" for n in args.chunk_bytes]
     else:
-        impls = ["ours"] + [i for i in args.impls if i != "ours"]  # speed-ups are relative to ours
+        impls = ["blocked"] + [i for i in args.impls if i != "blocked"]  # speed-ups are relative to blocked
     impls_of = {c: [i for i in impls if i != "dense" or c.size <= args.dense_max] for c in cases}
 
     info = machine_info(device, args.threads)
@@ -471,12 +440,12 @@ def main(argv=None) -> Dict[str, object]:
             row = {
                 "case": case.name(), **asdict(case), "impl": impl,
                 "forward_ms": 1e3 * t["forward"], "backward_ms": 1e3 * t["backward"],
-                # speed-up of ours over this implementation (1 for ours itself)
+                # speed-up of blocked over this implementation (1 for blocked itself)
                 "forward_speedup": t["forward"] / times[impls[0]]["forward"],
                 "backward_speedup": t["backward"] / times[impls[0]]["backward"],
                 "forward_GBps": traffic["forward"] / t["forward"] / 1e9,
                 "backward_GBps": traffic["backward"] / t["backward"] / 1e9,
-                "max_abs_error_vs_unfold": errors.get(impl),
+                "max_abs_error_vs_loop": errors.get(impl),
             }
             if case in memory:
                 row["forward_peak_bytes"] = memory[case][impl]["forward"]

@@ -60,17 +60,23 @@ RECOMPUTE = {
     "every block": [True, []],
     "stem-res3": [False, ["stem", "res2", "res3"]],  # the COCO / ADE20K / Cityscapes configs' default
 }
-# training modes: name → (MODEL.HC.POINT_DECODING, recomputation, previous primitive, backbone
-# alone). "backbone alone" is the floor that decoding cannot go below: the backbone's forward +
-# backward (its gradients included) on the same images, no head.
+# training modes: name → (MODEL.HC.POINT_DECODING, recomputation, the clustering primitive's
+# backend (None: the default, "auto"), backbone alone). "previous primitive" is the loop
+# implementation of before, today the "reference" backend; "backbone alone" is the floor that
+# decoding cannot go below: the backbone's forward + backward (its gradients included) on the
+# same images, no head.
 TRAIN_MODES = {
-    "point decoding": (True, "nothing", False, False),
-    "full decoding": (False, "nothing", False, False),
-    "full decoding, previous primitive": (False, "nothing", True, False),
-    "backbone alone": (True, "nothing", False, True),
-    "point decoding, backbone checkpointing": (True, "every block", False, False),
-    "full decoding, backbone checkpointing": (False, "every block", False, False),
-    "point decoding, stem-res3 recomputed": (True, "stem-res3", False, False),
+    "point decoding": (True, "nothing", None, False),
+    "full decoding": (False, "nothing", None, False),
+    "full decoding, previous primitive": (False, "nothing", "reference", False),
+    "point decoding, blocked primitive": (True, "nothing", "blocked", False),
+    "point decoding, unfold primitive": (True, "nothing", "unfold", False),
+    "full decoding, blocked primitive": (False, "nothing", "blocked", False),
+    "full decoding, unfold primitive": (False, "nothing", "unfold", False),
+    "backbone alone": (True, "nothing", None, True),
+    "point decoding, backbone checkpointing": (True, "every block", None, False),
+    "full decoding, backbone checkpointing": (False, "every block", None, False),
+    "point decoding, stem-res3 recomputed": (True, "stem-res3", None, False),
 }
 # a small network for --smoke: what tests/conftest.py builds
 SMOKE_OVERRIDES = [
@@ -135,7 +141,7 @@ def eval_workload(args, name: str):
 
 
 def train_workload(args, mode: str):
-    point_decoding, recompute, previous_primitive, backbone_alone = TRAIN_MODES[mode]
+    point_decoding, recompute, backend, backbone_alone = TRAIN_MODES[mode]
     every_block, stages = RECOMPUTE[recompute]
     overrides = ["MODEL.HC.POINT_DECODING", point_decoding,
                  "MODEL.RESNETS.USE_CHECKPOINT", every_block, "MODEL.RESNETS.CHECKPOINT_STAGES", stages]
@@ -148,15 +154,13 @@ def train_workload(args, mode: str):
     images = torch.stack([(s["image"] - model.pixel_mean) / model.pixel_std for s in batch])
 
     def run():
-        if backbone_alone:
-            model.zero_grad(set_to_none=True)
-            features = model.backbone(images)
-            sum(v.sum() for k, v in features.items() if k.startswith("res")).backward()
-        elif previous_primitive:
-            with use_backend("reference"):
+        with use_backend(backend or "auto"):
+            if backbone_alone:
+                model.zero_grad(set_to_none=True)
+                features = model.backbone(images)
+                sum(v.sum() for k, v in features.items() if k.startswith("res")).backward()
+            else:
                 train_step(model, batch)
-        else:
-            train_step(model, batch)
 
     return model, run
 
@@ -227,7 +231,8 @@ def parse_args(argv=None):
     parser.add_argument("--segments", type=int, default=12, help="ground-truth segments per training image")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds of inference")
     parser.add_argument("--train-repeats", type=int, default=3, help="timed rounds of training steps")
-    parser.add_argument("--no-previous", action="store_true", help="skip the previous-primitive training mode")
+    parser.add_argument("--train-modes", nargs="+", default=list(TRAIN_MODES), choices=list(TRAIN_MODES),
+                        metavar="MODE", help=f"training modes to run (default: all): {list(TRAIN_MODES)}")
     parser.add_argument("--models", nargs="+", default=DEFAULT_EVAL_MODELS, choices=list(EVAL_MODELS))
     parser.add_argument("--skip-eval", action="store_true")
     parser.add_argument("--skip-train", action="store_true")
@@ -276,7 +281,10 @@ def main(argv=None):
         results["eval"] = rows
 
     if not args.skip_train:
-        modes = [m for m in TRAIN_MODES if not (args.no_previous and TRAIN_MODES[m][2])]
+        # every mode is timed against full decoding with the same checkpointing setting
+        references = {"full decoding, backbone checkpointing" if TRAIN_MODES[m][1] == "every block" else "full decoding"
+                      for m in args.train_modes}
+        modes = [m for m in TRAIN_MODES if m in args.train_modes or m in references]
         workloads = {name: train_workload(args, name)[1] for name in modes}
         times = interleaved(workloads, args.train_repeats, args.device)
         rows = []

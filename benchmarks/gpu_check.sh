@@ -47,7 +47,7 @@ step model 240 "$PY" benchmarks/bench_model.py --device cuda --repeats 10 --trai
   --models "HCFormer R50 level 3" "HCFormer+ R50" "HCFormer Swin-S" "HCFormer HC-SViT-S" --json "$OUT/model.json"
 for dtype in float32 bfloat16; do
   step "clustering_$dtype" 90 "$PY" benchmarks/bench_local_clustering.py --device cuda --dtype "$dtype" \
-    --sizes 128 256 --channels 100 --grids 2:3 4:3 --large-grid-sizes 256 --impls ours loop unfold \
+    --sizes 128 256 --channels 100 --grids 2:3 4:3 --large-grid-sizes 256 --impls blocked unfold loop \
     --layout nchw --repeats 10 --json "$OUT/clustering_$dtype.json"
 done
 step deform_conv 90 "$PY" benchmarks/bench_deform_conv.py --device cuda --repeats 10 --json "$OUT/deform_conv.json"

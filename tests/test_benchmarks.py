@@ -25,12 +25,12 @@ def test_bench_local_clustering_smoke(tmp_path):
     assert "| case | impl |" in stdout
     rows = results["rows"]
     assert {r["op"] for r in rows} == {"affinity", "gather", "scatter"}
-    assert {r["impl"] for r in rows} == {"ours", "loop", "unfold", "dense"}
+    assert {r["impl"] for r in rows} == {"blocked", "unfold", "loop", "dense"}
     for r in rows:
         assert r["forward_ms"] > 0 and r["backward_ms"] > 0
         assert "forward_backward_peak_bytes" in r
-        if r["max_abs_error_vs_unfold"] is not None:
-            assert r["max_abs_error_vs_unfold"] < 1e-4, r
+        if r["max_abs_error_vs_loop"] is not None:
+            assert r["max_abs_error_vs_loop"] < 1e-4, r
     assert results["machine"]["copy_GBps"]["copy"] > 0
 
 
@@ -40,7 +40,9 @@ def test_bench_model_smoke(tmp_path):
     assert "## inference" in stdout and "## training step" in stdout
     assert [r["model"] for r in results["eval"]] == ["HCFormer R50 level 3"]
     assert [r["mode"] for r in results["train"]] == [
-        "point decoding", "full decoding", "full decoding, previous primitive", "backbone alone",
+        "point decoding", "full decoding", "full decoding, previous primitive",
+        "point decoding, blocked primitive", "point decoding, unfold primitive",
+        "full decoding, blocked primitive", "full decoding, unfold primitive", "backbone alone",
         "point decoding, backbone checkpointing", "full decoding, backbone checkpointing",
         "point decoding, stem-res3 recomputed",
     ]

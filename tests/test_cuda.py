@@ -48,7 +48,7 @@ def _clustering_products(fine, coarse, valid, grid, kernel, out_grads):
     return [t.detach().cpu() for t in outputs + list(grads)]
 
 
-@pytest.mark.parametrize("backend", ["blocked", "reference"])
+@pytest.mark.parametrize("backend", ["unfold", "blocked", "reference"])
 @pytest.mark.parametrize("B,C,H,W,grid,kernel", [(2, 64, 37, 50, 2, 3), (1, 32, 64, 64, 4, 3), (2, 16, 30, 22, 2, 7)])
 def test_local_clustering_on_cuda_computes_the_definition(backend, B, C, H, W, grid, kernel):
     """Each backend on the GPU in fp32 against the definition on the CPU in fp64."""
@@ -75,12 +75,14 @@ HALF_TOLERANCE = {torch.float16: 0.1, torch.bfloat16: 0.3}
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_local_clustering_under_autocast_on_cuda_is_close_to_fp32(dtype):
+@pytest.mark.parametrize("backend", ["unfold", "blocked"])
+def test_local_clustering_under_autocast_on_cuda_is_close_to_fp32(dtype, backend):
     torch.manual_seed(0)
     fine, coarse = torch.randn(2, 64, 64, 96, device=CUDA), torch.randn(2, 64, 32, 48, device=CUDA)
-    reference = gather(coarse, affinity(fine, coarse).softmax(1))
-    with torch.autocast("cuda", dtype=dtype):
-        out = gather(coarse.to(dtype), affinity(fine.to(dtype), coarse.to(dtype)).softmax(1))
+    with use_clustering_backend(backend):
+        reference = gather(coarse, affinity(fine, coarse).softmax(1))
+        with torch.autocast("cuda", dtype=dtype):
+            out = gather(coarse.to(dtype), affinity(fine.to(dtype), coarse.to(dtype)).softmax(1))
     assert out.dtype == dtype
     error = (out.float() - reference).abs()
     assert error.max() < HALF_TOLERANCE[dtype], error.max()

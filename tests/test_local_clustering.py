@@ -1,14 +1,15 @@
-"""The local clustering primitive against a dense O(N·M) reference, with both backends, and
-the two backends against each other."""
+"""The local clustering primitive against a dense O(N·M) reference, with every backend, and
+the fast backends against the reference one."""
 import pytest
 import torch
 
-from hcformer.layers import local_clustering_blocked
+from hcformer.layers import local_clustering_blocked, local_clustering_unfold
 from hcformer.layers.local_clustering import (
     affinity,
     candidate_offsets,
     gather,
     hard_assignment,
+    resolved_backend,
     scatter,
     set_backend,
     use_backend,
@@ -44,14 +45,18 @@ def dense_matrix(weights, index, hw):
     return torch.stack(mats)
 
 
-@pytest.fixture(params=[("reference", None), ("blocked", 1), ("blocked", 2**13), ("blocked", 2**30)],
-                ids=["reference", "blocked-one-row-blocks", "blocked-few-row-blocks", "blocked-whole-batch"])
+@pytest.fixture(params=[("reference", None), ("blocked", 1), ("blocked", 2**13), ("blocked", 2**30), ("unfold", 1),
+                        ("unfold", None)],
+                ids=["reference", "blocked-one-row-blocks", "blocked-few-row-blocks", "blocked-whole-batch",
+                     "unfold-one-channel-groups", "unfold"])
 def backend(request, monkeypatch):
-    """The reference backend, or the blocked one working in blocks of one coarse row, of a
-    few rows, or on all images at once."""
+    """The reference backend, the blocked one working in blocks of one coarse row, of a few
+    rows, or on all images at once, or the unfold one on one channel at a time or on all."""
     name, chunk_bytes = request.param
-    if chunk_bytes is not None:
+    if name == "blocked":
         monkeypatch.setitem(local_clustering_blocked.CHUNK_BYTES, "cpu", chunk_bytes)
+    elif name == "unfold" and chunk_bytes is not None:
+        monkeypatch.setattr(local_clustering_unfold, "CHUNK_BYTES", chunk_bytes)
     with use_backend(name):
         yield name
 
@@ -148,12 +153,14 @@ def test_gather_and_scatter_match_dense(B, C, H, W, grid, kernel, layout, backen
         torch.testing.assert_close(a, b)
 
 
-def test_blocked_gather_keeps_channels_last():
+@pytest.mark.parametrize("fast", ["blocked", "unfold"])
+def test_fast_backends_gather_keeps_channels_last(fast):
     values = torch.randn(2, 6, 5, 4).contiguous(memory_format=torch.channels_last)
     weights = torch.randn(2, 9, 10, 8).softmax(1)
-    out = gather(values, weights)
-    assert out.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(out, gather(values.contiguous(), weights))
+    with use_backend(fast):
+        out = gather(values, weights)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(out, gather(values.contiguous(), weights))
 
 
 @pytest.mark.parametrize("grid,kernel", [(2, 3), ((3, 2), 5)])
@@ -219,8 +226,10 @@ def test_size_mismatch_is_a_clear_error():
 
 @pytest.mark.parametrize("B,C,H,W,grid,kernel", CASES + [(2, 6, 13, 11, 2, 7)])  # + Expedit's λ = 7
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_blocked_backend_computes_the_reference(B, C, H, W, grid, kernel, dtype):
-    """The two backends: same values and gradients of all three products (with padding cells)."""
+@pytest.mark.parametrize("fast", ["blocked", "unfold"])
+def test_fast_backends_compute_the_reference(B, C, H, W, grid, kernel, dtype, fast):
+    """A fast backend and the reference: same values and gradients of all three products (with
+    padding cells)."""
     torch.manual_seed(6)
     h, w = _coarse_hw(H, W, grid)
     K = kernel * kernel
@@ -238,14 +247,17 @@ def test_blocked_backend_computes_the_reference(B, C, H, W, grid, kernel, dtype)
         return [o.detach() for o in outputs] + list(grads)
 
     tolerance = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else {}
-    for got, want in zip(run("blocked"), run("reference")):
+    for got, want in zip(run(fast), run("reference")):
         torch.testing.assert_close(got, want, **tolerance)
 
 
 def test_backend_switch():
+    assert resolved_backend(torch.device("cpu")) == "blocked"  # "auto", the default
+    assert resolved_backend(torch.device("meta")) == "unfold"  # any other device, e.g. CUDA
     with use_backend("reference"):
+        assert resolved_backend(torch.device("meta")) == "reference"
         assert set_backend("blocked") == "reference"  # set_backend returns the previous one
         assert set_backend("reference") == "blocked"
-    assert set_backend("blocked") == "blocked"  # the context manager restored the default
+    assert set_backend("auto") == "auto"  # the context manager restored the default
     with pytest.raises(ValueError, match="unknown local clustering backend 'fast'"):
         set_backend("fast")

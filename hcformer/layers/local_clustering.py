@@ -18,15 +18,22 @@ other file computes a neighbourhood.
 
 Backends
 --------
-The three products have two implementations, which give the same values and gradients
+The three products have three implementations, which give the same values and gradients
 (tests/test_local_clustering.py compares them); ``set_backend(name)`` or
 ``with use_backend(name):`` selects one:
 
 - "reference": the definition above, as written below: a loop over the K offsets with
   broadcast multiply-adds, differentiated by autograd;
-- "blocked" (the default): ``local_clustering_blocked``, one small matrix product per coarse
-  cell, in cache-sized blocks, with hand-written backward passes; several times faster and
-  lighter than the reference (benchmarks/RESULTS.md).
+- "blocked": ``local_clustering_blocked``, one small matrix product per coarse cell, in
+  cache-sized blocks; several times faster and lighter than the reference on the CPU
+  (benchmarks/RESULTS.md);
+- "unfold": ``local_clustering_unfold``, each product as one batched matrix product over
+  unfolded maps: a handful of operators per call, for GPUs, where a training step is bound
+  by the operators it dispatches;
+- "auto" (the default): "blocked" on the CPU, "unfold" on other devices.
+
+"blocked" and "unfold" share their autograd functions (``local_clustering_autograd``): each
+gradient is made of the other two products, and only the inputs are saved for backward.
 """
 from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -35,12 +42,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import local_clustering_blocked as blocked
+from . import local_clustering_unfold as unfold
 from .backend_switch import BackendSwitch
 
 Grid = Union[int, Sequence[int]]
 
 __all__ = [
     "affinity", "gather", "scatter", "hard_assignment", "candidate_offsets", "pair", "set_backend", "use_backend",
+    "resolved_backend",
 ]
 
 
@@ -123,17 +132,26 @@ class Backend(NamedTuple):
 BACKENDS: Dict[str, Backend] = {
     "reference": Backend(reference_affinity, reference_gather, reference_scatter),
     "blocked": Backend(blocked.affinity, blocked.gather, blocked.scatter),
+    "unfold": Backend(unfold.affinity, unfold.gather, unfold.scatter),
 }
-_switch = BackendSwitch("local clustering", sorted(BACKENDS), default="blocked")
+_switch = BackendSwitch("local clustering", ["auto", *BACKENDS], default="auto")
 # set_backend(name) -> the previous name; ``with use_backend(name):`` for a block
 set_backend, use_backend = _switch.set, _switch.use
 
 
+def resolved_backend(device: torch.device) -> str:
+    """The backend the selected one stands for on ``device``."""
+    if _switch.selected != "auto":
+        return _switch.selected
+    return "blocked" if device.type == "cpu" else "unfold"
+
+
 def _compute(product: str, *args) -> Tensor:
-    # In the dtype of the inputs: autocast would otherwise run the blocked ``bmm`` in half
-    # precision, or the reference's sums in fp32, whatever the caller chose.
-    with torch.autocast(device_type=args[0].device.type, enabled=False):
-        return getattr(BACKENDS[_switch.selected], product)(*args)
+    # In the dtype of the inputs: autocast would otherwise run the fast backends' matrix
+    # products in half precision, or the reference's sums in fp32, whatever the caller chose.
+    device = args[0].device
+    with torch.autocast(device_type=device.type, enabled=False):
+        return getattr(BACKENDS[resolved_backend(device)], product)(*args)
 
 
 # ---------------------------------------------------------------------------- public API

@@ -22,20 +22,17 @@ The work is done in blocks of coarse rows whose staging buffers fit in the CPU c
 are read or written once, straight from or into the blocks, and gather keeps the memory
 format of its values. A channels-first (NCHW) fine map goes through a channels-last buffer
 one image at a time: PyTorch's tiled 2-D transpose is 2–3× faster on CPU than the permuted
-copy that staging it directly would be. Backward passes are the same three products (the
-gradient of each operation is made of the other two), computed in one sweep that stages
-the inputs once, and nothing larger than the inputs is saved for backward.
-
-The entry points ``affinity``, ``gather`` and ``scatter`` take inputs already checked and
-of one dtype, and a grid (g_y, g_x); ``affinity`` returns unmasked logits. The autograd
-functions keep their names: FLOP counting (``hcformer.engine.analysis``) recognises them.
+copy that staging it directly would be. A backward pass is two of the products in one sweep
+that stages their shared input once (``local_clustering_autograd``, which makes the entry
+points ``affinity``, ``gather`` and ``scatter`` of this engine).
 """
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from .local_clustering_autograd import Geometry, entry_points
 
 __all__ = ["affinity", "gather", "scatter", "CHUNK_BYTES"]
 
@@ -44,12 +41,6 @@ __all__ = ["affinity", "gather", "scatter", "CHUNK_BYTES"]
 # costs a few kernel launches, so chunks are large and bound only the extra memory.
 CHUNK_BYTES = {"cpu": 2 * 2**20}
 DEFAULT_CHUNK_BYTES = 64 * 2**20
-
-
-def _hw(x: Tensor) -> Tuple[int, int]:
-    # Plain ints: under tracing (fvcore's FLOP counts), sizes read from tensors are tracked
-    # values, which the tracer cannot follow into the arguments of an autograd function.
-    return int(x.shape[-2]), int(x.shape[-1])
 
 
 # ---------------------------------------------------------------------------- cell layout
@@ -201,30 +192,17 @@ def _write_images(out: Tensor, images: Tensor, b0: int) -> None:
         out[b0 : b0 + nb].permute(0, 2, 3, 1).copy_(images)
 
 
-def _fit_to_grid(x: Optional[Tensor], layout: _Cells) -> Optional[Tensor]:
-    """Zero-pad a fine map at the bottom/right to h·gy × w·gx (a copy only when needed)."""
-    H, W = layout.h * layout.gy, layout.w * layout.gx
-    if x is None or x.shape[-2:] == (H, W):
-        return x
-    return F.pad(x, (0, W - x.shape[-1], 0, H - x.shape[-2]))
-
-
-def _memory_format(x: Tensor) -> torch.memory_format:
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 # ---------------------------------------------------------------------------- products
-def _local_products(
-    layout: _Cells,
+def blocked_products(
+    geometry: Geometry,
     fine: Optional[Tensor] = None,
     weights: Optional[Tensor] = None,
     coarse: Optional[Tensor] = None,
     products: Sequence[str] = (),
     fine_format: torch.memory_format = torch.contiguous_format,
 ) -> Dict[str, Tensor]:
-    """The per-cell products of the module docstring, over all cells, block by block.
+    """The per-cell products of the module docstring, over all cells, block by block: the
+    engine of ``local_clustering_autograd``.
 
     Args:
         fine: (B, C, h·gy, w·gx), weights: (B, K, h·gy, w·gx), coarse: (B, C, h, w), all
@@ -240,6 +218,7 @@ def _local_products(
     dtype, device = ref.dtype, ref.device
     B = ref.shape[0]
     C = (fine if fine is not None else coarse).shape[1]
+    layout = _Cells(geometry.coarse_hw, geometry.grid, geometry.kernel, B)
     G, K, k = layout.G, layout.K, layout.k
     H, W = layout.h * layout.gy, layout.w * layout.gx
     per_cell = {"fine": G * C, "weights": G * K, "windows": k * C, "gather": G * C, "affinity": G * K, "scatter": K * C}
@@ -302,118 +281,4 @@ def _local_products(
     return out
 
 
-# ---------------------------------------------------------------------------- autograd
-# The gradient of each product is made of the other two. Backward passes compute both in
-# one sweep (inputs staged once); under create_graph they go through the autograd
-# functions instead, so that double backward works too.
-def _run(
-    layout: _Cells, fine_hw: Tuple[int, int], products: Sequence[str], fine: Optional[Tensor] = None,
-    weights: Optional[Tensor] = None, coarse: Optional[Tensor] = None,
-    fine_format: torch.memory_format = torch.contiguous_format,
-) -> Dict[str, Tensor]:
-    """``_local_products`` on the fine maps fitted to the grid, fine-grid results cropped to
-    ``fine_hw``; in the dtype of the inputs (autocast would otherwise move the ``bmm`` to half
-    precision whatever the caller chose, e.g. the fp32 clustering)."""
-    device = next(t for t in (fine, weights, coarse) if t is not None).device
-    with torch.autocast(device_type=device.type, enabled=False):
-        out = _local_products(
-            layout, _fit_to_grid(fine, layout), _fit_to_grid(weights, layout), coarse, products, fine_format
-        )
-    return {name: t if name == "scatter" else t[..., : fine_hw[0], : fine_hw[1]] for name, t in out.items()}
-
-
-class _Gather(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, values: Tensor, weights: Tensor, layout: _Cells, fine_hw: Tuple[int, int]) -> Tensor:
-        ctx.layout, ctx.fine_hw = layout, fine_hw
-        ctx.save_for_backward(values, weights)
-        out = _run(layout, fine_hw, ("gather",), weights=weights, coarse=values, fine_format=_memory_format(values))
-        return out["gather"]
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        values, weights = ctx.saved_tensors
-        need_values, need_weights = ctx.needs_input_grad[:2]
-        layout, fine_hw = ctx.layout, ctx.fine_hw
-        if torch.is_grad_enabled():
-            grad_values = _Scatter.apply(grad, weights, layout) if need_values else None
-            grad_weights = _Affinity.apply(grad, values, layout, fine_hw) if need_weights else None
-            return grad_values, grad_weights, None, None
-        out = _run(
-            layout, fine_hw, ("scatter",) * need_values + ("affinity",) * need_weights,
-            fine=grad, weights=weights if need_values else None, coarse=values if need_weights else None,
-        )
-        return out.get("scatter"), out.get("affinity"), None, None
-
-
-class _Affinity(torch.autograd.Function):
-    """Unmasked logits; excluded candidates are masked by the caller."""
-
-    @staticmethod
-    def forward(ctx, fine: Tensor, coarse: Tensor, layout: _Cells, fine_hw: Tuple[int, int]) -> Tensor:
-        ctx.layout, ctx.fine_hw = layout, fine_hw
-        ctx.save_for_backward(fine, coarse)
-        return _run(layout, fine_hw, ("affinity",), fine=fine, coarse=coarse)["affinity"]
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        fine, coarse = ctx.saved_tensors
-        need_fine, need_coarse = ctx.needs_input_grad[:2]
-        layout, fine_hw = ctx.layout, ctx.fine_hw
-        if torch.is_grad_enabled():
-            grad_fine = _Gather.apply(coarse, grad, layout, fine_hw) if need_fine else None
-            grad_coarse = _Scatter.apply(fine, grad, layout) if need_coarse else None
-            return grad_fine, grad_coarse, None, None
-        out = _run(
-            layout, fine_hw, ("gather",) * need_fine + ("scatter",) * need_coarse,
-            fine=fine if need_coarse else None, weights=grad, coarse=coarse if need_fine else None,
-            fine_format=_memory_format(fine),
-        )
-        return out.get("gather"), out.get("scatter"), None, None
-
-
-class _Scatter(torch.autograd.Function):
-    """Sums only; the normaliser is a cheap reduction of the weights done by ``scatter``."""
-
-    @staticmethod
-    def forward(ctx, fine: Tensor, weights: Tensor, layout: _Cells) -> Tensor:
-        ctx.layout, ctx.fine_hw = layout, _hw(fine)
-        ctx.save_for_backward(fine, weights)
-        return _run(layout, ctx.fine_hw, ("scatter",), fine=fine, weights=weights)["scatter"]
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        fine, weights = ctx.saved_tensors
-        need_fine, need_weights = ctx.needs_input_grad[:2]
-        layout, fine_hw = ctx.layout, ctx.fine_hw
-        if torch.is_grad_enabled():
-            grad_fine = _Gather.apply(grad, weights, layout, fine_hw) if need_fine else None
-            grad_weights = _Affinity.apply(fine, grad, layout, fine_hw) if need_weights else None
-            return grad_fine, grad_weights, None
-        out = _run(
-            layout, fine_hw, ("gather",) * need_fine + ("affinity",) * need_weights,
-            fine=fine if need_weights else None, weights=weights if need_fine else None, coarse=grad,
-            fine_format=_memory_format(fine),
-        )
-        return out.get("gather"), out.get("affinity"), None
-
-
-# ---------------------------------------------------------------------------- entry points
-def affinity(fine: Tensor, coarse: Tensor, grid: Tuple[int, int], kernel: int) -> Tensor:
-    """fine (B, C, H, W) · candidates of coarse (B, C, h, w) → unmasked logits (B, K, H, W)."""
-    layout = _Cells(_hw(coarse), grid, kernel, int(fine.shape[0]))
-    return _Affinity.apply(fine, coarse, layout, _hw(fine))
-
-
-def gather(values: Tensor, weights: Tensor, grid: Tuple[int, int], kernel: int) -> Tensor:
-    """weights (B, K, H, W) · values (B, C, h, w) → (B, C, H, W), in the memory format of values."""
-    layout = _Cells(_hw(values), grid, kernel, int(values.shape[0]))
-    return _Gather.apply(values, weights, layout, _hw(weights))
-
-
-def scatter(
-    fine: Tensor, weights: Tensor, coarse_hw: Tuple[int, int], grid: Tuple[int, int], kernel: int
-) -> Tensor:
-    """weightsᵀ (B, K, H, W) · fine (B, C, H, W) → sums (B, C, h, w)."""
-    layout = _Cells((int(coarse_hw[0]), int(coarse_hw[1])), grid, kernel, int(fine.shape[0]))  # plain ints: see _hw
-    return _Scatter.apply(fine, weights, layout)
+affinity, gather, scatter = entry_points(blocked_products)
