@@ -1,9 +1,11 @@
-"""Training without decoding every prediction (MODEL.HC.POINT_DECODING) gives the same losses."""
+"""Training without decoding every prediction (MODEL.HC.POINT_DECODING) gives the same losses,
+whichever backend computes the clustering primitive."""
 import pytest
 import torch
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
+from hcformer.layers.local_clustering import use_backend
 from hcformer.modeling.hierarchy import LocalGridHierarchy
 
 
@@ -45,6 +47,26 @@ def test_losses_and_gradients_match_full_decoding(make_cfg, level):
         # gradients are sums in another order: equal up to fp32 rounding of the tensor's scale
         error = (lazy_grads[n] - ref).abs().max().item()
         assert error <= 1e-5 * ref.abs().max().item() + 1e-6, (n, error)
+
+
+@pytest.mark.parametrize("backend", ["unfold", "reference"])
+def test_every_backend_of_the_primitive_trains_the_same(make_cfg, backend):
+    """A training step with the GPU's default backend ("unfold") or the definition gives the
+    CPU default's ("blocked") losses and gradients, with point decoding and without."""
+    torch.manual_seed(0)
+    model = build_model(make_cfg()).train()
+    batch = [_sample(64, 96, [(0, 40, 0, 50), (20, 64, 30, 96)], [1, 4]), _sample(48, 80, [(10, 48, 0, 40)], [3])]
+    for point_decoding in (True, False):
+        with use_backend("blocked"):
+            want, want_grads = _losses_and_grads(model, batch, point_decoding)
+        with use_backend(backend):
+            got, got_grads = _losses_and_grads(model, batch, point_decoding)
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6, msg=k)
+        assert got_grads.keys() == want_grads.keys()
+        for n, ref in want_grads.items():
+            error = (got_grads[n] - ref).abs().max().item()
+            assert error <= 1e-4 * ref.abs().max().item() + 1e-6, (n, point_decoding, error)
 
 
 def test_batch_without_targets_still_reaches_the_clustering(make_cfg):
