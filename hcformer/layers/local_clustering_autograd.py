@@ -35,6 +35,9 @@ __all__ = ["Geometry", "Engine", "entry_points"]
 
 
 class Geometry(NamedTuple):
+    """The sizes an engine works with: the coarse grid, the fine cells per coarse cell, the
+    candidates per axis."""
+
     coarse_hw: Tuple[int, int]
     grid: Tuple[int, int]
     kernel: int
@@ -57,7 +60,7 @@ def _fit_to_grid(x: Optional[Tensor], geometry: Geometry) -> Optional[Tensor]:
     return F.pad(x, (0, w * gx - x.shape[-1], 0, h * gy - x.shape[-2]))
 
 
-def memory_format(x: Tensor) -> torch.memory_format:
+def _memory_format(x: Tensor) -> torch.memory_format:
     """channels_last for a channels-last 4-D tensor, else contiguous_format."""
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         return torch.channels_last
@@ -86,7 +89,7 @@ class _Gather(torch.autograd.Function):
         ctx.engine, ctx.geometry, ctx.fine_hw = engine, geometry, fine_hw
         ctx.save_for_backward(values, weights)
         return _run(engine, geometry, fine_hw, ("gather",), weights=weights, coarse=values,
-                    fine_format=memory_format(values))["gather"]
+                    fine_format=_memory_format(values))["gather"]
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -125,7 +128,7 @@ class _Affinity(torch.autograd.Function):
         out = _run(
             engine, geometry, fine_hw, ("gather",) * need_fine + ("scatter",) * need_coarse,
             fine=fine if need_coarse else None, weights=grad, coarse=coarse if need_fine else None,
-            fine_format=memory_format(fine),
+            fine_format=_memory_format(fine),
         )
         return out.get("gather"), out.get("scatter"), None, None, None
 
@@ -151,7 +154,7 @@ class _Scatter(torch.autograd.Function):
         out = _run(
             engine, geometry, fine_hw, ("gather",) * need_fine + ("affinity",) * need_weights,
             fine=fine if need_weights else None, weights=weights if need_fine else None, coarse=grad,
-            fine_format=memory_format(fine),
+            fine_format=_memory_format(fine),
         )
         return out.get("gather"), out.get("affinity"), None, None
 

@@ -16,12 +16,12 @@ and the products, for every image and cell,
 
 folded back with ``F.fold``: without overlap onto the fine grid, and for scatter with the
 overlap of the candidate windows, which sums every cell's contributions and drops those off
-the grid. Each product is a handful of kernels whatever the map size, where the blocked
-engine runs a loop over blocks and images sized for CPU caches: on a GPU, where a training
-step is bound by the number of operators it dispatches (benchmarks/RESULTS.md), this is the
-engine to use. The unfolded candidates take K times the coarse map: channels are taken in
-groups whose unfolded maps fit ``CHUNK_BYTES``, freed when the product returns; backward
-recomputes them (``local_clustering_autograd``).
+the grid. The unfolded candidates take K times the coarse map, so channels are taken in
+groups whose unfolded maps fit ``CHUNK_BYTES``, freed when the product returns (backward
+recomputes them, ``local_clustering_autograd``). Each product is then a handful of operators
+per group, where the blocked engine loops over blocks and images sized for CPU caches: on a
+GPU, where a training step is bound by the operators it dispatches (benchmarks/RESULTS.md),
+this is the engine to use; on a CPU the blocked one is several times faster.
 """
 from typing import Dict, Optional, Sequence
 
@@ -66,7 +66,8 @@ def unfold_products(
         return F.fold(x.flatten(1, 2), fine_hw, grid, stride=grid)
 
     weight_windows = None if weights is None else windows(weights)
-    parts = {name: [] for name in products}
+    parts = {name: [] for name in ("gather", "scatter") if name in products}
+    logits = None
     for c0 in range(0, C, step):
         channels = slice(c0, c0 + step)
         candidates = None if coarse is None else (
@@ -74,8 +75,9 @@ def unfold_products(
         fine_windows = None if fine is None else windows(fine[:, channels])
         if "gather" in products:
             parts["gather"].append(fold_windows(torch.einsum("bckn,bkgn->bcgn", candidates, weight_windows)))
-        if "affinity" in products:  # a sum over channels: the groups' logits add up
-            parts["affinity"].append(torch.einsum("bckn,bcgn->bkgn", candidates, fine_windows))
+        if "affinity" in products:  # a sum over channels: each group adds its share
+            share = torch.einsum("bckn,bcgn->bkgn", candidates, fine_windows)
+            logits = share if logits is None else logits.add_(share)
         if "scatter" in products:
             to_candidates = torch.einsum("bkgn,bcgn->bckn", weight_windows, fine_windows)
             parts["scatter"].append(F.fold(to_candidates.flatten(1, 2), (h, w), kernel, padding=kernel // 2))
@@ -84,7 +86,7 @@ def unfold_products(
         gathered = parts["gather"][0] if len(parts["gather"]) == 1 else torch.cat(parts["gather"], 1)
         out["gather"] = gathered.contiguous(memory_format=fine_format)
     if "affinity" in products:
-        out["affinity"] = fold_windows(sum(parts["affinity"]))
+        out["affinity"] = fold_windows(logits)
     if "scatter" in products:
         out["scatter"] = parts["scatter"][0] if len(parts["scatter"]) == 1 else torch.cat(parts["scatter"], 1)
     return out
