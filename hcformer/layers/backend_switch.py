@@ -4,8 +4,8 @@ The clustering primitive (``local_clustering``) and DCNv2 (``deform_conv``) each
 definition and a faster implementation of the same values; benchmarks, exporters and tests pick
 one by name, never by patching a function::
 
-    switch = BackendSwitch("local clustering", ("reference", "blocked"), default="blocked")
-    switch.selected            # "blocked"
+    switch = BackendSwitch("local clustering", ("auto", "reference", "blocked", "unfold"), default="auto")
+    switch.selected            # "auto"
     with switch.use("reference"):
         ...                    # computed with the reference definition
 """
