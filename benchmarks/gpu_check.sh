@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU checks in one run, for a machine lent for a few minutes: the CUDA tests, this project
-# against the original on the GPU (when a checkout of it is given), the model, the clustering
-# primitive and DCNv2 with --device cuda, then the rest of the test suite. Every step has its own time limit and writes its log
+# The GPU checks in one run, for a machine lent for a few minutes: the CUDA tests, a training step
+# with each fast backend of the clustering primitive, this project against the original on the
+# GPU (when a checkout of it is given), the model, the clustering primitive and DCNv2 with
+# --device cuda, then the rest of the test suite. Every step has its own time limit and writes its log
 # (and JSON) into OUTDIR; a step that fails or runs out of time does not stop the next.
 #
 #   bash benchmarks/gpu_check.sh OUTDIR [ORIGINAL_CHECKOUT]
@@ -38,6 +39,11 @@ step() {
 
 P=coco/panoptic-segmentation
 step cuda_tests 300 "$PY" -m pytest -q -m cuda -p no:cacheprovider --tb=short tests projects
+# the GPU default of the clustering primitive ("unfold") against the previous one ("blocked"): a
+# training step with each, first, since it is what the GPU default rests on
+step primitive_backends 150 "$PY" benchmarks/bench_model.py --device cuda --skip-eval --train-repeats 10 \
+  --train-modes "point decoding, blocked primitive" "point decoding, unfold primitive" \
+  "full decoding, blocked primitive" "full decoding, unfold primitive" --json "$OUT/primitive_backends.json"
 if [[ -n "$ORIGINAL" ]]; then
   step vs_original 300 "$PY" benchmarks/original/compare_outputs.py --original "$ORIGINAL" --device cuda \
     --time 800x1216 --repeats 20 --rounds 2 \
