@@ -7,8 +7,9 @@
 #
 #   bash benchmarks/gpu_check.sh OUTDIR [ORIGINAL_CHECKOUT]
 #
-# PYTHON (default python) is the interpreter. benchmarks/RESULTS.md ("On a GPU") shows what the
-# first run gave.
+# PYTHON (default python) is the interpreter. STEPS="cuda_tests primitive_backends ..." runs only
+# the steps named (their limits add up to more than one call of a lent machine may take).
+# benchmarks/RESULTS.md ("On a GPU") shows what the first run gave.
 set -u
 if [[ $# -lt 1 ]]; then
   echo "usage: bash benchmarks/gpu_check.sh OUTDIR [ORIGINAL_CHECKOUT]" >&2
@@ -30,6 +31,9 @@ export PYTHONUNBUFFERED=1
 step() {
   local name="$1" limit="$2"
   shift 2
+  if [[ -n "${STEPS:-}" && " $STEPS " != *" $name "* ]]; then
+    return
+  fi
   echo "== $name (at most ${limit} s)"
   timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
   local rc=$?
